@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxrlhf",
+    version="0.1.0",
+    description="Reward models and PPO (RLHF) in JAX/Flax NNX, sharded over device meshes.",
+    packages=find_packages(include=["jaxrlhf", "jaxrlhf.*"]),
+    package_data={"jaxrlhf": ["assets/*", "assets/**/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12",
+        "optax",
+        "orbax-checkpoint",
+        "chex",
+        "transformers>=4.50",
+        "tokenizers",
+        "datasets",
+        "ml_collections",
+        "safetensors",
+        "huggingface_hub",
+        "gguf",
+        "absl-py",
+        "numpy",
+        "tqdm",
+        "matplotlib",
+        "tensorboardX",
+    ],
+    extras_require={
+        # torch only for the PyTorch reference models the tests compare against.
+        "test": ["torch==2.13.0", "pytest", "sentencepiece"],
+    },
+)
