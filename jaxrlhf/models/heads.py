@@ -1,0 +1,104 @@
+"""Heads on top of any backbone: language-model logits, a scalar reward, per-token values.
+
+Rewards and values come out float32 whatever the compute dtype. The reward is read at the last
+real token for decoders and the first token for encoders, located from the attention mask so left
+and right padding give the same answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrlhf.models.base import HeadSpec
+from jaxrlhf.models.layers import Linear
+
+
+def last_token_index(mask_BxT: jax.Array) -> jax.Array:
+    """Index of the rightmost real token of each row (works for left and right padding)."""
+    T = mask_BxT.shape[-1]
+    return T - 1 - jnp.argmax(mask_BxT[:, ::-1] > 0, axis=-1)
+
+
+def first_token_index(mask_BxT: jax.Array) -> jax.Array:
+    return jnp.argmax(mask_BxT > 0, axis=-1)
+
+
+def gather_positions(hidden_BxTxD: jax.Array, index_B: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(hidden_BxTxD, index_B[:, None, None], axis=1)[:, 0, :]
+
+
+class ScalarHead(nnx.Module):
+    """hidden -> scalar, optionally through dense + tanh first (the BERT/RoBERTa classifier shape)."""
+
+    def __init__(self, dim: int, spec: HeadSpec, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
+                 param_dtype: Any = jnp.float32):
+        self.dense = nnx.data(Linear(dim, dim, use_bias=True, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+                              if spec.pre_dense else None)
+        # A small init keeps initial rewards near zero, so the first BT losses sit near log 2.
+        self.out = Linear(dim, 1, use_bias=spec.use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                          init_std=1.0 / (dim + 1))
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        if self.dense is not None:
+            h = jnp.tanh(self.dense(h))
+        return self.out(h)[..., 0].astype(jnp.float32)
+
+
+class CausalLM(nnx.Module):
+    def __init__(self, backbone: nnx.Module, *, vocab_size: int, tie_embeddings: bool, rngs: nnx.Rngs,
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+        self.backbone = backbone
+        self.lm_head = nnx.data(None if tie_embeddings else Linear(
+            backbone.hidden_size, vocab_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype))
+
+    def lm_head_kernel(self) -> jax.Array:
+        """The D x V output matrix (tied: the transposed token embedding)."""
+        if self.lm_head is None:
+            return self.backbone.embed.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
+        if self.lm_head is None:
+            return self.backbone.embed.attend(hidden_BxTxD)
+        return self.lm_head(hidden_BxTxD)
+
+    def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, dropout_rng=None):
+        """Returns (logits_BxTxV, cache). For long sequences prefer `backbone` + chunked log-probs."""
+        hidden, cache = self.backbone(input_ids_BxT, attention_mask_BxT, positions_BxT=positions_BxT,
+                                      cache=cache, dropout_rng=dropout_rng)
+        return self.logits(hidden), cache
+
+
+class RewardModel(nnx.Module):
+    def __init__(self, backbone: nnx.Module, *, head: HeadSpec, pooling: str, rngs: nnx.Rngs,
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+        if pooling not in ("last", "first"):
+            raise ValueError(f"pooling must be 'last' or 'first', got {pooling!r}")
+        self.backbone = backbone
+        self.pooling = pooling
+        self.head = ScalarHead(backbone.hidden_size, head, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, dropout_rng=None) -> jax.Array:
+        """Scalar reward per sequence, reward_B (float32)."""
+        hidden, _ = self.backbone(input_ids_BxT, attention_mask_BxT, positions_BxT=positions_BxT,
+                                  dropout_rng=dropout_rng)
+        index = last_token_index(attention_mask_BxT) if self.pooling == "last" else first_token_index(attention_mask_BxT)
+        return self.head(gather_positions(hidden, index))
+
+
+class ValueModel(nnx.Module):
+    """Per-token values; same head shape as RewardModel so a critic can start from a reward model."""
+
+    def __init__(self, backbone: nnx.Module, *, head: HeadSpec, rngs: nnx.Rngs, dtype: Any = jnp.float32,
+                 param_dtype: Any = jnp.float32):
+        self.backbone = backbone
+        self.head = ScalarHead(backbone.hidden_size, head, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, dropout_rng=None) -> jax.Array:
+        hidden, _ = self.backbone(input_ids_BxT, attention_mask_BxT, positions_BxT=positions_BxT,
+                                  dropout_rng=dropout_rng)
+        return self.head(hidden)

@@ -1,0 +1,193 @@
+"""Building blocks shared by every model family.
+
+Parameters are stored float32 (`param_dtype`) and cast to the compute `dtype` at use, so a bf16 run
+keeps float32 master weights. Linear kernels are [in, out] (PyTorch stores [out, in]; the importer
+transposes). Every `Linear` can carry a LoRA adapter, so each family gets LoRA without its own code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class LoRAParam(nnx.Param):
+    """A LoRA factor; a distinct type so optimisers and filters can pick out adapters."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """Which Linear layers get adapters (regexes searched in their names, e.g. "q_proj|v_proj")."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str = "q_proj|k_proj|v_proj|o_proj"
+
+    def for_layer(self, name: str) -> "LoRAConfig | None":
+        return self if re.search(self.targets, name) else None
+
+
+def _normal(rngs: nnx.Rngs, shape, std, dtype):
+    return std * jax.random.normal(rngs.params(), shape, dtype)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel + bias, plus an optional low-rank update (alpha / rank) * dropout(x) @ A @ B."""
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True, rngs: nnx.Rngs,
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, init_std: float = 0.02,
+                 lora: LoRAConfig | None = None):
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype = dtype
+        self.kernel = nnx.Param(_normal(rngs, (in_features, out_features), init_std, param_dtype))
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
+        # Adapters are created with the layer (not patched in later) so stacked layers get stacked
+        # adapters. B starts at zero: the adapted model equals the base model at step 0.
+        self.lora_a = nnx.data(None if lora is None else LoRAParam(
+            _normal(rngs, (in_features, lora.rank), 1.0 / math.sqrt(in_features), param_dtype)))
+        self.lora_b = nnx.data(None if lora is None else LoRAParam(jnp.zeros((lora.rank, out_features), param_dtype)))
+        self.lora_scale = 0.0 if lora is None else lora.alpha / lora.rank
+        self.lora_dropout = 0.0 if lora is None else float(lora.dropout)
+
+    def merge_lora(self) -> None:
+        """Fold the adapter into the kernel (for export) and drop it."""
+        if self.lora_a is None:
+            return
+        self.kernel[...] = self.kernel[...] + self.lora_scale * (self.lora_a[...] @ self.lora_b[...])
+        self.lora_a = self.lora_b = nnx.data(None)
+
+    def __call__(self, x: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
+        x = x.astype(self.dtype)
+        y = x @ self.kernel[...].astype(self.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if self.lora_a is not None:
+            xa = x
+            if self.lora_dropout > 0.0 and dropout_rng is not None:
+                keep = jax.random.bernoulli(dropout_rng, 1.0 - self.lora_dropout, x.shape)
+                xa = jnp.where(keep, x / (1.0 - self.lora_dropout), 0.0).astype(self.dtype)
+            y = y + self.lora_scale * ((xa @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype))
+        return y
+
+
+class Embed(nnx.Module):
+    def __init__(self, num_embeddings: int, features: int, *, rngs: nnx.Rngs,
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, init_std: float = 0.02):
+        self.dtype = dtype
+        self.embedding = nnx.Param(_normal(rngs, (num_embeddings, features), init_std, param_dtype))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, h: jax.Array) -> jax.Array:
+        """Tied output projection: h @ embedding.T."""
+        return h.astype(self.dtype) @ self.embedding[...].astype(self.dtype).T
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+        self.eps, self.dtype = eps, dtype
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)  # statistics in float32 whatever the compute dtype
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+        self.eps, self.dtype = eps, dtype
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def dot_product_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
+                          mask_BxTxS: jax.Array) -> jax.Array:
+    """Softmax attention with grouped-query heads (H query heads share K key/value heads).
+
+    Logits and softmax run in float32. A query row with no visible key (a left-pad position)
+    gets uniform weights instead of NaN; callers ignore those rows.
+    """
+    B, T, H, D = q_BxTxHxD.shape
+    K = k_BxSxKxD.shape[2]
+    q_BxTxKxGxD = q_BxTxHxD.reshape(B, T, K, H // K, D)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, k_BxSxKxD,
+                        preferred_element_type=jnp.float32) / math.sqrt(D)
+    logits = jnp.where(mask_BxTxS[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v_BxSxKxD.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
+    return out.reshape(B, T, H, D)
+
+
+def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
+    """Position ids that start at 0 on the first real token, for left or right padding."""
+    return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def create_stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs) -> nnx.Module:
+    """Builds `num_layers` copies of a layer whose parameters carry a leading layer axis."""
+
+    @nnx.split_rngs(splits=num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(r: nnx.Rngs):
+        return make_layer(r)
+
+    return make(rngs)
+
+
+def apply_stacked(layers: nnx.Module, h: Any, body: Callable, *, scan: bool = True, remat: bool = False,
+                  xs: Any = None) -> tuple[Any, Any]:
+    """Runs `body(layer, h, x) -> (h, y)` over the stacked layers.
+
+    scan=True compiles one block and loops it (`lax.scan`); scan=False unrolls a Python loop over the
+    same stacked parameters, so both modes share one parameter layout (and one importer).
+    """
+    graphdef, state = nnx.split(layers)
+
+    def step(carry, layer_and_x):
+        layer_state, x = layer_and_x
+        layer = nnx.merge(graphdef, layer_state)
+        return body(layer, carry, x)
+
+    if remat:
+        step = jax.checkpoint(step, prevent_cse=not scan)
+    if scan:
+        return jax.lax.scan(step, h, (state, xs))
+    num_layers = jax.tree_util.tree_leaves(state)[0].shape[0]
+    ys = []
+    for i in range(num_layers):
+        h, y = step(h, jax.tree_util.tree_map(lambda a: a[i], (state, xs)))
+        ys.append(y)
+    stacked = None if ys[0] is None else jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys)
+    return h, stacked

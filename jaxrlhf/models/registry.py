@@ -1,0 +1,57 @@
+"""Maps an HF `model_type` to our family module and builds a model for a task."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrlhf.models.base import TASKS
+from jaxrlhf.models.heads import CausalLM, RewardModel, ValueModel
+from jaxrlhf.models.layers import LoRAConfig
+
+_FAMILY_MODULES = {
+    "llama": "jaxrlhf.models.llama",
+    "mistral": "jaxrlhf.models.llama",
+    "qwen2": "jaxrlhf.models.llama",
+    "gpt2": "jaxrlhf.models.gpt2",
+    "bert": "jaxrlhf.models.bert",
+    "roberta": "jaxrlhf.models.bert",
+}
+
+
+class UnknownArchitectureError(ValueError):
+    pass
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_FAMILY_MODULES)
+
+
+def family_for(model_type: str) -> ModuleType:
+    if model_type not in _FAMILY_MODULES:
+        raise UnknownArchitectureError(
+            f"unknown architecture model_type={model_type!r}; supported: {', '.join(supported_model_types())}")
+    return importlib.import_module(_FAMILY_MODULES[model_type])
+
+
+def build_model(family: ModuleType, cfg: Any, task: str, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
+                param_dtype: Any = jnp.float32, scan_layers: bool = True, remat: bool = False,
+                lora: LoRAConfig | None = None) -> nnx.Module:
+    """A randomly initialised model of `family` for `task` (weights are loaded afterwards)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    backbone = family.Backbone(cfg, rngs=rngs, scan_layers=scan_layers, remat=remat, lora=lora, **kw)
+    if task == "backbone":
+        return backbone
+    if task == "causal_lm":
+        if not family.IS_DECODER:
+            raise UnknownArchitectureError(f"{family.__name__} is an encoder: it has no causal LM head")
+        return CausalLM(backbone, vocab_size=cfg.vocab_size, tie_embeddings=cfg.tie_word_embeddings, rngs=rngs, **kw)
+    if task == "reward":
+        return RewardModel(backbone, head=family.REWARD_HEAD, pooling=family.POOLING, rngs=rngs, **kw)
+    return ValueModel(backbone, head=family.REWARD_HEAD, rngs=rngs, **kw)
