@@ -1,0 +1,74 @@
+"""Export a model back to an HF directory that `transformers` loads.
+
+LoRA adapters are merged into the kernels first (on a copy, the live model keeps its adapters). The
+same `weight_specs` table the importer reads is walked backwards, so a name mapping cannot drift
+between import and export. Only process 0 writes; every process takes part in gathering shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from safetensors.numpy import save_file
+
+from jaxrlhf.models.layers import Linear
+
+
+def merged_copy(model: nnx.Module) -> nnx.Module:
+    """A copy of `model` with every LoRA adapter folded into its kernel."""
+    model = nnx.clone(model)
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, Linear):
+            module.merge_lora()
+    return model
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x), dtype=np.float32)
+
+
+def hf_state_dict(model: nnx.Module, family: ModuleType, cfg: Any, task: str) -> dict[str, np.ndarray]:
+    flat = {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(merged_copy(model), nnx.Param))}
+    tensors: dict[str, np.ndarray] = {}
+    for spec in family.weight_specs(cfg, task):
+        value = _to_host(flat[spec.path])
+        parts = list(value) if spec.stacked else [value]
+        for key, part in zip(spec.hf_keys, parts):
+            tensors[key] = np.ascontiguousarray(spec.to_hf(part))
+    return tensors
+
+
+def export_hf(model: nnx.Module, family: ModuleType, cfg: Any, task: str, out_dir: str | os.PathLike,
+              tokenizer=None, extra_json: dict[str, dict] | None = None) -> Path:
+    """Writes config.json, model.safetensors, tokenizer files and `extra_json` files into out_dir.
+
+    Written into a temporary sibling folder and renamed, so a crash never leaves a half export.
+    """
+    out_dir = Path(out_dir)
+    tensors = hf_state_dict(model, family, cfg, task)
+    if jax.process_index() != 0:
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(cfg.to_hf(task), indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    for name, content in (extra_json or {}).items():
+        (tmp / name).write_text(json.dumps(content, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
