@@ -1,0 +1,18 @@
+"""Reward model: MiniLM-L6 on the shipped HH-RLHF harmless comparisons (the embedded default).
+
+    python -m jaxrlhf.train_rm --config=configs/rm.py --config.workdir=/tmp/rm
+"""
+
+from jaxrlhf.configs_base import rm_defaults
+
+
+def get_config():
+    config = rm_defaults()
+    config.model.name = "minilm"
+    config.data.source = "builtin:hh_rlhf_harmless"
+    config.data.eval_size = 512
+    config.data.max_length = 256
+    config.data.batch_size = 16
+    config.optim.learning_rate = 3e-5
+    config.train.epochs = 2
+    return config

@@ -1,0 +1,87 @@
+"""Reward-model evaluation: score held-out pairs, summarise, plot.
+
+Ties count as wrong. Length correlation is Pearson's r between reward and response length over all
+scored responses: a reward model that mostly rewards length shows it here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxrlhf.infra.sharding import batch_sharding
+
+
+def to_global(batch: dict, mesh) -> dict:
+    """Per-process numpy batch -> global jax arrays split over the mesh's batch axes."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+            for k, v in batch.items()}
+
+
+def _host(x) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def score_pairs(eval_fn: Callable, batches: Iterable[dict], mesh) -> dict[str, np.ndarray]:
+    """Runs `eval_fn(global_batch) -> (r_c, r_r)` over batches; returns real (weight > 0) pairs only."""
+    out = {"chosen": [], "rejected": [], "chosen_len": [], "rejected_len": []}
+    for batch in batches:
+        g = to_global(batch, mesh)
+        r_c, r_r = eval_fn(g)
+        keep = _host(g["weight_B"]) > 0
+        out["chosen"].append(_host(r_c)[keep])
+        out["rejected"].append(_host(r_r)[keep])
+        out["chosen_len"].append(_host(g["chosen_len_B"])[keep])
+        out["rejected_len"].append(_host(g["rejected_len_B"])[keep])
+    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def summarise(scores: dict[str, np.ndarray]) -> dict:
+    r_c = scores["chosen"].astype(np.float64)
+    r_r = scores["rejected"].astype(np.float64)
+    n = len(r_c)
+    rewards = np.concatenate([r_c, r_r])
+    lengths = np.concatenate([scores["chosen_len"], scores["rejected_len"]])
+    return {
+        "accuracy": float(np.mean(r_c > r_r)) if n else float("nan"),
+        "n": int(n),
+        "mean_margin": float(np.mean(r_c - r_r)) if n else float("nan"),
+        "reward_mean": float(rewards.mean()) if n else float("nan"),
+        "reward_std": float(rewards.std()) if n else float("nan"),
+        "length_correlation": _pearson(rewards, lengths),
+    }
+
+
+def histogram_png(scores: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    both = np.concatenate([scores["chosen"], scores["rejected"]])
+    bins = np.linspace(both.min(), both.max(), 40) if both.size else 10
+    ax.hist(scores["chosen"], bins=bins, alpha=0.6, label="chosen")
+    ax.hist(scores["rejected"], bins=bins, alpha=0.6, label="rejected")
+    ax.set_xlabel("reward")
+    ax.set_ylabel("pairs")
+    ax.set_title(title or "reward of held-out chosen vs rejected responses")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,91 @@
+"""Jitted reward-model train and eval steps.
+
+Chosen and rejected sequences go through the model as one 2B batch (one forward pass). Gradient
+accumulation is a `lax.scan` over micro-batches that sums loss, gradients and the pair count, and
+divides once at the end, so the mean is exact even when the last batch carries padding pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxrlhf.ops.losses import bradley_terry_loss
+
+PAIR_KEYS = ("chosen_ids_BxT", "chosen_mask_BxT", "rejected_ids_BxT", "rejected_mask_BxT", "margin_B",
+             "weight_B", "chosen_len_B", "rejected_len_B")
+
+
+def pair_rewards(model: nnx.Module, batch: dict, *, length_normalise: bool = False,
+                 dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(rewards_chosen_B, rewards_rejected_B), float32, from one forward pass over both."""
+    B = batch["chosen_ids_BxT"].shape[0]
+    ids = jnp.concatenate([batch["chosen_ids_BxT"], batch["rejected_ids_BxT"]], axis=0)
+    mask = jnp.concatenate([batch["chosen_mask_BxT"], batch["rejected_mask_BxT"]], axis=0)
+    rewards_2B = model(ids, mask, dropout_rng=dropout_rng).astype(jnp.float32)
+    if length_normalise:
+        lengths = jnp.concatenate([batch["chosen_len_B"], batch["rejected_len_B"]]).astype(jnp.float32)
+        rewards_2B = rewards_2B / jnp.maximum(lengths, 1.0)
+    return rewards_2B[:B], rewards_2B[B:]
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, loss_cfg) -> Callable:
+    def loss_fn(trainable, frozen, batch, dropout_rng):
+        model = nnx.merge(graphdef, trainable, frozen)
+        r_c, r_r = pair_rewards(model, batch, length_normalise=loss_cfg.length_normalise, dropout_rng=dropout_rng)
+        weight = batch["weight_B"].astype(jnp.float32)
+        margin = batch["margin_B"].astype(jnp.float32) if loss_cfg.use_margin else None
+        loss_sum, denom, _ = bradley_terry_loss(r_c, r_r, weight_B=weight, margin_B=margin,
+                                                temperature=loss_cfg.temperature, center_coef=loss_cfg.center_coef)
+        aux = {"denom": denom, "correct": jnp.sum(weight * (r_c > r_r)),
+               "margin": jnp.sum(weight * (r_c - r_r)), "reward": jnp.sum(weight * (r_c + r_r)) / 2}
+        return loss_sum, aux
+
+    return loss_fn
+
+
+def make_train_step(graphdef: nnx.GraphDef, loss_cfg, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, grad_accum: int = 1) -> Callable:
+    """step(state, frozen, batch, rng) -> (state, metrics); state = {"params", "opt_state", "step"}."""
+    loss_fn = make_loss_fn(graphdef, loss_cfg)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: dict, frozen: Any, batch: dict, rng: jax.Array):
+        params = state["params"]
+        micro = jax.tree_util.tree_map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+        keys = jax.random.split(rng, grad_accum)
+
+        def accumulate(carry, xs):
+            mb, key = xs
+            (loss_sum, aux), grads = grad_fn(params, frozen, mb, key)
+            g_acc, l_acc, a_acc = carry
+            return (jax.tree_util.tree_map(jnp.add, g_acc, grads), l_acc + loss_sum,
+                    jax.tree_util.tree_map(jnp.add, a_acc, aux)), None
+
+        zeros_aux = {k: jnp.zeros((), jnp.float32) for k in ("denom", "correct", "margin", "reward")}
+        init = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), zeros_aux)
+        (grads, loss_sum, aux), _ = jax.lax.scan(accumulate, init, (micro, keys))
+        denom = jnp.maximum(aux["denom"], 1.0)
+        grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
+        metrics = {"loss": loss_sum / denom, "accuracy": aux["correct"] / denom, "margin": aux["margin"] / denom,
+                   "reward_mean": aux["reward"] / denom, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": schedule(state["step"]), "pairs": aux["denom"]}
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, length_normalise: bool = False) -> Callable:
+    """eval(trainable, frozen, batch) -> (rewards_chosen_B, rewards_rejected_B)."""
+
+    def eval_step(trainable, frozen, batch):
+        model = nnx.merge(graphdef, trainable, frozen)
+        return pair_rewards(model, batch, length_normalise=length_normalise)
+
+    return eval_step
