@@ -1,0 +1,50 @@
+"""Process-level plumbing shared by the entry points: errors, dtypes, progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str):
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def setup_runtime(config) -> None:
+    """Multi-host initialisation when asked for or on a TPU VM pod (a no-op on one process)."""
+    coordinator = os.environ.get("JAXRLHF_COORDINATOR")
+    if coordinator and jax.process_count() == 1:
+        jax.distributed.initialize(coordinator_address=coordinator,
+                                   num_processes=int(os.environ["JAXRLHF_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAXRLHF_PROCESS_ID"]))
+
+
+def progress(total: int, initial: int = 0, desc: str = ""):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=jax.process_index() != 0,
+                dynamic_ncols=True, mininterval=2.0)
+
+
+@contextlib.contextmanager
+def cli_errors():
+    """Bad input ends the program with one line on stderr and exit code 2, not a traceback.
+
+    Set JAXRLHF_TRACEBACK=1 to see the traceback anyway.
+    """
+    try:
+        yield
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as e:
+        if os.environ.get("JAXRLHF_TRACEBACK"):
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
