@@ -50,6 +50,7 @@ class _Batcher:
         self.padding_side, self.drop_remainder = padding_side, bool(drop_remainder)
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.local_batch_size = self.batch_size // self.process_count
+        self._cached_epoch, self._cached_plan = None, None
         if len(self) == 0:
             raise ValueError(f"{len(self.lengths)} rows make no batch of {batch_size}")
 
@@ -81,16 +82,30 @@ class _Batcher:
         m = self.pad_to_multiple
         return min(self.max_length, -(-longest // m) * m)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self)
+
+    def _plan_cached(self, epoch: int) -> np.ndarray:
+        if self._cached_epoch != epoch:
+            self._cached_plan, self._cached_epoch = self.plan(epoch), epoch
+        return self._cached_plan
+
+    def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
+        """This process's share of global batch `step` of `epoch` (random access)."""
+        plan = self._plan_cached(int(epoch))
+        if not 0 <= step < len(plan):
+            raise IndexError(f"step {step} not in [0, {len(plan)})")
+        rows = plan[step]
+        lo = self.process_index * self.local_batch_size
+        local = rows[lo:lo + self.local_batch_size]
+        weight = (local >= 0).astype(np.float32)
+        return self._make(np.where(local >= 0, local, rows[0]), weight, self._width(rows))
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Yields this process's batches of `epoch` from step `start_step` on."""
-        plan = self.plan(epoch)
-        lo = self.process_index * self.local_batch_size
-        for step in range(int(start_step), len(plan)):
-            rows = plan[step]
-            width = self._width(rows)
-            local = rows[lo:lo + self.local_batch_size]
-            weight = (local >= 0).astype(np.float32)
-            yield self._make(np.where(local >= 0, local, rows[0]), weight, width)
+        for step in range(int(start_step), len(self)):
+            yield self.batch(epoch, step)
 
     def from_step(self, global_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Endless batches starting at a global step (epoch = step // len, step % len within it)."""
