@@ -112,3 +112,27 @@ def test_every_local_file_kind_loads(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="cannot tell the file format"):
         load_table(str(tmp_path / "notes.txt"))
+
+
+def test_directory_and_hub_sources(tmp_path, monkeypatch):
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}]
+    folder = tmp_path / "prefs"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", rows)
+    table = load_table(str(folder), cache_dir=str(tmp_path / "c"))
+    assert table.columns == {"prompt": ["p"], "chosen": ["a"], "rejected": ["b"]}
+
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, **kwargs):  # the hub is unreachable here
+        calls.append((path, name, kwargs))
+        return datasets.Dataset.from_list(rows * 3)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    table = load_table("Anthropic/hh-rlhf", data_dir="harmless-base", split="test", revision="abc",
+                       max_rows=2)
+    assert calls == [("Anthropic/hh-rlhf", None, {"data_dir": "harmless-base", "split": "test",
+                                                  "revision": "abc", "cache_dir": None})]
+    assert table.name == "Anthropic/hh-rlhf/harmless-base[test]" and table.num_rows == 2
