@@ -43,6 +43,16 @@ class Checkpointer:
                                                                   meta=ocp.args.JsonRestore()))
         return out.state, dict(out.meta), step
 
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, dict, int]:
+        """Restores only `state["params"]` (e.g. for evaluation), leaving the optimiser state on disk."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError("no checkpoint to restore")
+        target = {"params": jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_params)}
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=target, partial_restore=True), meta=ocp.args.JsonRestore()))
+        return out.state["params"], dict(out.meta), step
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

@@ -1,0 +1,89 @@
+"""Score texts with a reward model, for a person to look at.
+
+    echo '{"prompt": "Human: hi\\n\\nAssistant:", "response": " Hello!"}' | python -m jaxrlhf.score --model=DIR
+    python -m jaxrlhf.score --model=DIR --input=texts.txt
+
+Each input line is a JSON object with `prompt` and `response` (or `text`), or plain text in which a
+literal backslash-n stands for a newline. Prints one JSON line per text: the reward and, when the
+model was exported with training statistics, the reward normalised by them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from jaxrlhf.data.tokenize import TextEncoder
+from jaxrlhf.infra.runtime import cli_errors
+from jaxrlhf.rm.load import load_trained_rm
+
+flags.DEFINE_string("model", None, "Exported RM directory or train_rm workdir.", required=True)
+flags.DEFINE_string("input", "-", "File of texts, one per line ('-': stdin).")
+flags.DEFINE_integer("max_length", 512, "Tokens per sequence (prompt cut from the left).")
+flags.DEFINE_integer("batch_size", 16, "Texts per forward pass.")
+FLAGS = flags.FLAGS
+
+
+def parse_line(line: str, number: int) -> tuple[str, str]:
+    line = line.rstrip("\n")
+    if line.lstrip().startswith("{"):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"line {number}: invalid JSON ({e})") from None
+        if "text" in row:
+            return "", str(row["text"])
+        if "response" not in row:
+            raise ValueError(f"line {number}: needs 'response' (with optional 'prompt') or 'text'")
+        return str(row.get("prompt", "")), str(row["response"])
+    return "", line.replace("\\n", "\n")
+
+
+def score_texts(model_path: str, pairs: list[tuple[str, str]], max_length: int = 512, batch_size: int = 16):
+    loaded, tokenizer, stats = load_trained_rm(model_path)
+    encoder = TextEncoder(tokenizer, max_length, append_eos=loaded.family.IS_DECODER)
+    enc = encoder.encode([p for p, _ in pairs], [r for _, r in pairs])
+    from flax import nnx
+
+    graphdef, params = nnx.split(loaded.model)
+    forward = jax.jit(lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rewards = []
+    for start in range(0, len(enc), batch_size):
+        rows = range(start, min(start + batch_size, len(enc)))
+        width = max(len(enc.sequence(i)) for i in rows)
+        width = -(-width // 32) * 32  # few distinct shapes, few compilations
+        ids = np.full((batch_size, width), pad, np.int32)
+        mask = np.zeros((batch_size, width), np.int32)
+        for j, i in enumerate(rows):
+            seq = enc.sequence(i)
+            ids[j, :len(seq)], mask[j, :len(seq)] = seq, 1
+        mask[len(rows):, 0] = 1  # filler rows: one visible token keeps them finite
+        rewards.extend(np.asarray(forward(params, ids, mask))[:len(rows)].tolist())
+    out = []
+    for (prompt, response), r in zip(pairs, rewards):
+        row = {"reward": round(float(r), 4)}
+        if stats.get("reward_std"):
+            row["normalised"] = round((r - stats["reward_mean"]) / stats["reward_std"], 4)
+        row["text"] = (prompt + response)[-120:]
+        out.append(row)
+    return out
+
+
+def main(argv):
+    del argv
+    with cli_errors():
+        stream = sys.stdin if FLAGS.input == "-" else open(FLAGS.input)
+        pairs = [parse_line(line, i + 1) for i, line in enumerate(stream) if line.strip()]
+        if not pairs:
+            raise ValueError("no texts to score (give them on stdin or with --input)")
+        for row in score_texts(FLAGS.model, pairs, FLAGS.max_length, FLAGS.batch_size):
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,148 @@
+"""Train a reward model: `python -m jaxrlhf.train_rm --config=configs/rm.py [--config.KEY=VALUE ...]`.
+
+The host loop only: config in, mesh, model and data, jitted steps, logs, checkpoints, export. The
+maths lives in `jaxrlhf.rm.step` and `jaxrlhf.ops`, the data in `jaxrlhf.data`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxrlhf.infra import sharding as shd
+from jaxrlhf.infra.checkpoint import Checkpointer
+from jaxrlhf.infra.metrics import MetricsWriter
+from jaxrlhf.infra.runtime import cli_errors, dtype_of, progress, setup_runtime
+from jaxrlhf.models.export import export_hf
+from jaxrlhf.models.hub import from_pretrained, load_tokenizer
+from jaxrlhf.models.layers import LoRAConfig
+from jaxrlhf.rm import data as rm_data
+from jaxrlhf.rm.evaluate import histogram_png, score_pairs, summarise, to_global
+from jaxrlhf.rm.step import make_eval_step, make_train_step
+from jaxrlhf.training.optim import make_optimizer
+from jaxrlhf.training.trainable import count_params, split_trainable
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(Path(__file__).parent / "configs" / "rm.py"),
+                                          "Path to a config file (plain Python returning a ConfigDict).")
+
+
+def lora_from_config(model_cfg) -> LoRAConfig | None:
+    if model_cfg.train_mode != "lora":
+        return None
+    return LoRAConfig(rank=model_cfg.lora_rank, alpha=model_cfg.lora_alpha, dropout=model_cfg.lora_dropout,
+                      targets=model_cfg.lora_targets)
+
+
+def load_reward_model(config, mesh):
+    return from_pretrained(config.model.name, "reward", mesh=mesh, dtype=dtype_of(config.model.dtype),
+                           param_dtype=dtype_of(config.model.param_dtype), scan_layers=config.model.scan_layers,
+                           remat=config.model.remat, lora=lora_from_config(config.model), seed=config.seed)
+
+
+def evaluate(eval_fn, batches, mesh) -> tuple[dict, dict]:
+    scores = score_pairs(eval_fn, batches, mesh)
+    return summarise(scores), scores
+
+
+def train(config) -> dict:
+    """Runs training as configured; returns the final held-out metrics."""
+    setup_runtime(config)
+    workdir = Path(config.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:  # lets eval_rm rebuild the model from a checkpoint
+        (workdir / "run_config.json").write_text(config.to_json_best_effort(indent=2))
+    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    loaded = load_reward_model(config, mesh)
+    tokenizer = load_tokenizer(loaded.model_dir)
+    data = rm_data.prepare(config, tokenizer, is_decoder=loaded.family.IS_DECODER)
+
+    steps_per_epoch = len(data.train_batcher)
+    total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
+    optimizer, schedule = make_optimizer(config.optim, total_steps)
+    graphdef, trainable, frozen = split_trainable(loaded.model, config.model.train_mode)
+    state = {"params": trainable, "opt_state": jax.jit(optimizer.init)(trainable),
+             "step": jnp.zeros((), jnp.int32)}
+    print(f"model {loaded.model_dir} ({loaded.hf_config['model_type']}): {count_params(trainable):,} trainable, "
+          f"{count_params(frozen):,} frozen parameters; fresh: {', '.join(loaded.initialised) or 'none'}")
+    print(f"data: {data.describe()}; {steps_per_epoch} steps/epoch, {total_steps} steps")
+
+    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
+                        save_every=config.train.checkpoint_every)
+    start = 0
+    if config.train.resume and ckpt.latest_step() is not None:
+        state, meta, start = ckpt.restore(state)
+        print(f"resumed from step {start} ({workdir / 'checkpoints'})")
+
+    train_step = jax.jit(make_train_step(graphdef, config.loss, optimizer, schedule, config.optim.grad_accum),
+                         donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(graphdef, config.loss.length_normalise))
+    eval_fn = lambda batch: eval_step(state["params"], frozen, batch)
+    writer = MetricsWriter(workdir)
+    base_key = jax.random.key(config.seed)
+    eval_every = config.train.eval_every or steps_per_epoch
+
+    window, t0, pairs_seen = [], time.time(), 0
+    batches = data.train_batcher.from_step(start)  # resumes mid-epoch without replaying data
+    bar = progress(total=total_steps, initial=start, desc="train_rm")
+    for step in range(start, total_steps):
+        epoch = step // steps_per_epoch
+        batch = to_global(next(batches), mesh)
+        state, metrics = train_step(state, frozen, batch, jax.random.fold_in(base_key, step))
+        window.append(metrics)
+        done = step + 1
+        if done % config.train.log_every == 0 or done == total_steps:
+            logged = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
+            pairs_seen += sum(float(m["pairs"]) for m in window)
+            logged["pairs_per_s"] = pairs_seen / (time.time() - t0)
+            logged.pop("pairs")
+            writer.write(done, logged, prefix="train/")
+            bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['accuracy']:.2f}",
+                            pairs_s=f"{logged['pairs_per_s']:.1f}")
+            window = []
+        if done % eval_every == 0 and done != total_steps:
+            summary, _ = evaluate(eval_fn, data.eval_batches(), mesh)
+            writer.write(done, summary, prefix="eval/")
+            bar.write(f"step {done}: eval accuracy {summary['accuracy']:.4f} on {summary['n']} pairs")
+        if ckpt.should_save(done) or done == total_steps:
+            ckpt.save(done, state, {"step": done, "epoch": epoch})
+        bar.update(1)
+    bar.close()
+    ckpt.close()
+    train_seconds = time.time() - t0
+
+    summary, scores = evaluate(eval_fn, data.eval_batches(), mesh)
+    summary["train_seconds"] = round(train_seconds, 1)
+    writer.write(total_steps, summary, prefix="eval/")
+    writer.close()
+    if jax.process_index() == 0:
+        (workdir / "eval.json").write_text(json.dumps(summary, indent=2))
+        if config.train.histogram and summary["n"]:
+            histogram_png(scores, workdir / "reward_histogram.png")
+    if config.train.export:
+        train_summary, _ = evaluate(eval_fn, data.train_eval_batches(), mesh)
+        stats = {"reward_mean": train_summary["reward_mean"], "reward_std": train_summary["reward_std"],
+                 "n_pairs": train_summary["n"], "train_accuracy": train_summary["accuracy"]}
+        from flax import nnx
+
+        model = nnx.merge(graphdef, state["params"], frozen)
+        export_hf(model, loaded.family, loaded.config, "reward", workdir / "export", tokenizer=tokenizer,
+                  extra_json={"reward_stats.json": stats})
+    print(json.dumps(summary))
+    return summary
+
+
+def main(argv):
+    del argv
+    with cli_errors():
+        train(_CONFIG.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
