@@ -301,7 +301,9 @@ def convert_gguf_to_hf(gguf_path: str, out_dir: str, *, tokenizer: bool = True) 
     _check_config_shapes(gguf_path, cfg, weights)
 
     os.makedirs(out_dir, exist_ok=True)
-    save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    st_path = os.path.join(out_dir, "model.safetensors")
+    save_file(weights, st_path, metadata={"format": "pt"})
+    os.chmod(st_path, 0o644)  # safetensors creates it owner-only; caches are shared
     del weights
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
