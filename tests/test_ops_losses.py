@@ -161,3 +161,10 @@ def test_regression_loss_and_length_normalise():
     out = jax.jit(length_normalise)(jnp.array([3.0, 3.0, 2.0]), jnp.array([3, 0, 4]))
     np.testing.assert_allclose(out, [1.0, 3.0, 0.5])
     assert out.dtype == jnp.float32
+
+
+def test_bradley_terry_hyperparameters_may_be_traced():
+    f = jax.jit(lambda t, c: bradley_terry_loss(jnp.array([1.0]), jnp.array([0.0]),
+                                                temperature=t, center_coef=c)[0])
+    want = math.log1p(math.exp(-1.0 / 0.5)) + 0.1 * 1.0
+    assert float(f(0.5, 0.1)) == pytest.approx(want, rel=1e-6)

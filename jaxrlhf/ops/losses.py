@@ -45,9 +45,7 @@ def bradley_terry_loss(
     r_c, r_r = clean(r_c), clean(rewards_rejected_B)
     diff = r_c - r_r
     logits = diff if margin_B is None else diff - clean(margin_B)
-    per_pair = -jax.nn.log_sigmoid(logits / temperature)
-    if center_coef:
-        per_pair = per_pair + center_coef * jnp.square(r_c + r_r)
+    per_pair = -jax.nn.log_sigmoid(logits / temperature) + center_coef * jnp.square(r_c + r_r)
     metrics = {
         "correct_sum": jnp.sum(w * (diff > 0)),
         "margin_sum": jnp.sum(w * diff),
