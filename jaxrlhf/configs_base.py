@@ -82,6 +82,7 @@ def rm_defaults() -> ml_collections.ConfigDict:
         "checkpoint_every": 100,
         "keep_checkpoints": 2,
         "resume": True,
+        "stop_after": 0,            # >0: save and stop after this step, as a preemption would
         "export": True,
         "histogram": True,
     })

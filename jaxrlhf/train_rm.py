@@ -16,6 +16,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxrlhf.infra import preemption
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.infra.metrics import MetricsWriter
@@ -88,37 +89,55 @@ def train(config) -> dict:
     base_key = jax.random.key(config.seed)
     eval_every = config.train.eval_every or steps_per_epoch
 
-    window, t0, pairs_seen = [], time.time(), 0
+    preemption.install_sigterm_handler()
+    window, t0, t_window = [], time.time(), time.time()
+    steady = {"pairs": 0.0, "seconds": 0.0}  # throughput after the first (compiling) step
     batches = data.train_batcher.from_step(start)  # resumes mid-epoch without replaying data
     bar = progress(total=total_steps, initial=start, desc="train_rm")
+    done = start
     for step in range(start, total_steps):
         epoch = step // steps_per_epoch
         batch = to_global(next(batches), mesh)
         state, metrics = train_step(state, frozen, batch, jax.random.fold_in(base_key, step))
         window.append(metrics)
         done = step + 1
-        if done % config.train.log_every == 0 or done == total_steps:
+        if step == start:  # exclude compilation from the throughput
+            jax.block_until_ready(metrics)
+            t_window = time.time()
+            window = []
+        elif done % config.train.log_every == 0 or done == total_steps:
             logged = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
-            pairs_seen += sum(float(m["pairs"]) for m in window)
-            logged["pairs_per_s"] = pairs_seen / (time.time() - t0)
-            logged.pop("pairs")
+            seconds = time.time() - t_window
+            pairs = logged.pop("pairs") * len(window)
+            steady["pairs"] += pairs
+            steady["seconds"] += seconds
+            logged["pairs_per_s"] = pairs / seconds
             writer.write(done, logged, prefix="train/")
             bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['accuracy']:.2f}",
                             pairs_s=f"{logged['pairs_per_s']:.1f}")
-            window = []
+            window, t_window = [], time.time()
         if done % eval_every == 0 and done != total_steps:
             summary, _ = evaluate(eval_fn, data.eval_batches(), mesh)
             writer.write(done, summary, prefix="eval/")
             bar.write(f"step {done}: eval accuracy {summary['accuracy']:.4f} on {summary['n']} pairs")
-        if ckpt.should_save(done) or done == total_steps:
+        stopping = preemption.should_stop() or done == config.train.stop_after
+        if ckpt.should_save(done) or done == total_steps or stopping:
             ckpt.save(done, state, {"step": done, "epoch": epoch})
         bar.update(1)
+        if stopping:
+            break
     bar.close()
     ckpt.close()
     train_seconds = time.time() - t0
+    if done < total_steps:
+        print(f"stopped at step {done} of {total_steps}; checkpoint saved, rerun the same command to resume")
+        writer.close()
+        return {"stopped_at": done}
 
     summary, scores = evaluate(eval_fn, data.eval_batches(), mesh)
     summary["train_seconds"] = round(train_seconds, 1)
+    if steady["seconds"] > 0:
+        summary["pairs_per_s"] = round(steady["pairs"] / steady["seconds"], 2)
     writer.write(total_steps, summary, prefix="eval/")
     writer.close()
     if jax.process_index() == 0:

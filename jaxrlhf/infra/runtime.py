@@ -34,12 +34,25 @@ def progress(total: int, initial: int = 0, desc: str = ""):
                 dynamic_ncols=True, mininterval=2.0)
 
 
+def quiet_libraries() -> None:
+    """No per-file progress bars from `datasets`; warnings only from `transformers`."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+
+
 @contextlib.contextmanager
 def cli_errors():
     """Bad input ends the program with one line on stderr and exit code 2, not a traceback.
 
     Set JAXRLHF_TRACEBACK=1 to see the traceback anyway.
     """
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # keeps JAX's backend probing off the console
+    quiet_libraries()
     try:
         yield
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as e:

@@ -14,6 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxrlhf.infra.sharding import batch_sharding
+from jaxrlhf.ops.metrics import kendall_tau_groups
 
 
 def to_global(batch: dict, mesh) -> dict:
@@ -43,30 +44,17 @@ def score_pairs(eval_fn: Callable, batches: Iterable[dict], mesh) -> dict[str, n
 
 
 def score_lists(reward_fn: Callable, batches: Iterable[dict], mesh) -> float:
-    """Mean Kendall's tau between rewards and ranks over ranked lists (rank 0 = best)."""
+    """Mean Kendall's tau-b between rewards and ranks over ranked lists (rank 0 = best)."""
     taus = []
     for batch in batches:
         B, K, T = np.shape(batch["ids_BxKxT"])
         flat = {"ids": np.reshape(batch["ids_BxKxT"], (B * K, T)), "mask": np.reshape(batch["mask_BxKxT"], (B * K, T))}
         g = to_global(flat, mesh)
-        rewards = _host(reward_fn(g["ids"], g["mask"])).reshape(B, K)
-        for b in range(B):
-            valid = np.asarray(batch["valid_BxK"][b]) > 0
-            if batch["weight_B"][b] > 0 and valid.sum() >= 2:
-                taus.append(kendall_tau_b(rewards[b][valid], -np.asarray(batch["ranks_BxK"][b])[valid]))
-    taus = [t for t in taus if not np.isnan(t)]
+        rewards_BxK = _host(reward_fn(g["ids"], g["mask"])).reshape(B, K)
+        tau_B, defined_B = kendall_tau_groups(rewards_BxK, batch["ranks_BxK"], batch["valid_BxK"])
+        keep = np.asarray(defined_B) & (np.asarray(batch["weight_B"]) > 0)
+        taus.extend(np.asarray(tau_B)[keep].tolist())
     return float(np.mean(taus)) if taus else float("nan")
-
-
-def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
-    """Kendall's tau-b (ties in either variable handled), O(n^2): lists are short."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    dx = np.sign(x[:, None] - x[None, :])
-    dy = np.sign(y[:, None] - y[None, :])
-    iu = np.triu_indices(len(x), 1)
-    dx, dy = dx[iu], dy[iu]
-    denom = np.sqrt(np.sum(dx != 0) * np.sum(dy != 0))
-    return float(np.sum(dx * dy) / denom) if denom else float("nan")
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:

@@ -39,10 +39,10 @@ def make_loss_fn(graphdef: nnx.GraphDef, loss_cfg) -> Callable:
         r_c, r_r = pair_rewards(model, batch, length_normalise=loss_cfg.length_normalise, dropout_rng=dropout_rng)
         weight = batch["weight_B"].astype(jnp.float32)
         margin = batch["margin_B"].astype(jnp.float32) if loss_cfg.use_margin else None
-        loss_sum, denom, _ = bradley_terry_loss(r_c, r_r, weight_B=weight, margin_B=margin,
+        loss_sum, denom, m = bradley_terry_loss(r_c, r_r, weight_B=weight, margin_B=margin,
                                                 temperature=loss_cfg.temperature, center_coef=loss_cfg.center_coef)
-        aux = {"denom": denom, "correct": jnp.sum(weight * (r_c > r_r)),
-               "margin": jnp.sum(weight * (r_c - r_r)), "reward": jnp.sum(weight * (r_c + r_r)) / 2}
+        aux = {"denom": denom, "correct": m["correct_sum"], "margin": m["margin_sum"],
+               "reward": jnp.sum(weight * (r_c + r_r)) / 2}
         return loss_sum, aux
 
     return loss_fn

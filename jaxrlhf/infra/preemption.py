@@ -1,0 +1,34 @@
+"""Stop requests: SIGTERM (TPU VMs send it before preemption) or a configured step count.
+
+The trainer polls `should_stop()` after each step; when set, it saves a checkpoint and returns, so a
+restart resumes where it left off.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+_requested = threading.Event()
+
+
+def _on_sigterm(signum, frame):
+    del signum, frame
+    _requested.set()
+
+
+def install_sigterm_handler() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def request_stop() -> None:
+    _requested.set()
+
+
+def should_stop() -> bool:
+    return _requested.is_set()
+
+
+def clear() -> None:
+    _requested.clear()

@@ -1,0 +1,115 @@
+"""Reward-model training end to end on a tiny Llama: learning, resume, export, eval_rm and score CLIs."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxrlhf.rm.load import load_trained_rm
+from jaxrlhf.train_rm import train
+from tests.rm_helpers import make_tiny_llama_dir, tiny_rm_config, write_separable_pairs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rm")
+    return make_tiny_llama_dir(d / "model"), write_separable_pairs(d / "pairs.jsonl", 96), d
+
+
+def params_of(workdir):
+    loaded, _, _ = load_trained_rm(str(workdir))
+    return jax.tree_util.tree_leaves(nnx.state(loaded.model, nnx.Param))
+
+
+def test_learns_separable_pairs_and_exports(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    model_dir, data, _ = setup
+    config = tiny_rm_config(model_dir, data, tmp_path / "work")
+    config.train.export = True
+    config.train.histogram = True
+    summary = train(config)
+    assert summary["accuracy"] == 1.0 and summary["n"] == 16
+    work = tmp_path / "work"
+    assert (work / "reward_histogram.png").stat().st_size > 1000
+    assert json.loads((work / "eval.json").read_text())["accuracy"] == 1.0
+    records = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/loss" in r for r in records) and any("eval/accuracy" in r for r in records)
+    stats = json.loads((work / "export" / "reward_stats.json").read_text())
+    assert stats["n_pairs"] == 80 and stats["reward_std"] > 0
+
+    # The export loads in transformers and gives the rewards our model gives.
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(work / "export")
+    torch_rm = transformers.AutoModelForSequenceClassification.from_pretrained(work / "export").eval()
+    texts = ["hello good </s>", "hello bad </s>"]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        theirs = torch_rm(**enc).logits[:, 0].numpy()
+    loaded, _, _ = load_trained_rm(str(work / "export"))
+    ours = np.asarray(loaded.model(enc["input_ids"].numpy(), enc["attention_mask"].numpy()))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert ours[0] > ours[1]
+
+    # eval_rm and score from the command line: one JSON object / one JSON line per text.
+    out = subprocess.run([sys.executable, "-m", "jaxrlhf.eval_rm", f"--model={work / 'export'}", f"--data={data}",
+                          "--max_length=32"], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["n"] == 96 and result["accuracy"] == 1.0 and "length_correlation" in result
+    lines = '{"prompt": "hello", "response": "good"}\n{"prompt": "hello", "response": "bad"}\n'
+    out = subprocess.run([sys.executable, "-m", "jaxrlhf.score", f"--model={work / 'export'}"], input=lines,
+                         capture_output=True, text=True, check=True)
+    scored = [json.loads(l) for l in out.stdout.strip().splitlines()]
+    assert len(scored) == 2 and scored[0]["reward"] > scored[1]["reward"] and "normalised" in scored[0]
+
+
+def test_resume_after_stop_gives_identical_parameters(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    model_dir, data, _ = setup
+    straight = tiny_rm_config(model_dir, data, tmp_path / "straight")
+    straight.train.epochs = 2
+    train(straight)
+
+    interrupted = tiny_rm_config(model_dir, data, tmp_path / "interrupted")
+    interrupted.train.epochs = 2
+    interrupted.train.stop_after = 13  # mid-epoch, between checkpoints
+    assert train(interrupted) == {"stopped_at": 13}
+    interrupted.train.stop_after = 0
+    train(interrupted)
+
+    for a, b in zip(params_of(tmp_path / "straight"), params_of(tmp_path / "interrupted")):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_eval_rm_reports_kendall_tau_for_ranked_lists(setup, tmp_path):
+    model_dir, _, _ = setup
+    rows = [{"prompt": "hello", "responses": ["good good", "good", "bad", "bad bad"], "ranks": [0, 1, 2, 3]},
+            {"prompt": "hi there", "responses": ["bad", "good"], "ranks": [1, 0]}]
+    path = tmp_path / "lists.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    out = subprocess.run([sys.executable, "-m", "jaxrlhf.eval_rm", f"--model={model_dir}", f"--data={path}",
+                          "--max_length=32"], capture_output=True, text=True, env={**__import__("os").environ,
+                          "HF_DATASETS_CACHE": str(tmp_path / "hf")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["n"] == 7 and -1.0 <= result["kendall_tau"] <= 1.0
+
+
+def test_bad_input_is_one_line_error(setup, tmp_path):
+    model_dir, _, _ = setup
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "chosen": "same", "rejected": "same"}) + "\n")
+    out = subprocess.run([sys.executable, "-m", "jaxrlhf.eval_rm", f"--model={model_dir}", f"--data={bad}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bad.jsonl: row 1: field 'rejected'" in last
+    assert "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "jaxrlhf.eval_rm", f"--model={tmp_path / 'nope'}", f"--data={bad}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "nope" in out.stderr
