@@ -101,21 +101,19 @@ def train(config) -> dict:
         state, metrics = train_step(state, frozen, batch, jax.random.fold_in(base_key, step))
         window.append(metrics)
         done = step + 1
-        if step == start:  # exclude compilation from the throughput
-            jax.block_until_ready(metrics)
-            t_window = time.time()
-            window = []
-        elif done % config.train.log_every == 0 or done == total_steps:
+        if step == start or done % config.train.log_every == 0 or done == total_steps:
             logged = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
             seconds = time.time() - t_window
             pairs = logged.pop("pairs") * len(window)
-            steady["pairs"] += pairs
-            steady["seconds"] += seconds
-            logged["pairs_per_s"] = pairs / seconds
+            if step > start:  # the first step compiles: keep it out of the throughput
+                steady["pairs"] += pairs
+                steady["seconds"] += seconds
+                logged["pairs_per_s"] = pairs / seconds
             writer.write(done, logged, prefix="train/")
             bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['accuracy']:.2f}",
-                            pairs_s=f"{logged['pairs_per_s']:.1f}")
+                            pairs_s=f"{logged.get('pairs_per_s', 0.0):.1f}")
             window, t_window = [], time.time()
+        paused = time.time()  # evaluation and saving stay out of the throughput
         if done % eval_every == 0 and done != total_steps:
             summary, _ = evaluate(eval_fn, data.eval_batches(), mesh)
             writer.write(done, summary, prefix="eval/")
@@ -123,6 +121,7 @@ def train(config) -> dict:
         stopping = preemption.should_stop() or done == config.train.stop_after
         if ckpt.should_save(done) or done == total_steps or stopping:
             ckpt.save(done, state, {"step": done, "epoch": epoch})
+        t_window += time.time() - paused
         bar.update(1)
         if stopping:
             break
