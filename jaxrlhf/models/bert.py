@@ -1,0 +1,277 @@
+"""BERT-family encoder: BERT, MiniLM (a small BERT), RoBERTa.
+
+Word + learned absolute position + token-type embeddings, LayerNorm, then post-LayerNorm blocks
+(h = LN(h + attn(h)); h = LN(h + mlp(h))) of bidirectional attention over the keys where the mask is 1
+and an exact-gelu MLP, scanned over layers. BERT and RoBERTa differ only in the position ids and in
+the checkpoint names of the base model and the classifier:
+
+- BERT: positions 0..T-1 whatever the padding (as `BertModel` computes them). Pad on the right, as
+  the tokenizers do: a left-padded row puts its real tokens at shifted positions, as in HF.
+- RoBERTa: pad rows sit at `padding_idx` (= pad_token_id) and real tokens count up from
+  `padding_idx + 1`, which HF derives from `input_ids != pad`; we derive it from the attention mask
+  (the same whenever masked tokens are the pad id), so left padding leaves real positions unchanged.
+
+`positions_BxT` overrides either rule; it holds raw rows of the position table (HF's `position_ids`,
+so RoBERTa's offset included). Token types default to zeros (`token_type_ids_BxT`, an extra keyword).
+
+The BERT pooler (dense + tanh on the first token) is not part of the backbone: it is the reward/value
+head's `dense` layer, so `weight_specs(cfg, "reward")` maps `bert.pooler.dense` there (RoBERTa:
+`classifier.dense`) and a reward model imported from a bare `BertModel` checkpoint starts from the
+pretrained pooler. Exporting task "backbone" therefore writes no pooler (transformers re-initialises it).
+
+LoRA layer names (for `LoRAConfig.targets`): "attn.query", "attn.key", "attn.value", "attn.out",
+"mlp.intermediate", "mlp.output". Dropout: only LoRA dropout is applied (keys from `dropout_rng`,
+split per layer through the scan); hidden and attention-probability dropout are omitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_linear_specs, stacked_specs
+from jaxrlhf.models.layers import (Embed, LayerNorm, Linear, LoRAConfig, activation, apply_stacked, create_stacked,
+                                   dot_product_attention)
+
+MODEL_TYPES = ("bert", "roberta")
+IS_DECODER = False
+POOLING = "first"
+# The module-level default; a RoBERTa config's own prefix is `Config.hf_base_prefix` ("roberta.").
+HF_BASE_PREFIX = "bert."
+HF_BASE_PREFIXES = {"bert": "bert.", "roberta": "roberta."}
+REWARD_HEAD = HeadSpec(use_bias=True, pre_dense=True)
+
+LORA_LAYER_NAMES = ("attn.query", "attn.key", "attn.value", "attn.out", "mlp.intermediate", "mlp.output")
+_ARCH_NAMES = {"bert": "Bert", "roberta": "Roberta"}
+_ARCH_SUFFIX = {"backbone": "Model", "reward": "ForSequenceClassification", "value": "ForSequenceClassification"}
+# Checkpoint names of the scalar head, (pre-dense, projection), after the base prefix for BERT's pooler.
+_HEAD_KEYS = {"bert": ("bert.pooler.dense", "classifier"), "roberta": ("classifier.dense", "classifier.out_proj")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    model_type: str = "bert"
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    # Not applied here (see the module docstring); kept so an export round-trips the original values.
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None
+
+    def __post_init__(self):
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type {self.model_type!r} is not a BERT-family type {MODEL_TYPES}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
+                             f"num_attention_heads={self.num_attention_heads}")
+        if self.model_type == "roberta" and self.pad_token_id is None:
+            raise ValueError("RoBERTa needs pad_token_id (its position ids are counted from it)")
+        activation(self.hidden_act)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def hf_base_prefix(self) -> str:
+        """"bert." or "roberta.": the base-model prefix of this model type's task checkpoints."""
+        return HF_BASE_PREFIXES[self.model_type]
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "Config":
+        model_type = d.get("model_type", "bert")
+        if d.get("is_decoder") or d.get("add_cross_attention"):
+            raise ValueError(f"{model_type} as a decoder / with cross-attention is not supported")
+        pos_type = d.get("position_embedding_type", "absolute")
+        if pos_type != "absolute":
+            raise ValueError(f"position_embedding_type {pos_type!r} is not supported (only 'absolute')")
+        default_pad = 1 if model_type == "roberta" else 0
+        return cls(
+            vocab_size=int(d["vocab_size"]), hidden_size=int(d["hidden_size"]),
+            num_hidden_layers=int(d["num_hidden_layers"]), num_attention_heads=int(d["num_attention_heads"]),
+            intermediate_size=int(d["intermediate_size"]), model_type=model_type,
+            hidden_act=d.get("hidden_act", "gelu"),
+            max_position_embeddings=int(d.get("max_position_embeddings", 512)),
+            type_vocab_size=int(d.get("type_vocab_size", 2)),
+            layer_norm_eps=float(d.get("layer_norm_eps", 1e-12)),
+            pad_token_id=d.get("pad_token_id", default_pad),
+            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+            hidden_dropout_prob=float(d.get("hidden_dropout_prob", 0.1)),
+            attention_probs_dropout_prob=float(d.get("attention_probs_dropout_prob", 0.1)),
+            classifier_dropout=d.get("classifier_dropout"))
+
+    def to_hf(self, task: str = "backbone") -> dict:
+        if task not in _ARCH_SUFFIX:
+            raise ValueError(f"{self.model_type} is an encoder: task {task!r} has no HF architecture; "
+                             f"choose one of {tuple(_ARCH_SUFFIX)}")
+        d: dict[str, Any] = {
+            "architectures": [_ARCH_NAMES[self.model_type] + _ARCH_SUFFIX[task]], "model_type": self.model_type,
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers, "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size, "hidden_act": self.hidden_act,
+            "max_position_embeddings": self.max_position_embeddings, "type_vocab_size": self.type_vocab_size,
+            "layer_norm_eps": self.layer_norm_eps, "pad_token_id": self.pad_token_id,
+            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
+            "hidden_dropout_prob": self.hidden_dropout_prob,
+            "attention_probs_dropout_prob": self.attention_probs_dropout_prob,
+            "classifier_dropout": self.classifier_dropout, "position_embedding_type": "absolute",
+            "initializer_range": 0.02, "is_decoder": False, "add_cross_attention": False,
+            "torch_dtype": "float32", "use_cache": False,
+        }
+        if task in ("reward", "value"):
+            d.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+        return d
+
+
+def _lora_for(lora: LoRAConfig | None, name: str) -> LoRAConfig | None:
+    return None if lora is None else lora.for_layer(name)
+
+
+def _split_keys(rng: jax.Array | None, n: int) -> list:
+    return [None] * n if rng is None else list(jax.random.split(rng, n))
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
+        E = cfg.hidden_size
+        self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.query = Linear(E, E, rngs=rngs, lora=_lora_for(lora, "attn.query"), **kw)
+        self.key = Linear(E, E, rngs=rngs, lora=_lora_for(lora, "attn.key"), **kw)
+        self.value = Linear(E, E, rngs=rngs, lora=_lora_for(lora, "attn.value"), **kw)
+        self.out = Linear(E, E, rngs=rngs, lora=_lora_for(lora, "attn.out"), **kw)
+
+    def __call__(self, x_BxTxE, mask_BxTxS, rng):
+        B, T, E = x_BxTxE.shape
+        r = _split_keys(rng, 4)
+        q, k, v = (proj(x_BxTxE, key).reshape(B, T, self.num_heads, self.head_dim)
+                   for proj, key in zip((self.query, self.key, self.value), r))
+        out = dot_product_attention(q, k, v, mask_BxTxS)
+        return self.out(out.reshape(B, T, E), r[3])
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
+        self.act = activation(cfg.hidden_act)
+        self.intermediate = Linear(cfg.hidden_size, cfg.intermediate_size, rngs=rngs,
+                                   lora=_lora_for(lora, "mlp.intermediate"), **kw)
+        self.output = Linear(cfg.intermediate_size, cfg.hidden_size, rngs=rngs, lora=_lora_for(lora, "mlp.output"),
+                             **kw)
+
+    def __call__(self, x_BxTxE, rng):
+        r = _split_keys(rng, 2)
+        return self.output(self.act(self.intermediate(x_BxTxE, r[0])), r[1])
+
+
+class Block(nnx.Module):
+    """Post-LayerNorm: h = LN(h + attn(h)); h = LN(h + mlp(h))."""
+
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dtype, param_dtype):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.attn = Attention(cfg, rngs=rngs, lora=lora, **kw)
+        self.attn_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.mlp = MLP(cfg, rngs=rngs, lora=lora, **kw)
+        self.mlp_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+
+    def __call__(self, h_BxTxE, mask_BxTxS, rng):
+        r = _split_keys(rng, 2)
+        h_BxTxE = self.attn_norm(h_BxTxE + self.attn(h_BxTxE, mask_BxTxS, r[0]))
+        return self.mlp_norm(h_BxTxE + self.mlp(h_BxTxE, r[1]))
+
+
+def position_ids(cfg: Config, attention_mask_BxT: jax.Array) -> jax.Array:
+    """HF's position ids: BERT 0..T-1; RoBERTa pad_id + running count of real tokens (pads at pad_id)."""
+    B, T = attention_mask_BxT.shape
+    if cfg.model_type == "bert":
+        return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    real = (attention_mask_BxT > 0).astype(jnp.int32)
+    return jnp.cumsum(real, axis=-1) * real + int(cfg.pad_token_id)
+
+
+class Backbone(nnx.Module):
+    """Embeddings + LayerNorm, scanned post-LN blocks. `__call__` returns (hidden_BxTxE, None)."""
+
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                 scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None):
+        if lora is not None and not any(lora.for_layer(n) for n in LORA_LAYER_NAMES):
+            raise ValueError(f"LoRA targets {lora.targets!r} match no {cfg.model_type} layer; "
+                             f"layer names are {LORA_LAYER_NAMES}")
+        self.cfg = cfg
+        self.hidden_size = cfg.hidden_size
+        self.dtype = dtype
+        self.scan_layers, self.remat = scan_layers, remat
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.embed = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, **kw)
+        self.position_embed = Embed(cfg.max_position_embeddings, cfg.hidden_size, rngs=rngs, **kw)
+        self.token_type_embed = Embed(cfg.type_vocab_size, cfg.hidden_size, rngs=rngs, **kw)
+        self.embed_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.layers = create_stacked(lambda r: Block(cfg, rngs=r, lora=lora, **kw), cfg.num_hidden_layers, rngs)
+
+    def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, dropout_rng=None,
+                 token_type_ids_BxT=None):
+        if cache is not None:
+            raise ValueError(f"{self.cfg.model_type} is an encoder: it has no KV cache")
+        cfg = self.cfg
+        if positions_BxT is None:
+            positions_BxT = position_ids(cfg, attention_mask_BxT)
+        if token_type_ids_BxT is None:
+            token_type_ids_BxT = jnp.zeros_like(input_ids_BxT)
+        h = self.embed(input_ids_BxT) + self.token_type_embed(token_type_ids_BxT) + self.position_embed(positions_BxT)
+        h = self.embed_norm(h)
+        B, T = attention_mask_BxT.shape
+        # Bidirectional: every query sees every real key.
+        mask_BxTxS = jnp.broadcast_to((attention_mask_BxT > 0)[:, None, :], (B, T, T))
+        xs = {} if dropout_rng is None else {"rng": jax.random.split(dropout_rng, cfg.num_hidden_layers)}
+
+        def body(layer, h, x):
+            return layer(h, mask_BxTxS, x.get("rng")), None
+
+        h, _ = apply_stacked(self.layers, h, body, scan=self.scan_layers, remat=self.remat, xs=xs)
+        return h, None
+
+
+def weight_specs(cfg: Config, task: str) -> list[WeightSpec]:
+    """Our parameter paths and the HF tensors they come from.
+
+    Task "backbone": a bare `BertModel` / `RobertaModel` checkpoint (`embeddings.word_embeddings.weight`,
+    `encoder.layer.{i}.attention.self.query.weight`, ...; its `pooler.dense.*` is not read).
+    Tasks "reward"/"value": `*ForSequenceClassification` names, base prefixed by `cfg.hf_base_prefix`;
+    the head's dense layer is `bert.pooler.dense` (BERT) or `classifier.dense` (RoBERTa), its projection
+    `classifier` or `classifier.out_proj`.
+    """
+    if task not in ("backbone", "reward", "value"):
+        raise ValueError(f"unknown task {task!r} for the {cfg.model_type} encoder")
+    pre, path0 = ("", ()) if task == "backbone" else (cfg.hf_base_prefix, ("backbone",))
+    L = cfg.num_hidden_layers
+    emb = pre + "embeddings."
+    specs = [WeightSpec(path0 + ("embed", "embedding"), (emb + "word_embeddings.weight",)),
+             WeightSpec(path0 + ("position_embed", "embedding"), (emb + "position_embeddings.weight",)),
+             WeightSpec(path0 + ("token_type_embed", "embedding"), (emb + "token_type_embeddings.weight",)),
+             WeightSpec(path0 + ("embed_norm", "scale"), (emb + "LayerNorm.weight",)),
+             WeightSpec(path0 + ("embed_norm", "bias"), (emb + "LayerNorm.bias",))]
+    layer = pre + "encoder.layer.{i}."
+    lp = path0 + ("layers",)
+    for ours, theirs in ((("attn", "query"), "attention.self.query"), (("attn", "key"), "attention.self.key"),
+                         (("attn", "value"), "attention.self.value"), (("attn", "out"), "attention.output.dense"),
+                         (("mlp", "intermediate"), "intermediate.dense"), (("mlp", "output"), "output.dense")):
+        specs += stacked_linear_specs(lp + ours, layer + theirs, L, bias=True)
+    for ours, theirs in (("attn_norm", "attention.output.LayerNorm"), ("mlp_norm", "output.LayerNorm")):
+        specs += [stacked_specs(lp + (ours, "scale"), layer + theirs + ".weight", L),
+                  stacked_specs(lp + (ours, "bias"), layer + theirs + ".bias", L)]
+    if task in ("reward", "value"):
+        dense, out = _HEAD_KEYS[cfg.model_type]
+        specs += linear_specs(("head", "dense"), dense, bias=True) + linear_specs(("head", "out"), out, bias=True)
+    return specs
