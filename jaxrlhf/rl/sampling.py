@@ -1,0 +1,173 @@
+"""Batched sampling from a causal LM with a KV cache: one prefill, then 1-token decode steps.
+
+    cfg = SamplingConfig(max_new_tokens=64, temperature=0.7, top_p=0.9, eos_ids=(tok.eos_token_id,),
+                         pad_id=tok.pad_token_id)
+    ids_BxP, mask_BxP = left_pad(chat_prompts(tok, ["What is the capital of France?"]), tok.pad_token_id)
+    out = generate(model, ids_BxP, mask_BxP, jax.random.key(0), cfg)
+    out["response_ids_BxN"], out["response_mask_BxN"], out["logprobs_BxN"], out["ended_B"]
+
+`generate` is jitted (graph definition and config static: one compile per prompt shape and config);
+`decode` is the same computation for callers already inside a jitted rollout step. Shapes are static:
+the response buffer is [B, max_new_tokens]. The decode steps run in a `lax.while_loop` that stops
+early once every row has emitted a stop token; the rest of the buffer stays pad with mask 0.
+
+Prompts are meant to be LEFT-padded (all rows then decode in lockstep from the same cache slot), but
+any padding works: the first token is drawn from the logits at each row's last real prompt token, and
+masked slots in the cache are never attended to. Every row needs at least one real prompt token.
+
+`response_mask_BxN` is 1 up to and including the first stop token, 0 after; tokens after it are
+`pad_id`. `logprobs_BxN` is log softmax(logits / temperature) of the sampled token under the
+UNFILTERED temperature-scaled distribution (top-k/top-p only restrict what can be drawn; see
+`sampling_filters`), 0 where the mask is 0; greedy (temperature 0) reports it at temperature 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxrlhf.models.heads import gather_positions, last_token_index
+from jaxrlhf.rl.sampling_filters import filter_logits, sample_token, top_k_filter, top_p_filter  # noqa: F401
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. Hashable: it is a static argument of the jitted `generate`.
+
+    temperature 0 is greedy. top_k <= 0 and top_p >= 1 switch those filters off. `eos_ids` are the
+    stop tokens (empty: never stop early, always `max_new_tokens`). `pad_id` fills finished rows.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+
+    def __post_init__(self):
+        eos = self.eos_ids
+        eos = () if eos is None else (int(eos),) if isinstance(eos, (int, np.integer)) else tuple(int(e) for e in eos)
+        object.__setattr__(self, "eos_ids", eos)
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def decode(model: nnx.Module, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, rng: jax.Array | None,
+           cfg: SamplingConfig) -> dict[str, jax.Array]:
+    """The traceable body of `generate` (a CausalLM module, not jitted here)."""
+    B, P = prompt_ids_BxP.shape
+    N = cfg.max_new_tokens
+    rng = jax.random.key(0) if rng is None else rng
+    eos = jnp.asarray(cfg.eos_ids, jnp.int32) if cfg.eos_ids else None
+    backbone = model.backbone
+
+    def next_logits(hidden_BxD):
+        return model.logits(hidden_BxD[:, None, :])[:, 0].astype(jnp.float32)
+
+    def is_stop(tok_B):
+        return jnp.zeros(tok_B.shape, jnp.bool_) if eos is None else jnp.any(tok_B[:, None] == eos, axis=-1)
+
+    def emit(step, logits_BxV, finished_B, bufs):
+        """Draws step `step`'s tokens and writes them; finished rows get pad / mask 0 / logprob 0."""
+        tok, logp = sample_token(logits_BxV, jax.random.fold_in(rng, step), cfg.temperature, cfg.top_k, cfg.top_p)
+        alive = ~finished_B
+        tok = jnp.where(alive, tok, cfg.pad_id).astype(jnp.int32)
+        new = (tok, alive.astype(jnp.int32), jnp.where(alive, logp, 0.0))
+        bufs = tuple(jax.lax.dynamic_update_slice(b, x[:, None], (0, step)) for b, x in zip(bufs, new))
+        return tok, alive, finished_B | (alive & is_stop(tok)), bufs
+
+    cache = backbone.init_cache(B, P + N)
+    hidden_BxPxD, cache = backbone(prompt_ids_BxP, prompt_mask_BxP, cache=cache)
+    logits = next_logits(gather_positions(hidden_BxPxD, last_token_index(prompt_mask_BxP)))
+    bufs = (jnp.full((B, N), cfg.pad_id, jnp.int32), jnp.zeros((B, N), jnp.int32), jnp.zeros((B, N), jnp.float32))
+    tok, alive, finished, bufs = emit(0, logits, jnp.zeros((B,), jnp.bool_), bufs)
+
+    def cond(carry):
+        step, _, _, _, finished, _ = carry
+        return (step < N) & ~jnp.all(finished)
+
+    def body(carry):
+        step, cache, tok, alive, finished, bufs = carry
+        # A finished row feeds pad with mask 0: it takes a cache slot but is never attended to.
+        hidden_Bx1xD, cache = backbone(tok[:, None], alive[:, None].astype(jnp.int32), cache=cache)
+        tok, alive, finished, bufs = emit(step, next_logits(hidden_Bx1xD[:, 0]), finished, bufs)
+        return step + 1, cache, tok, alive, finished, bufs
+
+    carry = (jnp.asarray(1, jnp.int32), cache, tok, alive, finished, bufs)
+    step, _, _, _, finished, (ids, mask, logp) = jax.lax.while_loop(cond, body, carry)
+    return {"response_ids_BxN": ids, "response_mask_BxN": mask, "logprobs_BxN": logp, "ended_B": finished,
+            "lengths_B": jnp.sum(mask, axis=-1), "num_steps": step}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
+def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, rng, cfg):
+    return decode(nnx.merge(graphdef, state), prompt_ids_BxP, prompt_mask_BxP, rng, cfg)
+
+
+def generate(model: nnx.Module | tuple[Any, Any], prompt_ids_BxP, prompt_mask_BxP, rng: jax.Array | None,
+             cfg: SamplingConfig) -> dict[str, jax.Array]:
+    """Samples `cfg.max_new_tokens` tokens (fewer steps if every row stops) after each prompt.
+
+    `model` is a CausalLM or its `nnx.split` pair (graphdef, state); passing the pair skips a graph
+    traversal per call. Returns response_ids_BxN (int32), response_mask_BxN (int32), logprobs_BxN
+    (float32), ended_B (bool: a stop token was emitted), lengths_B and num_steps (decode steps run).
+    """
+    graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
+    rng = jax.random.key(0) if rng is None else rng
+    return _generate_jit(graphdef, state, jnp.asarray(prompt_ids_BxP, jnp.int32),
+                         jnp.asarray(prompt_mask_BxP, jnp.int32), rng, cfg)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None = None,
+             multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token-id lists into (ids_BxP, mask_BxP) int32 arrays.
+
+    P is `length` if given (a longer sequence is an error), else the longest sequence rounded up to
+    `multiple` (fewer distinct shapes, fewer compiles).
+    """
+    seqs = [list(map(int, s)) for s in sequences]
+    if not seqs:
+        raise ValueError("left_pad: no sequences")
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("left_pad: a sequence is empty; every prompt needs at least one token")
+    longest = max(len(s) for s in seqs)
+    if length is None:
+        length = -(-longest // multiple) * multiple
+    elif longest > length:
+        raise ValueError(f"left_pad: a sequence has {longest} tokens, more than length={length}")
+    ids = np.full((len(seqs), length), pad_id, np.int32)
+    mask = np.zeros((len(seqs), length), np.int32)
+    for i, s in enumerate(seqs):
+        ids[i, length - len(s):] = s
+        mask[i, length - len(s):] = 1
+    return ids, mask
+
+
+def chat_prompts(tokenizer, user_texts: Sequence[str], system: str | None = None) -> list[list[int]]:
+    """Token ids of one single-turn chat per text, ending with the assistant's generation prompt.
+
+    Uses the tokenizer's own chat template (its default system message unless `system` is given);
+    the special tokens come from the template text, so no extra BOS is added.
+    """
+    out = []
+    for text in user_texts:
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+            {"role": "user", "content": text}]
+        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        out.append(list(tokenizer(rendered, add_special_tokens=False)["input_ids"]))
+    return out
