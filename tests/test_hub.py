@@ -141,3 +141,26 @@ def test_wrong_checkpoint_family(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(WeightLoadError, match="not found in the weights"):
         from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("save_cls,task", [(transformers.RobertaModel, "reward"),
+                                           (transformers.RobertaForSequenceClassification, "backbone"),
+                                           (transformers.BertModel, "reward")])
+def test_encoder_checkpoints_load_across_tasks(tmp_path, save_cls, task):
+    """A bare encoder loads as a reward model (fresh head) and a classifier loads as a bare backbone."""
+    is_roberta = "Roberta" in save_cls.__name__
+    cfg_cls = transformers.RobertaConfig if is_roberta else transformers.BertConfig
+    cfg = cfg_cls(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=80, num_labels=1, pad_token_id=1)
+    ref = save_cls(cfg).eval()
+    ref.save_pretrained(tmp_path)
+    loaded = from_pretrained(str(tmp_path), task)
+    assert all(p.startswith("head/") for p in loaded.initialised)
+    ids, mask = batch()
+    ids = np.where(mask > 0, np.maximum(ids, 2), 1)  # RoBERTa positions in HF come from ids != pad (1)
+    hidden_ref = (ref.roberta if hasattr(ref, "roberta") else ref)
+    with torch.no_grad():
+        expected = hidden_ref(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    backbone = loaded.model if task == "backbone" else loaded.model.backbone
+    hidden, _ = backbone(ids, mask)
+    np.testing.assert_allclose(np.asarray(hidden)[mask > 0], expected[mask > 0], atol=1e-4)

@@ -24,9 +24,9 @@ DEFAULT_PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"lora_[ab]$", (None, None)),
     (r"(^|/)embed/embedding$", ("vocab", "embed")),
     (r"lm_head/kernel$", ("embed", "vocab")),
-    (r"(o_proj|down_proj|c_proj|attn_out|output|out_proj)/kernel$", ("mlp", "embed")),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|c_attn|c_fc|query|key|value|intermediate)/kernel$", ("embed", "mlp")),
     (r"head/out/kernel$", ("embed", None)),
+    (r"(o_proj|down_proj|c_proj|attn/out|output|out_proj)/kernel$", ("mlp", "embed")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|c_attn|c_fc|query|key|value|intermediate)/kernel$", ("embed", "mlp")),
     (r"/kernel$", ("embed", "mlp")),
     (r"/embedding$", (None, "embed")),
 )

@@ -98,11 +98,12 @@ def from_pretrained(name_or_path: str, task: str = "causal_lm", *, mesh: Mesh | 
                                     logical_to_mesh)
 
     values: dict[tuple, jax.Array] = {}
+    prefix = getattr(cfg, "hf_base_prefix", family.HF_BASE_PREFIX)  # RoBERTa shares BERT's module
     for spec in family.weight_specs(cfg, task):
         if spec.path not in flat:
             raise WeightLoadError(f"internal: {family.__name__}.weight_specs names unknown parameter {spec.path}")
         abstract = flat[spec.path].get_value()
-        host = _read_spec(files, spec, family.HF_BASE_PREFIX, abstract.shape, np.dtype(abstract.dtype))
+        host = _read_spec(files, spec, prefix, abstract.shape, np.dtype(abstract.dtype))
         if host is not None:
             values[spec.path] = jax.make_array_from_callback(host.shape, shardings[spec.path], lambda i, h=host: h[i])
 
