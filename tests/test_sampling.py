@@ -322,6 +322,65 @@ def test_sample_token_frequencies_match_the_filtered_distribution():
     np.testing.assert_allclose(np.asarray(logps)[:, 0], np.log(full[toks]), atol=1e-5)
 
 
+def _numpy_top_p_support(logits, p):
+    """Sort-based float64 reference: the smallest most-likely prefix with mass >= p, plus ties."""
+    z = np.asarray(logits, np.float64)
+    probs = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    order = np.argsort(-probs, kind="stable")
+    cum_before = np.cumsum(probs[order]) - probs[order]
+    n = max(1, int((cum_before < p).sum()))
+    return probs >= probs[order[n - 1]]
+
+
+def test_top_p_filter_matches_a_sort_reference_on_a_large_vocabulary():
+    rs = np.random.RandomState(0)
+    V = 3000
+    logits = np.stack([rs.randn(V) * s for s in (0.3, 1.0, 3.0, 8.0)]).astype(np.float32)
+    for p in (0.05, 0.5, 0.9, 0.99):
+        got = np.isfinite(np.asarray(top_p_filter(jnp.asarray(logits), p)))
+        for row in range(4):
+            ref = _numpy_top_p_support(logits[row], p)
+            # float32 vs float64 sums may move the boundary by one token at most
+            assert np.sum(got[row] != ref) <= 1, (p, row, got[row].sum(), ref.sum())
+            assert got[row][np.argmax(logits[row])]
+
+
+@pytest.mark.parametrize("case", ["small_nucleus", "large_nucleus"])
+def test_top_p_sampling_on_a_large_vocabulary(case):
+    """Top-p alone first searches the 256 best tokens; a larger nucleus falls back to the whole vocabulary.
+    Both must draw from exactly the nucleus, with the renormalised probabilities."""
+    from jaxrlhf.rl import sampling_filters
+
+    V, T, p = 600, 1.0, 0.9
+    rs = np.random.RandomState(1)
+    if case == "small_nucleus":
+        logits = np.full(V, -8.0)
+        logits[rs.choice(V, 6, replace=False)] = [3.0, 2.5, 2.0, 1.0, 0.5, 0.0]
+    else:
+        logits = rs.randn(V) * 0.2  # near uniform: the nucleus holds ~540 tokens
+    logits = jnp.asarray(logits[None], jnp.float32)
+    support = _numpy_top_p_support(np.asarray(logits[0]) / T, p)
+    assert (support.sum() < 10) == (case == "small_nucleus") and (support.sum() > 256) == (case != "small_nucleus")
+    keys = jax.random.split(jax.random.key(3), 40000)
+    toks = np.asarray(jax.vmap(lambda k: sample_token(logits, k, T, 0, p)[0])(keys))[:, 0]
+    assert support[toks].all()  # never outside the nucleus
+    z = np.asarray(logits[0], np.float64) / T
+    target = np.where(support, np.exp(z - z.max()), 0.0)
+    target /= target.sum()
+    freq = np.bincount(toks, minlength=V) / len(toks)
+    if case == "small_nucleus":
+        np.testing.assert_allclose(freq, target, atol=0.01)
+    else:  # many tokens: compare the mass of the more likely half of the nucleus, and the coverage
+        upper = support & (z > np.median(z[support]))
+        assert abs(freq[upper].sum() - target[upper].sum()) < 0.01
+        assert (freq[support] > 0).mean() > 0.95
+        # the fallback branch is the plain filtered categorical, draw for draw
+        k = jax.random.key(7)
+        np.testing.assert_array_equal(
+            np.asarray(sample_token(logits, k, T, 0, p)[0]),
+            np.asarray(jax.random.categorical(k, sampling_filters.filter_logits(logits / T, top_p=p), axis=-1)))
+
+
 # ---- padding and chat helpers --------------------------------------------------------------------
 
 def test_left_pad():
