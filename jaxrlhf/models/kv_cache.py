@@ -103,6 +103,17 @@ def write(layer_cache_BxSxKxD: jax.Array, new_BxTxKxD: jax.Array, index: jax.Arr
                                         (0, index, 0, 0))
 
 
+def write_layer(cache_LxBxSxKxD: jax.Array, new_BxTxKxD: jax.Array, layer: jax.Array | int,
+                index: jax.Array | int) -> jax.Array:
+    """Writes T new keys (or values) of layer `layer` into the stacked cache at slots [index, index + T).
+
+    Carried through the layer scan, the stacked cache is updated in place: a decode step moves T slots
+    a layer instead of rebuilding the whole cache (scan inputs/outputs) every step.
+    """
+    return jax.lax.dynamic_update_slice(cache_LxBxSxKxD, new_BxTxKxD[None].astype(cache_LxBxSxKxD.dtype),
+                                        (layer, 0, index, 0, 0))
+
+
 def updated_cache(cache: KVCache, k_LxBxSxKxD: jax.Array, v_LxBxSxKxD: jax.Array, inputs: AttentionInputs,
                   num_new: int) -> KVCache:
     return KVCache(k_LxBxSxKxD=k_LxBxSxKxD, v_LxBxSxKxD=v_LxBxSxKxD, mask_BxS=inputs.key_mask_BxS,

@@ -247,12 +247,14 @@ class Attention(nnx.Module):
         k = self.k_proj(x_BxTxE, r[1]).reshape(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x_BxTxE, r[2]).reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos_BxTxD, sin_BxTxD), apply_rope(k, cos_BxTxD, sin_BxTxD)
-        if layer_kv is not None:  # attend over the cache, with this call's keys written in
-            k = kv_cache.write(layer_kv[0], k, index)
-            v = kv_cache.write(layer_kv[1], v, index)
+        if layer_kv is not None:  # write this call's keys into the cache, then attend over this layer's slots
+            k_all, v_all, layer = layer_kv
+            k_all = kv_cache.write_layer(k_all, k, layer, index)
+            v_all = kv_cache.write_layer(v_all, v, layer, index)
+            k, v = k_all[layer], v_all[layer]
         out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BxTxS)
         out = self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim), r[3])
-        return out, (None if layer_kv is None else (k, v))
+        return out, (None if layer_kv is None else (k_all, v_all))
 
 
 class MLP(nnx.Module):
@@ -327,22 +329,25 @@ class Backbone(nnx.Module):
         cos, sin = rope_cos_sin(inputs.positions_BxT, rope_inv_freq(cfg))
         sliding = cfg.sliding_layers or (False,) * cfg.num_hidden_layers
         xs: dict[str, Any] = {}
-        if cache is not None:
-            xs["kv"] = (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
+        if cache is not None:  # the whole cache rides in the carry and is written in place, T slots a layer
+            xs["layer"] = jnp.arange(cfg.num_hidden_layers)
         if dropout_rng is not None:
             xs["rng"] = jax.random.split(dropout_rng, cfg.num_hidden_layers)
         if any(sliding) and not all(sliding):
             xs["sliding"] = jnp.asarray(sliding)
 
-        def body(layer, h, x):
+        def body(layer, carry, x):
             if "sliding" in x:
                 mask = jnp.where(x["sliding"], inputs.window_mask_BxTxS, inputs.mask_BxTxS)
             else:
                 mask = inputs.window_mask_BxTxS if all(sliding) else inputs.mask_BxTxS
-            return layer(h, cos, sin, mask, x.get("kv"), inputs.index, x.get("rng"))
+            h, kv = carry
+            h, kv = layer(h, cos, sin, mask, None if kv is None else (*kv, x["layer"]), inputs.index, x.get("rng"))
+            return (h, kv), None
 
         h = self.embed(input_ids_BxT)
-        h, kv = apply_stacked(self.layers, h, body, scan=self.scan_layers, remat=self.remat, xs=xs)
+        kv = None if cache is None else (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
+        (h, kv), _ = apply_stacked(self.layers, (h, kv), body, scan=self.scan_layers, remat=self.remat, xs=xs)
         h = self.norm(h)
         if cache is not None:
             cache = kv_cache.updated_cache(cache, kv[0], kv[1], inputs, T)
