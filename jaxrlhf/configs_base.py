@@ -84,6 +84,7 @@ def rm_defaults() -> ml_collections.ConfigDict:
         "resume": True,
         "stop_after": 0,            # >0: save and stop after this step, as a preemption would
         "export": True,
+        "stats_pairs": 512,         # training pairs scored for the exported reward mean/std (0: all)
         "histogram": True,
     })
     config.mesh = mesh_block()

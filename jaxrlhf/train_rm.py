@@ -25,6 +25,7 @@ from jaxrlhf.models.export import export_hf
 from jaxrlhf.models.hub import from_pretrained, load_tokenizer
 from jaxrlhf.models.layers import LoRAConfig
 from jaxrlhf.rm import data as rm_data
+from jaxrlhf.rm.load import use_distinct_pad
 from jaxrlhf.rm.evaluate import histogram_png, score_pairs, summarise, to_global
 from jaxrlhf.rm.step import make_eval_step, make_train_step
 from jaxrlhf.training.optim import make_optimizer
@@ -62,6 +63,7 @@ def train(config) -> dict:
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     loaded = load_reward_model(config, mesh)
     tokenizer = load_tokenizer(loaded.model_dir)
+    use_distinct_pad(loaded, tokenizer)
     data = rm_data.prepare(config, tokenizer, is_decoder=loaded.family.IS_DECODER)
 
     steps_per_epoch = len(data.train_batcher)
@@ -144,7 +146,7 @@ def train(config) -> dict:
         if config.train.histogram and summary["n"]:
             histogram_png(scores, workdir / "reward_histogram.png")
     if config.train.export:
-        train_summary, _ = evaluate(eval_fn, data.train_eval_batches(), mesh)
+        train_summary, _ = evaluate(eval_fn, data.train_sample_batches(config.train.stats_pairs), mesh)
         stats = {"reward_mean": train_summary["reward_mean"], "reward_std": train_summary["reward_std"],
                  "n_pairs": train_summary["n"], "train_accuracy": train_summary["accuracy"]}
         from flax import nnx

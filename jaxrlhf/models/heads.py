@@ -38,9 +38,10 @@ class ScalarHead(nnx.Module):
                  param_dtype: Any = jnp.float32):
         self.dense = nnx.data(Linear(dim, dim, use_bias=True, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
                               if spec.pre_dense else None)
-        # A small init keeps initial rewards near zero, so the first BT losses sit near log 2.
+        # std 0.02 as HF initialises a fresh classifier: small enough that the first BT losses sit
+        # near log 2, large enough that the backbone gets gradient from the first step.
         self.out = Linear(dim, 1, use_bias=spec.use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                          init_std=1.0 / (dim + 1))
+                          init_std=0.02)
 
     def __call__(self, h: jax.Array) -> jax.Array:
         if self.dense is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Iterator
 
 import jax
@@ -23,13 +24,15 @@ class RMData:
     def eval_batches(self) -> Iterator[dict]:
         return self._ordered(self.held_out)
 
-    def train_eval_batches(self) -> Iterator[dict]:
-        return self._ordered(self.train)
+    def train_sample_batches(self, max_pairs: int) -> Iterator[dict]:
+        """A seeded random sample of about `max_pairs` training pairs (all of them if 0)."""
+        batches = self._ordered(self.train, shuffle=bool(max_pairs))
+        return itertools.islice(batches, -(-max_pairs // self.eval_batch_size)) if max_pairs else batches
 
-    def _ordered(self, data: PairData | None) -> Iterator[dict]:
+    def _ordered(self, data: PairData | None, shuffle: bool = False) -> Iterator[dict]:
         if data is None:
             return iter(())
-        kw = dict(self.batcher_kwargs, shuffle=False)
+        kw = dict(self.batcher_kwargs, shuffle=shuffle)
         return PairBatcher(data, self.eval_batch_size, **kw).epoch(0)
 
     def describe(self) -> str:

@@ -48,3 +48,19 @@ def load_trained_rm(path: str, mesh=None) -> tuple[LoadedModel, object, dict]:
     ckpt.close()
     loaded.model = nnx.merge(graphdef, restored, frozen)
     return loaded, load_tokenizer(loaded.model_dir), {}
+
+
+def use_distinct_pad(loaded: LoadedModel, tokenizer) -> None:
+    """Decoder RMs read the reward at the final EOS. HF sequence classifiers find the last token as the
+    last one that is not the pad id, so an export whose pad id equals EOS would be scored one token
+    early in `transformers`. Pad with another special token (ours masks padding either way)."""
+    import dataclasses
+
+    if not loaded.family.IS_DECODER or tokenizer.eos_token_id is None or tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    for candidate in (tokenizer.unk_token, tokenizer.bos_token):
+        if candidate is not None and candidate != tokenizer.eos_token:
+            tokenizer.pad_token = candidate
+            break
+    if tokenizer.pad_token_id != tokenizer.eos_token_id and hasattr(loaded.config, "pad_token_id"):
+        loaded.config = dataclasses.replace(loaded.config, pad_token_id=tokenizer.pad_token_id)
