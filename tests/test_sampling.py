@@ -381,6 +381,15 @@ def test_top_p_sampling_on_a_large_vocabulary(case):
             np.asarray(jax.random.categorical(k, sampling_filters.filter_logits(logits / T, top_p=p), axis=-1)))
 
 
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (50, 1.0), (50, 0.9)])
+def test_filtered_sampling_compiles_without_a_full_vocabulary_sort(top_k, top_p):
+    """A full sort of 8 x 49k logits costs as much as a SmolLM2 decode step on CPU; top_k must stay a
+    TopK (XLA lowers a top_k whose result reaches a `cond` as a sort unless a barrier stops it)."""
+    logits = jnp.zeros((8, 5000))
+    hlo = jax.jit(lambda x, k: sample_token(x, k, 0.7, top_k, top_p)).lower(logits, jax.random.key(0)).compile()
+    assert "sort(" not in hlo.as_text()
+
+
 # ---- padding and chat helpers --------------------------------------------------------------------
 
 def test_left_pad():

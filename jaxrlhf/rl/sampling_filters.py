@@ -14,7 +14,9 @@ No full-vocabulary sort: on CPU, XLA sorts 8 x 49k logits in ~60 ms, as long as 
 decode step. Top-k uses `lax.top_k`. Top-p alone first looks for the nucleus among the 256 most likely
 tokens (one `lax.top_k`, then a draw among those 256); only if a row's nucleus is larger does the step
 fall back to a bisection for the probability threshold over the whole vocabulary (31 masked sums on
-the float bits, exact).
+the float bits, exact). With top-k the draw is among the k candidates. Per step for 8 x 49k logits on
+this CPU: ~1.5 ms for top-p (4-7 ms on the fallback), ~4 ms for plain temperature sampling (the
+Gumbel noise of `jax.random.categorical` over the whole vocabulary).
 """
 
 from __future__ import annotations
@@ -95,7 +97,9 @@ def top_p_filter(logits_xV: jax.Array, p: float) -> jax.Array:
 def _sample_top_p(rng: jax.Array, scaled_BxV: jax.Array, logz_B: jax.Array, top_p: float) -> jax.Array:
     """A draw from the top-p nucleus: among the FAST_NUCLEUS best tokens when every row's nucleus (and
     its ties) lies inside them, else from the bisection filter over the whole vocabulary."""
-    vals_BxK, idx_BxK = jax.lax.top_k(scaled_BxV, FAST_NUCLEUS)
+    # The barrier keeps XLA:CPU's TopK custom call: without it, a top_k whose result reaches a
+    # `cond` is lowered as a full sort (60 ms for 8 x 49k).
+    vals_BxK, idx_BxK = jax.lax.optimization_barrier(jax.lax.top_k(scaled_BxV, FAST_NUCLEUS))
     thr_B = _sorted_nucleus_threshold(vals_BxK, logz_B, top_p)
     inside = jnp.all(vals_BxK[:, -1] < thr_B)
 
@@ -127,7 +131,14 @@ def sample_token(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top_
         scaled = logits / temperature
         logz = jax.nn.logsumexp(scaled, axis=-1)
         logp = scaled - logz[:, None]
-        if top_p < 1.0 and not 0 < top_k < V and V > FAST_NUCLEUS:
+        if 0 < top_k < V:  # draw among the k candidates, not over a [B, V] array of -inf
+            vals_BxK, idx_BxK = jax.lax.top_k(scaled, top_k)
+            if top_p < 1.0:
+                thr = _sorted_nucleus_threshold(vals_BxK, jax.nn.logsumexp(vals_BxK, axis=-1), top_p)
+                vals_BxK = jnp.where(vals_BxK >= thr[:, None], vals_BxK, NEG_INF)
+            pick = jax.random.categorical(rng, vals_BxK, axis=-1)
+            token = jnp.take_along_axis(idx_BxK, pick[:, None], axis=-1)[:, 0]
+        elif top_p < 1.0 and V > FAST_NUCLEUS:
             token = _sample_top_p(rng, scaled, logz, top_p)
         else:
             token = jax.random.categorical(rng, filter_logits(scaled, top_k, top_p), axis=-1)
