@@ -378,7 +378,50 @@ def test_top_p_sampling_on_a_large_vocabulary(case):
         k = jax.random.key(7)
         np.testing.assert_array_equal(
             np.asarray(sample_token(logits, k, T, 0, p)[0]),
-            np.asarray(jax.random.categorical(k, sampling_filters.filter_logits(logits / T, top_p=p), axis=-1)))
+            np.asarray(sampling_filters.sample_categorical(k, sampling_filters.filter_logits(logits / T, top_p=p))))
+
+
+def test_inverse_cdf_draw_picks_the_token_whose_interval_holds_u():
+    """Two-level inverse CDF against a float64 reference: u1 picks the block of 256 by mass, u2 the
+    token inside it. Masked (-inf) tokens are never drawn, even at u = 0 or u -> 1."""
+    from jaxrlhf.rl.sampling_filters import SAMPLE_BLOCK, categorical_from_uniforms
+
+    rs = np.random.RandomState(2)
+    V = 600  # blocks of 256, 256 and 88 (+ padding)
+    logits = rs.randn(V) * 2
+    logits[[0, 255, 256, 599, 598]] = -np.inf
+    w = np.exp(logits - logits[np.isfinite(logits)].max())
+    blocks = [w[i:i + SAMPLE_BLOCK] for i in range(0, V, SAMPLE_BLOCK)]
+    cum_blocks = np.cumsum([b.sum() for b in blocks])
+    u = rs.uniform(size=(400, 2))
+    u = np.concatenate([u, [[0.0, 0.0], [1 - 2 ** -24, 1 - 2 ** -24], [0.5, 0.0], [0.5, 1 - 2 ** -24]]])
+    expected = []
+    for u1, u2 in u:
+        b = int(np.searchsorted(cum_blocks, u1 * cum_blocks[-1], side="right"))
+        cum = np.cumsum(blocks[b])
+        expected.append(b * SAMPLE_BLOCK + int(np.searchsorted(cum, u2 * cum[-1], side="right")))
+    got = np.asarray(categorical_from_uniforms(jnp.asarray(np.tile(logits, (len(u), 1)), jnp.float32),
+                                               jnp.asarray(u[:, 0], jnp.float32), jnp.asarray(u[:, 1], jnp.float32)))
+    assert np.isfinite(logits[got]).all()
+    np.testing.assert_array_equal(got, expected)
+    assert got[-4] == 1 and got[-3] == 597  # first and last drawable tokens
+    # u = 1 (outside uniform()'s range, as float rounding of u * total could be) still lands on a drawable token
+    edge = categorical_from_uniforms(jnp.asarray(logits[None], jnp.float32), jnp.ones(1), jnp.ones(1))
+    assert int(edge[0]) == 597
+
+
+def test_plain_temperature_sampling_frequencies_on_a_large_vocabulary():
+    V, T = 700, 1.5
+    logits = jnp.asarray(np.random.RandomState(0).randn(1, V) * 3, jnp.float32)
+    keys = jax.random.split(jax.random.key(0), 100000)
+    toks = np.asarray(jax.vmap(lambda k: sample_token(logits, k, T)[0])(keys))[:, 0]
+    z = np.asarray(logits[0], np.float64) / T
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    freq = np.bincount(toks, minlength=V) / len(toks)
+    sigma = np.sqrt(p * (1 - p) / len(toks)) + 1e-6
+    assert (np.abs(freq - p) / sigma).max() < 5  # no token off by more than 5 standard deviations
+    block_mass = np.add.reduceat(p, [0, 256, 512])
+    np.testing.assert_allclose(np.add.reduceat(freq, [0, 256, 512]), block_mass, atol=0.006)
 
 
 @pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (50, 1.0), (50, 0.9)])

@@ -14,9 +14,11 @@ No full-vocabulary sort: on CPU, XLA sorts 8 x 49k logits in ~60 ms, as long as 
 decode step. Top-k uses `lax.top_k`. Top-p alone first looks for the nucleus among the 256 most likely
 tokens (one `lax.top_k`, then a draw among those 256); only if a row's nucleus is larger does the step
 fall back to a bisection for the probability threshold over the whole vocabulary (31 masked sums on
-the float bits, exact). With top-k the draw is among the k candidates. Per step for 8 x 49k logits on
-this CPU: ~1.5 ms for top-p (4-7 ms on the fallback), ~4 ms for plain temperature sampling (the
-Gumbel noise of `jax.random.categorical` over the whole vocabulary).
+the float bits, exact). With top-k the draw is among the k candidates.
+
+Draws are by inverse CDF (`sample_categorical`: two uniforms a row, two-level cumulative sums) rather
+than `jax.random.categorical`, whose Gumbel noise for each of the 8 x 49k logits costs ~6 ms a step
+here, a fifth of a SmolLM2 decode step. Both resolve probabilities down to ~1e-7 in float32.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 
 NEG_INF = -jnp.inf
 FAST_NUCLEUS = 256  # candidates searched first for a top-p nucleus
+SAMPLE_BLOCK = 256  # tokens per block of the two-level inverse-CDF draw
 
 
 def _sorted_nucleus_threshold(sorted_NxK: jax.Array, logz_N: jax.Array, top_p: float) -> jax.Array:
@@ -94,6 +97,40 @@ def top_p_filter(logits_xV: jax.Array, p: float) -> jax.Array:
     return filter_logits(logits_xV, top_p=p)
 
 
+def _first_above(cum_NxM: jax.Array, target_N: jax.Array, positive_NxM: jax.Array) -> jax.Array:
+    """The first index whose cumulative mass exceeds the target, capped at the last index with mass
+    (so float rounding at the top end can never select a zero-probability entry)."""
+    idx = jnp.sum(cum_NxM <= target_N[:, None], axis=-1)
+    last_positive = cum_NxM.shape[-1] - 1 - jnp.argmax(positive_NxM[:, ::-1], axis=-1)
+    return jnp.minimum(idx, last_positive)
+
+
+def categorical_from_uniforms(logits_BxV: jax.Array, u1_B: jax.Array, u2_B: jax.Array) -> jax.Array:
+    """Inverse-CDF draw from softmax(logits) given two uniforms in [0, 1) per row.
+
+    Two levels keep float32 cumulative sums accurate: u1 picks a block of SAMPLE_BLOCK tokens by the
+    blocks' masses, u2 a token inside it by the token masses. -inf logits are never drawn.
+    """
+    B, V = logits_BxV.shape
+    nb = -(-V // SAMPLE_BLOCK)
+    x = jnp.pad(jnp.asarray(logits_BxV, jnp.float32), ((0, 0), (0, nb * SAMPLE_BLOCK - V)),
+                constant_values=NEG_INF)
+    w_BxNxK = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True)).reshape(B, nb, SAMPLE_BLOCK)
+    mass_BxN = jnp.sum(w_BxNxK, axis=-1)
+    cum_BxN = jnp.cumsum(mass_BxN, axis=-1)
+    block = _first_above(cum_BxN, u1_B * cum_BxN[:, -1], mass_BxN > 0)
+    w_BxK = jnp.take_along_axis(w_BxNxK, block[:, None, None], axis=1)[:, 0]
+    cum_BxK = jnp.cumsum(w_BxK, axis=-1)
+    return (block * SAMPLE_BLOCK + _first_above(cum_BxK, u2_B * cum_BxK[:, -1], w_BxK > 0)).astype(jnp.int32)
+
+
+def sample_categorical(rng: jax.Array, logits_BxV: jax.Array) -> jax.Array:
+    """A draw from softmax(logits) per row: two uniforms a row instead of `jax.random.categorical`'s
+    Gumbel noise for every logit (0.4 ms instead of 6 ms for 8 x 49k on this CPU)."""
+    u = jax.random.uniform(rng, (2, logits_BxV.shape[0]), jnp.float32)
+    return categorical_from_uniforms(logits_BxV, u[0], u[1])
+
+
 def _sample_top_p(rng: jax.Array, scaled_BxV: jax.Array, logz_B: jax.Array, top_p: float) -> jax.Array:
     """A draw from the top-p nucleus: among the FAST_NUCLEUS best tokens when every row's nucleus (and
     its ties) lies inside them, else from the bisection filter over the whole vocabulary."""
@@ -104,11 +141,11 @@ def _sample_top_p(rng: jax.Array, scaled_BxV: jax.Array, logz_B: jax.Array, top_
     inside = jnp.all(vals_BxK[:, -1] < thr_B)
 
     def among_candidates():
-        pick = jax.random.categorical(rng, jnp.where(vals_BxK >= thr_B[:, None], vals_BxK, NEG_INF), axis=-1)
+        pick = sample_categorical(rng, jnp.where(vals_BxK >= thr_B[:, None], vals_BxK, NEG_INF))
         return jnp.take_along_axis(idx_BxK, pick[:, None], axis=-1)[:, 0]
 
     def whole_vocabulary():
-        return jax.random.categorical(rng, filter_logits(scaled_BxV, top_p=top_p), axis=-1)
+        return sample_categorical(rng, filter_logits(scaled_BxV, top_p=top_p))
 
     return jax.lax.cond(inside, among_candidates, whole_vocabulary)
 
@@ -136,11 +173,11 @@ def sample_token(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top_
             if top_p < 1.0:
                 thr = _sorted_nucleus_threshold(vals_BxK, jax.nn.logsumexp(vals_BxK, axis=-1), top_p)
                 vals_BxK = jnp.where(vals_BxK >= thr[:, None], vals_BxK, NEG_INF)
-            pick = jax.random.categorical(rng, vals_BxK, axis=-1)
+            pick = sample_categorical(rng, vals_BxK)
             token = jnp.take_along_axis(idx_BxK, pick[:, None], axis=-1)[:, 0]
         elif top_p < 1.0 and V > FAST_NUCLEUS:
             token = _sample_top_p(rng, scaled, logz, top_p)
         else:
-            token = jax.random.categorical(rng, filter_logits(scaled, top_k, top_p), axis=-1)
+            token = sample_categorical(rng, filter_logits(scaled, top_k, top_p))
     token = token.astype(jnp.int32)
     return token, jnp.take_along_axis(logp, token[..., None], axis=-1)[..., 0]
