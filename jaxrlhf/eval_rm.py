@@ -47,7 +47,7 @@ def evaluate_file(model_path: str, data: str, *, fmt: str = "auto", max_length: 
         lists, _, _ = load_list_data(data, tokenizer, max_length, append_eos=append_eos, **kw)
         model_fn = jax.jit(lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask))
         summary["kendall_tau"] = score_lists(lambda ids, mask: model_fn(params, ids, mask),
-                                             ListBatcher(lists, batch_size, shuffle=False).epoch(0), mesh)
+                                             ListBatcher(lists, batch_size, shuffle=False).epoch(0), mesh)["kendall_tau"]
     skipped = dict(report.invalid) | dict(report.filtered)
     if skipped:
         summary["skipped"] = skipped

@@ -26,8 +26,8 @@ from jaxrlhf.models.hub import from_pretrained, load_tokenizer
 from jaxrlhf.models.layers import LoRAConfig
 from jaxrlhf.rm import data as rm_data
 from jaxrlhf.rm.load import use_distinct_pad
-from jaxrlhf.rm.evaluate import histogram_png, score_pairs, summarise, to_global
-from jaxrlhf.rm.step import make_eval_step, make_train_step
+from jaxrlhf.rm.evaluate import histogram_png, to_global
+from jaxrlhf.rm.step import make_eval_step, make_reward_fn, make_train_step
 from jaxrlhf.training.optim import make_optimizer
 from jaxrlhf.training.trainable import count_params, split_trainable
 
@@ -48,9 +48,11 @@ def load_reward_model(config, mesh):
                            remat=config.model.remat, lora=lora_from_config(config.model), seed=config.seed)
 
 
-def evaluate(eval_fn, batches, mesh) -> tuple[dict, dict]:
-    scores = score_pairs(eval_fn, batches, mesh)
-    return summarise(scores), scores
+def reward_stats(train_summary: dict) -> dict:
+    """What PPO needs to normalise this model's rewards (pairs objective only has the full set)."""
+    keys = ("reward_mean", "reward_std", "n", "accuracy")
+    return {("n_pairs" if k == "n" else "train_accuracy" if k == "accuracy" else k): train_summary[k]
+            for k in keys if k in train_summary}
 
 
 def train(config) -> dict:
@@ -83,10 +85,14 @@ def train(config) -> dict:
         state, meta, start = ckpt.restore(state)
         print(f"resumed from step {start} ({workdir / 'checkpoints'})")
 
-    train_step = jax.jit(make_train_step(graphdef, config.loss, optimizer, schedule, config.optim.grad_accum),
-                         donate_argnums=(0,))
+    train_step = jax.jit(make_train_step(graphdef, config.loss, optimizer, schedule, config.optim.grad_accum,
+                                         data.objective), donate_argnums=(0,))
     eval_step = jax.jit(make_eval_step(graphdef, config.loss.length_normalise))
-    eval_fn = lambda batch: eval_step(state["params"], frozen, batch)
+    reward_step = jax.jit(make_reward_fn(graphdef))
+
+    def evaluate(**kw):
+        return data.evaluate(lambda batch: eval_step(state["params"], frozen, batch),
+                             lambda ids, mask: reward_step(state["params"], frozen, ids, mask), mesh, **kw)
     writer = MetricsWriter(workdir)
     base_key = jax.random.key(config.seed)
     eval_every = config.train.eval_every or steps_per_epoch
@@ -117,9 +123,9 @@ def train(config) -> dict:
             window, t_window = [], time.time()
         paused = time.time()  # evaluation and saving stay out of the throughput
         if done % eval_every == 0 and done != total_steps:
-            summary, _ = evaluate(eval_fn, data.eval_batches(), mesh)
+            summary, _ = evaluate()
             writer.write(done, summary, prefix="eval/")
-            bar.write(f"step {done}: eval accuracy {summary['accuracy']:.4f} on {summary['n']} pairs")
+            bar.write(f"step {done}: held-out {json.dumps(summary)}")
         stopping = preemption.should_stop() or done == config.train.stop_after
         if ckpt.should_save(done) or done == total_steps or stopping:
             ckpt.save(done, state, {"step": done, "epoch": epoch})
@@ -135,7 +141,7 @@ def train(config) -> dict:
         writer.close()
         return {"stopped_at": done}
 
-    summary, scores = evaluate(eval_fn, data.eval_batches(), mesh)
+    summary, scores = evaluate()
     summary["train_seconds"] = round(train_seconds, 1)
     if steady["seconds"] > 0:
         summary["pairs_per_s"] = round(steady["pairs"] / steady["seconds"], 2)
@@ -143,12 +149,10 @@ def train(config) -> dict:
     writer.close()
     if jax.process_index() == 0:
         (workdir / "eval.json").write_text(json.dumps(summary, indent=2))
-        if config.train.histogram and summary["n"]:
+        if config.train.histogram and scores is not None and summary["n"]:
             histogram_png(scores, workdir / "reward_histogram.png")
     if config.train.export:
-        train_summary, _ = evaluate(eval_fn, data.train_sample_batches(config.train.stats_pairs), mesh)
-        stats = {"reward_mean": train_summary["reward_mean"], "reward_std": train_summary["reward_std"],
-                 "n_pairs": train_summary["n"], "train_accuracy": train_summary["accuracy"]}
+        stats = reward_stats(evaluate(on_train=True, sample=config.train.stats_pairs)[0])
         from flax import nnx
 
         model = nnx.merge(graphdef, state["params"], frozen)

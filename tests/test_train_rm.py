@@ -113,3 +113,52 @@ def test_bad_input_is_one_line_error(setup, tmp_path):
     out = subprocess.run([sys.executable, "-m", "jaxrlhf.eval_rm", f"--model={tmp_path / 'nope'}", f"--data={bad}"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "nope" in out.stderr
+
+
+def write_ranked_lists(path, n, seed=0):
+    """Lists of 3-4 responses ranked by how many times they say "good" (more is better)."""
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            counts = rng.sample(range(4), rng.randint(3, 4))
+            responses = [" ".join(["good"] * c + ["bad"] * (3 - c) + [rng.choice(["red", "blue"])]) for c in counts]
+            ranks = [sorted(counts, reverse=True).index(c) for c in counts]
+            f.write(json.dumps({"prompt": f"hello {rng.choice(['one', 'two', 'three'])} {i % 7}",
+                                "responses": responses, "ranks": ranks}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["pairs", "plackett_luce"])
+def test_ranked_lists_train_and_report_kendall_tau(setup, tmp_path, monkeypatch, mode):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    model_dir, _, _ = setup
+    data = write_ranked_lists(tmp_path / "lists.jsonl", 64)
+    config = tiny_rm_config(model_dir, data, tmp_path / "work")
+    config.data.ranked_mode = mode
+    config.data.eval_size = 12
+    config.data.batch_size = 4 if mode == "plackett_luce" else 8
+    config.data.eval_batch_size = 4
+    config.train.epochs = 3
+    summary = train(config)
+    assert summary["kendall_tau"] > 0.9 and summary["accuracy"] > 0.9
+
+
+def test_ratings_regression(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    model_dir, _, _ = setup
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path / "ratings.jsonl"
+    with open(path, "w") as f:
+        for i in range(96):
+            goods = rng.randint(0, 3)
+            f.write(json.dumps({"prompt": f"hi {i}", "response": " ".join(["good"] * goods + ["bad"] * (3 - goods)),
+                                "reward": float(goods)}) + "\n")
+    config = tiny_rm_config(model_dir, path, tmp_path / "work")
+    config.data.ratings_mode = "regression"
+    config.train.epochs = 6
+    summary = train(config)
+    assert summary["pearson"] > 0.9 and summary["mse"] < 0.3

@@ -1,44 +1,71 @@
-"""The reward trainer's view of `jaxrlhf.data`: config block in, batchers out."""
+"""The reward trainer's view of `jaxrlhf.data`: config block in, batchers and evaluation out.
+
+Three objectives, chosen by the data config:
+    pairs          Bradley-Terry on comparisons (ranked lists and ratings expanded into pairs)
+    plackett_luce  ranked lists kept whole (`data.ranked_mode = "plackett_luce"`)
+    regression     scalar ratings fitted directly (`data.ratings_mode = "regression"`)
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 
-from jaxrlhf.data import PairBatcher, PairData, load_pair_data
+from jaxrlhf.data import (ListBatcher, PairBatcher, RegressionBatcher, detect_format, load_list_data, load_pair_data,
+                          load_rated_data, load_table)
 from jaxrlhf.data.errors import DataReport
+from jaxrlhf.rm.evaluate import score_lists, score_pairs, score_rated, summarise
+
+_LOADERS = {"pairs": (load_pair_data, PairBatcher), "plackett_luce": (load_list_data, ListBatcher),
+            "regression": (load_rated_data, RegressionBatcher)}
 
 
 @dataclasses.dataclass
 class RMData:
-    train: PairData
-    held_out: PairData | None
+    objective: str
+    train: Any
+    held_out: Any
+    held_out_lists: Any  # ranked held-out lists in "pairs" mode, for Kendall's tau
     report: DataReport
-    train_batcher: PairBatcher
+    train_batcher: Any
     eval_batch_size: int
     batcher_kwargs: dict
 
-    def eval_batches(self) -> Iterator[dict]:
-        return self._ordered(self.held_out)
-
-    def train_sample_batches(self, max_pairs: int) -> Iterator[dict]:
-        """A seeded random sample of about `max_pairs` training pairs (all of them if 0)."""
-        batches = self._ordered(self.train, shuffle=bool(max_pairs))
-        return itertools.islice(batches, -(-max_pairs // self.eval_batch_size)) if max_pairs else batches
-
-    def _ordered(self, data: PairData | None, shuffle: bool = False) -> Iterator[dict]:
+    def _batches(self, data, shuffle: bool = False, batcher=None) -> Iterator[dict]:
         if data is None:
             return iter(())
-        kw = dict(self.batcher_kwargs, shuffle=shuffle)
-        return PairBatcher(data, self.eval_batch_size, **kw).epoch(0)
+        batcher = batcher or _LOADERS[self.objective][1]
+        return batcher(data, self.eval_batch_size, **dict(self.batcher_kwargs, shuffle=shuffle)).epoch(0)
+
+    def evaluate(self, pair_fn: Callable, reward_fn: Callable, mesh, *, sample: int = 0,
+                 on_train: bool = False) -> tuple[dict, dict | None]:
+        """(summary, pair scores or None) on the held-out data, or a sample of the training data.
+
+        pair_fn(batch) -> (r_chosen, r_rejected); reward_fn(ids, mask) -> rewards.
+        """
+        data = self.train if on_train else self.held_out
+        batches = self._batches(data, shuffle=bool(sample))
+        if sample:
+            batches = itertools.islice(batches, -(-sample // self.eval_batch_size))
+        if self.objective == "regression":
+            return score_rated(reward_fn, batches, mesh), None
+        if self.objective == "plackett_luce":
+            return score_lists(reward_fn, batches, mesh), None
+        scores = score_pairs(pair_fn, batches, mesh)
+        summary = summarise(scores)
+        if self.held_out_lists is not None and not on_train:
+            summary["kendall_tau"] = score_lists(reward_fn, self._batches(self.held_out_lists, batcher=ListBatcher),
+                                                 mesh)["kendall_tau"]
+        return summary, scores
 
     def describe(self) -> str:
         eff = self.train_batcher.padding_efficiency(0)
         held = len(self.held_out) if self.held_out is not None else 0
-        return f"{len(self.train)} train pairs, {held} held out; {self.report}; padding efficiency {eff:.2f}"
+        return (f"{self.objective}: {len(self.train)} train, {held} held out; {self.report}; "
+                f"padding efficiency {eff:.2f}")
 
 
 def _load_kwargs(data_cfg) -> dict:
@@ -51,20 +78,45 @@ def _load_kwargs(data_cfg) -> dict:
     return kw
 
 
+def objective_of(data_cfg) -> str:
+    if data_cfg.ranked_mode not in ("pairs", "plackett_luce"):
+        raise ValueError(f"data.ranked_mode must be 'pairs' or 'plackett_luce', got {data_cfg.ranked_mode!r}")
+    if data_cfg.ratings_mode not in ("pairs", "regression"):
+        raise ValueError(f"data.ratings_mode must be 'pairs' or 'regression', got {data_cfg.ratings_mode!r}")
+    if data_cfg.ranked_mode == "plackett_luce":
+        return "plackett_luce"
+    return "regression" if data_cfg.ratings_mode == "regression" else "pairs"
+
+
+def _is_ranked(source: str, data_cfg) -> bool:
+    if data_cfg.format != "auto":
+        return data_cfg.format == "ranked"
+    kw = {k: v for k, v in _load_kwargs(data_cfg).items() if k in ("split", "config", "max_rows")}
+    return detect_format(load_table(source, **kw)) == "ranked"
+
+
 def prepare(config, tokenizer, *, is_decoder: bool) -> RMData:
-    """Loads, validates, tokenises and splits the comparisons named in `config.data`."""
+    """Loads, validates, tokenises and splits the data named in `config.data`."""
     d = config.data
     if d.on_invalid not in ("error", "skip"):
         raise ValueError(f"data.on_invalid must be 'error' or 'skip', got {d.on_invalid!r}")
-    append_eos = bool(d.append_eos) and is_decoder
+    objective = objective_of(d)
+    load, batcher_cls = _LOADERS[objective]
+    common = dict(append_eos=bool(d.append_eos) and is_decoder, **_load_kwargs(d))
+    if objective != "pairs":
+        common.pop("format")  # the list / rating loaders pick their format
     held_out = 0 if d.eval_source else d.eval_size
-    train, held, report = load_pair_data(d.source, tokenizer, d.max_length, held_out=held_out, seed=config.seed,
-                                         append_eos=append_eos, **_load_kwargs(d))
+    train, held, report = load(d.source, tokenizer, d.max_length, held_out=held_out, seed=config.seed, **common)
+    eval_source, eval_held = (d.eval_source, 0) if d.eval_source else (d.source, held_out)
     if d.eval_source:
-        held, _, _ = load_pair_data(d.eval_source, tokenizer, d.max_length, append_eos=append_eos,
-                                    **_load_kwargs(d))
+        held, _, _ = load(d.eval_source, tokenizer, d.max_length, **common)
+    held_lists = None
+    if objective == "pairs" and _is_ranked(eval_source, d):
+        kw = {k: v for k, v in common.items() if k != "format"}
+        lists = load_list_data(eval_source, tokenizer, d.max_length, held_out=eval_held, seed=config.seed, **kw)
+        held_lists = lists[1] if eval_held else lists[0]
     procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
     batcher_kwargs = dict(pad_to_multiple=d.pad_to_multiple, padding_side=d.padding_side, **procs)
-    train_batcher = PairBatcher(train, d.batch_size, seed=config.seed, **batcher_kwargs)
+    train_batcher = batcher_cls(train, d.batch_size, seed=config.seed, **batcher_kwargs)
     eval_bs = max(d.eval_batch_size // procs["process_count"], 1) * procs["process_count"]
-    return RMData(train, held, report, train_batcher, eval_bs, batcher_kwargs)
+    return RMData(objective, train, held, held_lists, report, train_batcher, eval_bs, batcher_kwargs)

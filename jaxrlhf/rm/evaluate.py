@@ -43,18 +43,50 @@ def score_pairs(eval_fn: Callable, batches: Iterable[dict], mesh) -> dict[str, n
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
 
 
-def score_lists(reward_fn: Callable, batches: Iterable[dict], mesh) -> float:
-    """Mean Kendall's tau-b between rewards and ranks over ranked lists (rank 0 = best)."""
-    taus = []
+def score_lists(reward_fn: Callable, batches: Iterable[dict], mesh) -> dict:
+    """Ranked lists: mean Kendall's tau-b between rewards and ranks (rank 0 = best), and the accuracy
+    over all pairs of differently ranked responses (ties in reward are wrong)."""
+    taus, correct, compared, lists, all_rewards = [], 0, 0, 0, []
     for batch in batches:
         B, K, T = np.shape(batch["ids_BxKxT"])
         flat = {"ids": np.reshape(batch["ids_BxKxT"], (B * K, T)), "mask": np.reshape(batch["mask_BxKxT"], (B * K, T))}
         g = to_global(flat, mesh)
         rewards_BxK = _host(reward_fn(g["ids"], g["mask"])).reshape(B, K)
-        tau_B, defined_B = kendall_tau_groups(rewards_BxK, batch["ranks_BxK"], batch["valid_BxK"])
-        keep = np.asarray(defined_B) & (np.asarray(batch["weight_B"]) > 0)
-        taus.extend(np.asarray(tau_B)[keep].tolist())
-    return float(np.mean(taus)) if taus else float("nan")
+        ranks_BxK = np.asarray(batch["ranks_BxK"])
+        tau_B, defined_B = kendall_tau_groups(rewards_BxK, ranks_BxK, batch["valid_BxK"])
+        real_B = np.asarray(batch["weight_B"]) > 0
+        taus.extend(np.asarray(tau_B)[np.asarray(defined_B) & real_B].tolist())
+        for b in np.flatnonzero(real_B):
+            valid = np.asarray(batch["valid_BxK"][b]) > 0
+            r, k = rewards_BxK[b][valid], ranks_BxK[b][valid]
+            all_rewards.append(r)
+            better = k[:, None] < k[None, :]  # i ranked above j
+            correct += int(np.sum(better & (r[:, None] > r[None, :])))
+            compared += int(np.sum(better))
+            lists += 1
+    rewards = np.concatenate(all_rewards) if all_rewards else np.zeros(0)
+    return {"kendall_tau": float(np.mean(taus)) if taus else float("nan"),
+            "accuracy": correct / compared if compared else float("nan"), "n": compared, "n_lists": lists,
+            **_moments(rewards)}
+
+
+def score_rated(reward_fn: Callable, batches: Iterable[dict], mesh) -> dict:
+    """Rated responses (regression): mean squared error and Pearson's r of prediction vs rating."""
+    preds, targets = [], []
+    for batch in batches:
+        g = to_global({"ids": batch["ids_BxT"], "mask": batch["mask_BxT"]}, mesh)
+        keep = np.asarray(batch["weight_B"]) > 0
+        preds.append(_host(reward_fn(g["ids"], g["mask"]))[keep])
+        targets.append(np.asarray(batch["target_B"])[keep])
+    p, t = (np.concatenate(x).astype(np.float64) if x else np.zeros(0) for x in (preds, targets))
+    return {"mse": float(np.mean((p - t) ** 2)) if len(p) else float("nan"), "pearson": _pearson(p, t),
+            "n": int(len(p)), **_moments(p)}
+
+
+def _moments(rewards: np.ndarray) -> dict:
+    if not len(rewards):
+        return {"reward_mean": float("nan"), "reward_std": float("nan")}
+    return {"reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards))}
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -74,8 +106,7 @@ def summarise(scores: dict[str, np.ndarray]) -> dict:
         "accuracy": float(np.mean(r_c > r_r)) if n else float("nan"),
         "n": int(n),
         "mean_margin": float(np.mean(r_c - r_r)) if n else float("nan"),
-        "reward_mean": float(rewards.mean()) if n else float("nan"),
-        "reward_std": float(rewards.std()) if n else float("nan"),
+        **_moments(rewards),
         "length_correlation": _pearson(rewards, lengths),
     }
 

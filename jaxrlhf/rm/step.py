@@ -14,11 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrlhf.ops.losses import bradley_terry_loss
-
-PAIR_KEYS = ("chosen_ids_BxT", "chosen_mask_BxT", "rejected_ids_BxT", "rejected_mask_BxT", "margin_B",
-             "weight_B", "chosen_len_B", "rejected_len_B")
-
+from jaxrlhf.ops.losses import bradley_terry_loss, plackett_luce_loss, regression_loss
 
 def pair_rewards(model: nnx.Module, batch: dict, *, length_normalise: bool = False,
                  dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -33,25 +29,58 @@ def pair_rewards(model: nnx.Module, batch: dict, *, length_normalise: bool = Fal
     return rewards_2B[:B], rewards_2B[B:]
 
 
-def make_loss_fn(graphdef: nnx.GraphDef, loss_cfg) -> Callable:
+OBJECTIVES = ("pairs", "plackett_luce", "regression")
+
+
+def _pairs_loss(model, batch, loss_cfg, dropout_rng):
+    r_c, r_r = pair_rewards(model, batch, length_normalise=loss_cfg.length_normalise, dropout_rng=dropout_rng)
+    weight = batch["weight_B"].astype(jnp.float32)
+    margin = batch["margin_B"].astype(jnp.float32) if loss_cfg.use_margin else None
+    loss_sum, denom, m = bradley_terry_loss(r_c, r_r, weight_B=weight, margin_B=margin,
+                                            temperature=loss_cfg.temperature, center_coef=loss_cfg.center_coef)
+    return loss_sum, {"denom": denom, "correct": m["correct_sum"], "compared": denom,
+                      "reward_sum": jnp.sum(weight * (r_c + r_r)), "reward_count": 2 * denom}
+
+
+def _list_loss(model, batch, loss_cfg, dropout_rng):
+    B, K, T = batch["ids_BxKxT"].shape
+    rewards_BxK = model(batch["ids_BxKxT"].reshape(B * K, T), batch["mask_BxKxT"].reshape(B * K, T),
+                        dropout_rng=dropout_rng).astype(jnp.float32).reshape(B, K)
+    valid_BxK = (batch["valid_BxK"] > 0) & (batch["weight_B"][:, None] > 0)  # filler lists count for nothing
+    loss_sum, denom, m = plackett_luce_loss(rewards_BxK / loss_cfg.temperature, batch["ranks_BxK"], valid_BxK)
+    return loss_sum, {"denom": denom, "correct": m["pair_correct_sum"], "compared": m["pair_count"],
+                      "reward_sum": jnp.sum(jnp.where(valid_BxK, rewards_BxK, 0.0)),
+                      "reward_count": jnp.sum(valid_BxK).astype(jnp.float32)}
+
+
+def _regression_loss(model, batch, loss_cfg, dropout_rng):
+    del loss_cfg
+    pred_B = model(batch["ids_BxT"], batch["mask_BxT"], dropout_rng=dropout_rng).astype(jnp.float32)
+    weight = batch["weight_B"].astype(jnp.float32)
+    loss_sum, denom = regression_loss(pred_B, batch["target_B"], weight)
+    return loss_sum, {"denom": denom, "correct": jnp.zeros(()), "compared": jnp.zeros(()),
+                      "reward_sum": jnp.sum(weight * pred_B), "reward_count": denom}
+
+
+_LOSSES = {"pairs": _pairs_loss, "plackett_luce": _list_loss, "regression": _regression_loss}
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, loss_cfg, objective: str = "pairs") -> Callable:
+    """loss_fn(trainable, frozen, batch, rng) -> (loss_sum, aux sums); the mean is loss_sum / aux["denom"]."""
+    if objective not in _LOSSES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+
     def loss_fn(trainable, frozen, batch, dropout_rng):
         model = nnx.merge(graphdef, trainable, frozen)
-        r_c, r_r = pair_rewards(model, batch, length_normalise=loss_cfg.length_normalise, dropout_rng=dropout_rng)
-        weight = batch["weight_B"].astype(jnp.float32)
-        margin = batch["margin_B"].astype(jnp.float32) if loss_cfg.use_margin else None
-        loss_sum, denom, m = bradley_terry_loss(r_c, r_r, weight_B=weight, margin_B=margin,
-                                                temperature=loss_cfg.temperature, center_coef=loss_cfg.center_coef)
-        aux = {"denom": denom, "correct": m["correct_sum"], "margin": m["margin_sum"],
-               "reward": jnp.sum(weight * (r_c + r_r)) / 2}
-        return loss_sum, aux
+        return _LOSSES[objective](model, batch, loss_cfg, dropout_rng)
 
     return loss_fn
 
 
 def make_train_step(graphdef: nnx.GraphDef, loss_cfg, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, grad_accum: int = 1) -> Callable:
+                    schedule: optax.Schedule, grad_accum: int = 1, objective: str = "pairs") -> Callable:
     """step(state, frozen, batch, rng) -> (state, metrics); state = {"params", "opt_state", "step"}."""
-    loss_fn = make_loss_fn(graphdef, loss_cfg)
+    loss_fn = make_loss_fn(graphdef, loss_cfg, objective)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state: dict, frozen: Any, batch: dict, rng: jax.Array):
@@ -66,15 +95,16 @@ def make_train_step(graphdef: nnx.GraphDef, loss_cfg, optimizer: optax.GradientT
             return (jax.tree_util.tree_map(jnp.add, g_acc, grads), l_acc + loss_sum,
                     jax.tree_util.tree_map(jnp.add, a_acc, aux)), None
 
-        zeros_aux = {k: jnp.zeros((), jnp.float32) for k in ("denom", "correct", "margin", "reward")}
+        zeros_aux = {k: jnp.zeros((), jnp.float32) for k in ("denom", "correct", "compared", "reward_sum",
+                                                          "reward_count")}
         init = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), zeros_aux)
         (grads, loss_sum, aux), _ = jax.lax.scan(accumulate, init, (micro, keys))
         denom = jnp.maximum(aux["denom"], 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
-        metrics = {"loss": loss_sum / denom, "accuracy": aux["correct"] / denom, "margin": aux["margin"] / denom,
-                   "reward_mean": aux["reward"] / denom, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss_sum / denom, "accuracy": aux["correct"] / jnp.maximum(aux["compared"], 1.0),
+                   "reward_mean": aux["reward_sum"] / jnp.maximum(aux["reward_count"], 1.0), "grad_norm": optax.global_norm(grads),
                    "learning_rate": schedule(state["step"]), "pairs": aux["denom"]}
         return new_state, metrics
 
@@ -89,3 +119,12 @@ def make_eval_step(graphdef: nnx.GraphDef, length_normalise: bool = False) -> Ca
         return pair_rewards(model, batch, length_normalise=length_normalise)
 
     return eval_step
+
+
+def make_reward_fn(graphdef: nnx.GraphDef) -> Callable:
+    """reward(trainable, frozen, ids_BxT, mask_BxT) -> reward_B, for lists and rated responses."""
+
+    def reward_fn(trainable, frozen, ids_BxT, mask_BxT):
+        return nnx.merge(graphdef, trainable, frozen)(ids_BxT, mask_BxT)
+
+    return reward_fn
