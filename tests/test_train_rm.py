@@ -162,3 +162,61 @@ def test_ratings_regression(setup, tmp_path, monkeypatch):
     config.train.epochs = 6
     summary = train(config)
     assert summary["pearson"] > 0.9 and summary["mse"] < 0.3
+
+
+def _final_params(workdir):
+    loaded, _, _ = load_trained_rm(str(workdir))
+    from jaxrlhf.infra.sharding import path_str
+
+    return {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(loaded.model, nnx.Param))}
+
+
+@pytest.mark.parametrize("mode", ["lora", "frozen_backbone"])
+def test_parameter_efficient_modes_touch_only_their_parameters(setup, tmp_path, monkeypatch, mode):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    model_dir, data, _ = setup
+    config = tiny_rm_config(model_dir, data, tmp_path / "work")
+    config.model.train_mode = mode
+    config.model.lora_targets = "q_proj|v_proj"
+    config.train.epochs = 1
+    train(config)
+    after = _final_params(tmp_path / "work")
+    from jaxrlhf.models.hub import from_pretrained
+    from jaxrlhf.train_rm import lora_from_config
+
+    base = from_pretrained(str(model_dir), "reward", lora=lora_from_config(config.model))
+    from jaxrlhf.infra.sharding import path_str
+
+    before = {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(base.model, nnx.Param))}
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert "head/out/kernel" in changed
+    if mode == "lora":
+        assert any("lora_b" in k for k in changed)
+        assert changed <= {k for k in before if "lora_" in k or k.startswith("head/")}
+    else:
+        assert changed == {"head/out/kernel"}
+
+
+def test_gradient_accumulation_matches_one_big_batch(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    model_dir, data, _ = setup
+    results = []
+    for accum in (1, 4):
+        config = tiny_rm_config(model_dir, data, tmp_path / f"accum{accum}")
+        config.optim.grad_accum = accum
+        config.train.max_steps = 3
+        config.train.log_every = 1
+        train(config)
+        results.append(_final_params(tmp_path / f"accum{accum}"))
+    for key in results[0]:
+        np.testing.assert_allclose(results[0][key], results[1][key], atol=2e-6, err_msg=key)
+
+
+def test_bfloat16_compute_trains(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    model_dir, data, _ = setup
+    config = tiny_rm_config(model_dir, data, tmp_path / "work")
+    config.model.dtype = "bfloat16"
+    config.train.epochs = 2
+    summary = train(config)
+    assert summary["accuracy"] >= 0.9
