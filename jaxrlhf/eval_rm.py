@@ -15,7 +15,7 @@ from absl import app, flags
 
 from jaxrlhf.data import ListBatcher, PairBatcher, load_list_data, load_pair_data, load_records
 from jaxrlhf.infra import sharding as shd
-from jaxrlhf.infra.runtime import cli_errors
+from jaxrlhf.infra.runtime import cli_errors, run_app
 from jaxrlhf.rm.evaluate import score_lists, score_pairs, summarise
 from jaxrlhf.rm.load import load_trained_rm
 from jaxrlhf.rm.step import make_eval_step
@@ -62,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from jaxrlhf.data.tokenize import TextEncoder
-from jaxrlhf.infra.runtime import cli_errors
+from jaxrlhf.infra.runtime import cli_errors, run_app
 from jaxrlhf.rm.load import load_trained_rm
 
 flags.DEFINE_string("model", None, "Exported RM directory or train_rm workdir.", required=True)
@@ -86,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

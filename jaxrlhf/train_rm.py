@@ -20,7 +20,7 @@ from jaxrlhf.infra import preemption
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.infra.metrics import MetricsWriter
-from jaxrlhf.infra.runtime import cli_errors, dtype_of, progress, setup_runtime
+from jaxrlhf.infra.runtime import cli_errors, run_app, dtype_of, progress, setup_runtime
 from jaxrlhf.models.export import export_hf
 from jaxrlhf.models.hub import from_pretrained, load_tokenizer
 from jaxrlhf.models.layers import LoRAConfig
@@ -169,4 +169,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -220,3 +220,19 @@ def test_bfloat16_compute_trains(setup, tmp_path, monkeypatch):
     config.train.epochs = 2
     summary = train(config)
     assert summary["accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--config.train.epochz=1"], 'Did you mean "epochs"'),
+    (["--config.train.epochs=abc"], "invalid literal"),
+    (["--config.model.name=/no/such/model"], "model directory not found"),
+    (["--config.data.on_invalid=ignore"], "data.on_invalid"),
+])
+def test_train_rm_bad_config_is_one_line_error(tmp_path, args, expected):
+    out = subprocess.run([sys.executable, "-m", "jaxrlhf.train_rm", "--config=configs/rm.py",
+                          f"--config.workdir={tmp_path / 'w'}", *args], capture_output=True, text=True,
+                         cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and expected in lines[-1]
+    assert "Traceback" not in out.stderr

@@ -55,9 +55,32 @@ def cli_errors():
     quiet_libraries()
     try:
         yield
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as e:
+    except (ValueError, OSError, KeyError) as e:
         if os.environ.get("JAXRLHF_TRACEBACK"):
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        # ml_collections spreads "cannot load the config file" over several lines: keep them all.
+        message = " ".join(lines)[:400] if isinstance(e, OSError) else (lines[0] if lines else type(e).__name__)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_app(main) -> None:
+    """`absl.app.run(main)`, but a bad flag or config override is one line on stderr and exit 2.
+
+    ml_collections applies `--config.KEY=VALUE` overrides while absl parses flags, so a misspelt key
+    surfaces there as a KeyError/AttributeError, before `main` (and `cli_errors`) run.
+    """
+    from absl import app, flags
+
+    try:
+        remaining = flags.FLAGS(sys.argv)
+    except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
+        if os.environ.get("JAXRLHF_TRACEBACK"):
+            raise
+        text = str(e.args[0]) if e.args else str(e)
+        text = text.replace("\\n", "\n").replace("\\", "")
+        text = " ".join(part.strip(" '\"") for part in text.splitlines() if part.strip())
+        print(f"error: bad command-line flag or config override: {text}", file=sys.stderr)
+        sys.exit(2)
+    app.run(main, flags_parser=lambda _: remaining)  # parsed once: overrides cannot be defined twice
