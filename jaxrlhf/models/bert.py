@@ -35,7 +35,7 @@ from flax import nnx
 
 from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_linear_specs, stacked_specs
 from jaxrlhf.models.layers import (Embed, LayerNorm, Linear, LoRAConfig, activation, apply_stacked, create_stacked,
-                                   dot_product_attention)
+                                   check_lora_targets, dot_product_attention, lora_for, split_keys)
 
 MODEL_TYPES = ("bert", "roberta")
 IS_DECODER = False
@@ -137,26 +137,20 @@ class Config:
         return d
 
 
-def _lora_for(lora: LoRAConfig | None, name: str) -> LoRAConfig | None:
-    return None if lora is None else lora.for_layer(name)
-
-
-def _split_keys(rng: jax.Array | None, n: int) -> list:
-    return [None] * n if rng is None else list(jax.random.split(rng, n))
 
 
 class Attention(nnx.Module):
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
         E = cfg.hidden_size
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
-        self.query = Linear(E, E, rngs=rngs, lora=_lora_for(lora, "attn.query"), **kw)
-        self.key = Linear(E, E, rngs=rngs, lora=_lora_for(lora, "attn.key"), **kw)
-        self.value = Linear(E, E, rngs=rngs, lora=_lora_for(lora, "attn.value"), **kw)
-        self.out = Linear(E, E, rngs=rngs, lora=_lora_for(lora, "attn.out"), **kw)
+        self.query = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.query"), **kw)
+        self.key = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.key"), **kw)
+        self.value = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.value"), **kw)
+        self.out = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.out"), **kw)
 
     def __call__(self, x_BxTxE, mask_BxTxS, rng):
         B, T, E = x_BxTxE.shape
-        r = _split_keys(rng, 4)
+        r = split_keys(rng, 4)
         q, k, v = (proj(x_BxTxE, key).reshape(B, T, self.num_heads, self.head_dim)
                    for proj, key in zip((self.query, self.key, self.value), r))
         out = dot_product_attention(q, k, v, mask_BxTxS)
@@ -167,12 +161,12 @@ class MLP(nnx.Module):
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
         self.act = activation(cfg.hidden_act)
         self.intermediate = Linear(cfg.hidden_size, cfg.intermediate_size, rngs=rngs,
-                                   lora=_lora_for(lora, "mlp.intermediate"), **kw)
-        self.output = Linear(cfg.intermediate_size, cfg.hidden_size, rngs=rngs, lora=_lora_for(lora, "mlp.output"),
+                                   lora=lora_for(lora, "mlp.intermediate"), **kw)
+        self.output = Linear(cfg.intermediate_size, cfg.hidden_size, rngs=rngs, lora=lora_for(lora, "mlp.output"),
                              **kw)
 
     def __call__(self, x_BxTxE, rng):
-        r = _split_keys(rng, 2)
+        r = split_keys(rng, 2)
         return self.output(self.act(self.intermediate(x_BxTxE, r[0])), r[1])
 
 
@@ -187,7 +181,7 @@ class Block(nnx.Module):
         self.mlp_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
 
     def __call__(self, h_BxTxE, mask_BxTxS, rng):
-        r = _split_keys(rng, 2)
+        r = split_keys(rng, 2)
         h_BxTxE = self.attn_norm(h_BxTxE + self.attn(h_BxTxE, mask_BxTxS, r[0]))
         return self.mlp_norm(h_BxTxE + self.mlp(h_BxTxE, r[1]))
 
@@ -206,9 +200,7 @@ class Backbone(nnx.Module):
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
                  scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None):
-        if lora is not None and not any(lora.for_layer(n) for n in LORA_LAYER_NAMES):
-            raise ValueError(f"LoRA targets {lora.targets!r} match no {cfg.model_type} layer; "
-                             f"layer names are {LORA_LAYER_NAMES}")
+        check_lora_targets(lora, LORA_LAYER_NAMES, cfg.model_type)
         self.cfg = cfg
         self.hidden_size = cfg.hidden_size
         self.dtype = dtype

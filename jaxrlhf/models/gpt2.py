@@ -20,8 +20,8 @@ from flax import nnx
 from jaxrlhf.models import kv_cache
 from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_specs, transpose
 from jaxrlhf.models.layers import (Embed, LayerNorm, Linear, LoRAConfig, activation, apply_stacked, create_stacked,
-                                   dot_product_attention)
-from jaxrlhf.models.llama import _lora_for, _pad_id, _split_keys, check_lora_targets
+                                   check_lora_targets, dot_product_attention, lora_for, split_keys)
+from jaxrlhf.models.llama import _pad_id
 
 MODEL_TYPES = ("gpt2",)
 IS_DECODER = True
@@ -101,12 +101,12 @@ class Attention(nnx.Module):
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
         E = cfg.hidden_size
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.c_attn = Linear(E, 3 * E, rngs=rngs, lora=_lora_for(lora, "attn.c_attn"), **kw)
-        self.c_proj = Linear(E, E, rngs=rngs, lora=_lora_for(lora, "attn.c_proj"), **kw)
+        self.c_attn = Linear(E, 3 * E, rngs=rngs, lora=lora_for(lora, "attn.c_attn"), **kw)
+        self.c_proj = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.c_proj"), **kw)
 
     def __call__(self, x_BxTxE, mask_BxTxS, q_scale, layer_kv, index, rng):
         B, T, E = x_BxTxE.shape
-        r = _split_keys(rng, 2)
+        r = split_keys(rng, 2)
         qkv = self.c_attn(x_BxTxE, r[0])
         q, k, v = (a.reshape(B, T, self.num_heads, self.head_dim) for a in jnp.split(qkv, 3, axis=-1))
         if layer_kv is not None:
@@ -121,12 +121,12 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
         self.act = activation(cfg.activation_function)
-        self.c_fc = Linear(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, lora=_lora_for(lora, "mlp.c_fc"), **kw)
-        self.c_proj = Linear(cfg.intermediate_size, cfg.hidden_size, rngs=rngs, lora=_lora_for(lora, "mlp.c_proj"),
+        self.c_fc = Linear(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, lora=lora_for(lora, "mlp.c_fc"), **kw)
+        self.c_proj = Linear(cfg.intermediate_size, cfg.hidden_size, rngs=rngs, lora=lora_for(lora, "mlp.c_proj"),
                              **kw)
 
     def __call__(self, x_BxTxE, rng):
-        r = _split_keys(rng, 2)
+        r = split_keys(rng, 2)
         return self.c_proj(self.act(self.c_fc(x_BxTxE, r[0])), r[1])
 
 
@@ -139,7 +139,7 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs, lora=lora, **kw)
 
     def __call__(self, h_BxTxE, mask_BxTxS, q_scale, layer_kv, index, rng):
-        r = _split_keys(rng, 2)
+        r = split_keys(rng, 2)
         a, layer_kv = self.attn(self.ln_1(h_BxTxE), mask_BxTxS, q_scale, layer_kv, index, r[0])
         h_BxTxE = h_BxTxE + a
         h_BxTxE = h_BxTxE + self.mlp(self.ln_2(h_BxTxE), r[1])

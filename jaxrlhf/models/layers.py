@@ -34,6 +34,22 @@ class LoRAConfig:
         return self if re.search(self.targets, name) else None
 
 
+def lora_for(lora: LoRAConfig | None, name: str) -> LoRAConfig | None:
+    """The adapter config for the layer called `name`, or None (no LoRA, or not a target)."""
+    return None if lora is None else lora.for_layer(name)
+
+
+def check_lora_targets(lora: LoRAConfig | None, names: tuple[str, ...], family: str) -> None:
+    """A LoRA config that adapts nothing is a silent no-op fine-tune: refuse it."""
+    if lora is not None and not any(lora.for_layer(n) for n in names):
+        raise ValueError(f"LoRA targets {lora.targets!r} match no {family} layer; layer names are {names}")
+
+
+def split_keys(rng: jax.Array | None, n: int) -> list:
+    """n dropout keys from one (or n Nones when dropout is off)."""
+    return [None] * n if rng is None else list(jax.random.split(rng, n))
+
+
 def _normal(rngs: nnx.Rngs, shape, std, dtype):
     return std * jax.random.normal(rngs.params(), shape, dtype)
 

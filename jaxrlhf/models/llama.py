@@ -22,7 +22,7 @@ from flax import nnx
 from jaxrlhf.models import kv_cache
 from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_linear_specs, stacked_specs, transpose
 from jaxrlhf.models.layers import (Embed, Linear, LoRAConfig, RMSNorm, activation, apply_stacked, create_stacked,
-                                   dot_product_attention)
+                                   check_lora_targets, dot_product_attention, lora_for, split_keys)
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 IS_DECODER = True
@@ -223,9 +223,6 @@ def apply_rope(x_BxTxNxD: jax.Array, cos_BxTxD: jax.Array, sin_BxTxD: jax.Array)
     return out.astype(x_BxTxNxD.dtype)
 
 
-def _split_keys(rng: jax.Array | None, n: int) -> list:
-    return [None] * n if rng is None else list(jax.random.split(rng, n))
-
 
 class Attention(nnx.Module):
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
@@ -233,7 +230,7 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = H, K, D
 
         def linear(name, d_in, d_out, bias):
-            return Linear(d_in, d_out, use_bias=bias, rngs=rngs, lora=_lora_for(lora, "attn." + name), **kw)
+            return Linear(d_in, d_out, use_bias=bias, rngs=rngs, lora=lora_for(lora, "attn." + name), **kw)
 
         self.q_proj = linear("q_proj", E, H * D, cfg.qkv_bias)
         self.k_proj = linear("k_proj", E, K * D, cfg.qkv_bias)
@@ -242,7 +239,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxTxE, cos_BxTxD, sin_BxTxD, mask_BxTxS, layer_kv, index, rng):
         B, T, _ = x_BxTxE.shape
-        r = _split_keys(rng, 4)
+        r = split_keys(rng, 4)
         q = self.q_proj(x_BxTxE, r[0]).reshape(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x_BxTxE, r[1]).reshape(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x_BxTxE, r[2]).reshape(B, T, self.num_kv_heads, self.head_dim)
@@ -261,12 +258,12 @@ class MLP(nnx.Module):
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
         E, F, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
         self.act = activation(cfg.hidden_act)
-        self.gate_proj = Linear(E, F, use_bias=bias, rngs=rngs, lora=_lora_for(lora, "mlp.gate_proj"), **kw)
-        self.up_proj = Linear(E, F, use_bias=bias, rngs=rngs, lora=_lora_for(lora, "mlp.up_proj"), **kw)
-        self.down_proj = Linear(F, E, use_bias=bias, rngs=rngs, lora=_lora_for(lora, "mlp.down_proj"), **kw)
+        self.gate_proj = Linear(E, F, use_bias=bias, rngs=rngs, lora=lora_for(lora, "mlp.gate_proj"), **kw)
+        self.up_proj = Linear(E, F, use_bias=bias, rngs=rngs, lora=lora_for(lora, "mlp.up_proj"), **kw)
+        self.down_proj = Linear(F, E, use_bias=bias, rngs=rngs, lora=lora_for(lora, "mlp.down_proj"), **kw)
 
     def __call__(self, x_BxTxE, rng):
-        r = _split_keys(rng, 3)
+        r = split_keys(rng, 3)
         return self.down_proj(self.act(self.gate_proj(x_BxTxE, r[0])) * self.up_proj(x_BxTxE, r[1]), r[2])
 
 
@@ -279,25 +276,17 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs, lora=lora, **kw)
 
     def __call__(self, h_BxTxE, cos, sin, mask_BxTxS, layer_kv, index, rng):
-        r = _split_keys(rng, 2)
+        r = split_keys(rng, 2)
         a, layer_kv = self.attn(self.attn_norm(h_BxTxE), cos, sin, mask_BxTxS, layer_kv, index, r[0])
         h_BxTxE = h_BxTxE + a
         h_BxTxE = h_BxTxE + self.mlp(self.mlp_norm(h_BxTxE), r[1])
         return h_BxTxE, layer_kv
 
 
-def _lora_for(lora: LoRAConfig | None, name: str) -> LoRAConfig | None:
-    return None if lora is None else lora.for_layer(name)
-
 
 LORA_LAYER_NAMES = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
-
-def check_lora_targets(lora: LoRAConfig | None, names: tuple[str, ...], family: str) -> None:
-    """A LoRA config that adapts nothing is a silent no-op fine-tune: refuse it."""
-    if lora is not None and not any(lora.for_layer(n) for n in names):
-        raise ValueError(f"LoRA targets {lora.targets!r} match no {family} layer; layer names are {names}")
 
 
 class Backbone(nnx.Module):
