@@ -13,6 +13,6 @@ def get_config():
     config.data.eval_size = 512
     config.data.max_length = 256
     config.data.batch_size = 16
-    config.optim.learning_rate = 3e-5
+    config.optim.learning_rate = 1e-4
     config.train.epochs = 2
     return config
