@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--held_out", type=int, default=None, help="pairs held out, split by prompt (default 512)")
     p.add_argument("--max_length", type=int, default=None, help="default 256")
     p.add_argument("--batch_size", type=int, default=None, help="pairs per step (default 16)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-5)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: configs/rm.py)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (and pinned CPUs) for each side")
     p.add_argument("--model_dir", default="", help="HF directory of MiniLM (default: the 'minilm' asset)")
     p.add_argument("--skip_trl", action="store_true")
