@@ -1,0 +1,221 @@
+"""Two policies answer the same prompts; optionally a reward model judges them.
+
+    prompts = read_prompts("prompts.jsonl", limit=50)
+    texts_a, lengths_a = generate_responses("workdir/sft", prompts, GenerationSettings())
+    rewards_a = reward_model_scores("workdir/rm/export", [p.text for p in prompts], texts_a)
+
+A prompts file is jsonl with `prompt` (a user message: rendered with the policy's chat template when
+it has one and `chat` is on, else tokenised raw) or HH-RLHF `chosen` (and `rejected`) dialogues (the
+transcript up to the last "\\n\\nAssistant:", always fed raw: it is already a dialogue format), or plain
+text, one prompt per line, in which a literal backslash-n stands for a newline (as in jaxrlhf.score).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxrlhf.data.errors import RowInvalid
+from jaxrlhf.data.formats import HH_ASSISTANT, split_hh, text
+from jaxrlhf.rl.sampling import SamplingConfig, chat_prompts, generate, left_pad
+
+_MIN_PROMPT_BUCKET = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    text: str  # as shown to people and to the reward model
+    is_dialogue: bool  # an HH transcript: tokenised raw, never chat-rendered
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+    chat: bool = True
+    max_prompt_length: int = 512  # longer prompts keep their end
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_prompt_length < 1:
+            raise ValueError(f"batch_size and max_prompt_length must be >= 1, got {self.batch_size} and "
+                             f"{self.max_prompt_length}")
+        self.sampling_config()  # checks max_new_tokens, temperature and top_p before any model loads
+
+    def sampling_config(self, eos_ids: tuple[int, ...] = (), pad_id: int = 0) -> SamplingConfig:
+        return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                              eos_ids=eos_ids, pad_id=pad_id)
+
+
+def _prompt_of_row(row: dict) -> Prompt:
+    if "prompt" in row:
+        return Prompt(text(row["prompt"], "prompt"), False)
+    if "chosen" not in row:
+        raise RowInvalid(None, "no_prompt", "needs 'prompt' or an HH-RLHF 'chosen' dialogue")
+    chosen = text(row["chosen"], "chosen")
+    if row.get("rejected") is not None:
+        return Prompt(split_hh(chosen, text(row["rejected"], "rejected"))[0], True)
+    cut = chosen.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise RowInvalid("chosen", "no_assistant_turn", f"no {HH_ASSISTANT!r} in the dialogue")
+    return Prompt(chosen[:cut + len(HH_ASSISTANT)], True)
+
+
+def read_prompts(path: str | Path, limit: int = 0) -> list[Prompt]:
+    """The prompts of a jsonl or plain-text file (gz ok), the first `limit` of them if limit > 0."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: prompts file not found")
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as f:
+        lines = [(n, line.rstrip("\n")) for n, line in enumerate(f, 1) if line.strip()]
+    is_jsonl = bool(lines) and lines[0][1].lstrip().startswith("{")
+    prompts = []
+    for n, line in lines[:limit] if limit > 0 else lines:
+        try:
+            prompts.append(_prompt_of_row(json.loads(line)) if is_jsonl else Prompt(line.replace("\\n", "\n"), False))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n}: invalid JSON ({e})") from None
+        except RowInvalid as e:
+            field = f"field {e.field!r}: " if e.field else ""
+            raise ValueError(f"{path}: line {n}: {field}{e.message()}") from None
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
+
+
+def prompt_token_ids(tokenizer, prompts: list[Prompt], chat: bool, max_length: int) -> list[list[int]]:
+    """Token ids each policy sees: chat-rendered user messages where possible, the end kept if too long."""
+    use_template = chat and getattr(tokenizer, "chat_template", None)
+    out = []
+    for p in prompts:
+        if use_template and not p.is_dialogue:
+            ids = chat_prompts(tokenizer, [p.text])[0]
+        else:
+            ids = tokenizer(p.text)["input_ids"]  # with the tokenizer's own specials (BOS)
+        out.append(list(ids)[-max_length:])
+    return out
+
+
+def stop_ids(tokenizer, model_dir: Path, hf_config: dict) -> tuple[int, ...]:
+    """EOS ids from the tokenizer, config.json and generation_config.json (chat models often add one)."""
+    ids = {tokenizer.eos_token_id}
+    gen_file = Path(model_dir) / "generation_config.json"
+    for cfg in (hf_config, json.loads(gen_file.read_text()) if gen_file.is_file() else {}):
+        value = cfg.get("eos_token_id")
+        ids.update(value if isinstance(value, list) else [value])
+    return tuple(sorted(int(i) for i in ids if i is not None))
+
+
+def prompt_bucket(longest: int, cap: int) -> int:
+    """Padded prompt length: a power of two (at least 16), at most `cap`, so jit sees few shapes."""
+    return min(cap, max(_MIN_PROMPT_BUCKET, 1 << (longest - 1).bit_length()))
+
+
+def generate_responses(model_path: str, prompts: list[Prompt],
+                       settings: GenerationSettings) -> tuple[list[str], np.ndarray]:
+    """(response texts, generated token counts with EOS) of one causal-LM policy, in prompt order.
+
+    Prompts are sorted by length so a batch pads little; every batch has the same number of rows
+    (filler rows repeat a real prompt) and a power-of-two prompt length.
+    """
+    from jaxrlhf.models.hub import from_pretrained, load_tokenizer
+
+    loaded = from_pretrained(model_path, "causal_lm")
+    tokenizer = load_tokenizer(loaded.model_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    cfg = settings.sampling_config(stop_ids(tokenizer, loaded.model_dir, loaded.hf_config), pad_id)
+    token_ids = prompt_token_ids(tokenizer, prompts, settings.chat, settings.max_prompt_length)
+    rows = min(settings.batch_size, 1 << (len(prompts) - 1).bit_length())
+    order = np.argsort([len(ids) for ids in token_ids], kind="stable")
+    model = nnx.split(loaded.model)
+    texts, lengths_N = [""] * len(prompts), np.zeros(len(prompts), np.int64)
+    for batch_index, start in enumerate(range(0, len(order), rows)):
+        members = order[start:start + rows]
+        batch = [token_ids[i] for i in members]
+        batch += [batch[0]] * (rows - len(batch))  # filler rows: every batch has the same shape
+        ids_BxP, mask_BxP = left_pad(batch, pad_id, prompt_bucket(max(map(len, batch)), settings.max_prompt_length))
+        rng = jax.random.fold_in(jax.random.key(settings.seed), batch_index)
+        out = generate(model, ids_BxP, mask_BxP, rng, cfg)
+        ids_BxN, mask_BxN = np.asarray(out["response_ids_BxN"]), np.asarray(out["response_mask_BxN"])
+        for row, i in enumerate(members):
+            texts[i] = tokenizer.decode(ids_BxN[row][mask_BxN[row] > 0], skip_special_tokens=True)
+            lengths_N[i] = mask_BxN[row].sum()
+    return texts, lengths_N
+
+
+def reward_model_scores(rm_path: str, prompts: list[str], responses: list[str], max_length: int = 512,
+                        batch_size: int = 16) -> np.ndarray:
+    """float32 rewards of prompt + response, tokenised as for evaluation (decoders get EOS appended)."""
+    from jaxrlhf.data.batching import RegressionBatcher
+    from jaxrlhf.data.tokenize import RatedData, TextEncoder
+    from jaxrlhf.rm.load import load_trained_rm
+    from jaxrlhf.rm.step import make_reward_fn
+
+    loaded, tokenizer, _ = load_trained_rm(rm_path)
+    encoder = TextEncoder(tokenizer, max_length, append_eos=loaded.family.IS_DECODER)
+    seqs = encoder.encode(prompts, responses)
+    data = RatedData(seqs, np.zeros(len(seqs), np.float32), encoder.special.pad_id, encoder.max_length)
+    graphdef, params = nnx.split(loaded.model)
+    reward_fn = jax.jit(make_reward_fn(graphdef))
+    rewards = []
+    # Unshuffled and unbucketed: batches come in row order; filler rows carry weight 0.
+    for batch in RegressionBatcher(data, batch_size, shuffle=False, bucket_window=0).epoch(0):
+        reward_B = np.asarray(reward_fn(params, nnx.State({}), batch["ids_BxT"], batch["mask_BxT"]))
+        rewards.append(reward_B[batch["weight_B"] > 0])
+    return np.concatenate(rewards).astype(np.float32)
+
+
+def win_rate(rewards_a: np.ndarray, rewards_b: np.ndarray) -> float:
+    """Share of prompts where B's reward beats A's; an exact tie counts half."""
+    a, b = np.asarray(rewards_a, np.float64), np.asarray(rewards_b, np.float64)
+    return float(np.mean((b > a) + 0.5 * (b == a)))
+
+
+def check_model_dir(path: str) -> Path:
+    """Fails fast (before any generation) on a policy path that is no model directory or alias."""
+    from jaxrlhf.models.hf_files import read_config, resolve_model_dir
+
+    model_dir = resolve_model_dir(path)
+    read_config(model_dir)
+    return model_dir
+
+
+def run_comparison(policy_a: str, policy_b: str, prompts_path: str, out_dir: str, rm_path: str | None = None,
+                   settings: GenerationSettings = GenerationSettings(), limit: int = 0,
+                   rm_max_length: int = 512) -> dict:
+    """Generates with A and B, writes the blind test into out_dir and returns the summary.
+
+    Summary: n, mean_length_a/b (generated tokens, EOS included, each in its policy's tokenizer) and,
+    with a reward model, mean_reward_a/b and rm_win_rate_b (B's reward above A's; ties count half).
+    """
+    from jaxrlhf.rl.blind_test import blind_labels, write_blind_test
+
+    prompts = read_prompts(prompts_path, limit)
+    dirs = [str(check_model_dir(p)) for p in (policy_a, policy_b)]
+    if rm_path is not None and not Path(rm_path).expanduser().exists():
+        raise ValueError(f"{rm_path}: reward model not found")
+    texts_a, lengths_a = generate_responses(policy_a, prompts, settings)
+    texts_b, lengths_b = generate_responses(policy_b, prompts, settings)
+    summary = {"n": len(prompts)}
+    per_item = {"length_a": lengths_a.tolist(), "length_b": lengths_b.tolist()}
+    if rm_path is not None:
+        prompt_texts = [p.text for p in prompts]
+        rewards = reward_model_scores(rm_path, prompt_texts * 2, texts_a + texts_b, rm_max_length)
+        rewards_a, rewards_b = rewards[:len(prompts)], rewards[len(prompts):]
+        per_item.update(reward_a=rewards_a.tolist(), reward_b=rewards_b.tolist())
+        summary.update(rm_win_rate_b=win_rate(rewards_a, rewards_b), mean_reward_a=float(rewards_a.mean()),
+                       mean_reward_b=float(rewards_b.mean()))
+    summary.update(mean_length_a=float(lengths_a.mean()), mean_length_b=float(lengths_b.mean()))
+    meta = {"a": policy_a, "b": policy_b, "a_dir": dirs[0], "b_dir": dirs[1], "rm": rm_path,
+            "prompts": str(prompts_path), "settings": dataclasses.asdict(settings), "summary": summary}
+    write_blind_test(out_dir, [p.text for p in prompts], texts_a, texts_b, blind_labels(len(prompts), settings.seed),
+                     meta, per_item)
+    return summary
