@@ -89,3 +89,134 @@ def rm_defaults() -> ml_collections.ConfigDict:
     })
     config.mesh = mesh_block()
     return config
+
+
+def sft_defaults() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.workdir = "workdir/sft"
+    config.seed = 0
+    config.model = model_block()
+    config.model.name = "smollm2"
+    config.data = ml_collections.ConfigDict({
+        "source": "builtin:hh_rlhf_harmless",  # local json/jsonl/csv/parquet (gz ok) or a hub dataset
+        "subset": "",               # hub dataset config name
+        "split": "train",
+        "eval_source": "",          # separate held-out file; empty: hold out eval_size from source
+        "eval_size": 64,            # rows held out (split by prompt) when eval_source is empty
+        "format": "auto",           # auto | prompt_response | hh | chat
+        "max_length": 256,          # too long: the prompt is cut from the left, then the response start
+        "batch_size": 8,            # sequences per step (global, over all hosts)
+        "eval_batch_size": 16,
+        "pad_to_multiple": 32,
+        "padding_side": "right",
+        "append_eos": True,         # the model learns to end its answer
+        "on_invalid": "error",      # error | skip
+        "limit": 0,                 # use only the first N rows (0: all)
+    })
+    config.loss = ml_collections.ConfigDict({
+        "chunk_size": 128,          # positions per LM-head chunk: [B, chunk, V] logits at a time
+    })
+    config.optim = optim_block()
+    config.optim.learning_rate = 1e-4
+    config.train = ml_collections.ConfigDict({
+        "epochs": 1,
+        "max_steps": 0,             # >0: stop after this many steps
+        "eval_every": 0,            # steps; 0: at the end of each epoch
+        "eval_at_start": True,      # held-out NLL of the starting model, the baseline to beat
+        "log_every": 10,
+        "checkpoint_every": 100,
+        "keep_checkpoints": 2,
+        "resume": True,
+        "stop_after": 0,            # >0: save and stop after this step, as a preemption would
+        "export": True,
+    })
+    config.mesh = mesh_block()
+    return config
+
+
+def ppo_defaults() -> ml_collections.ConfigDict:
+    """PPO with the PPO-Max details (Zheng et al. 2023, "Secrets of RLHF in LLMs I"), each a switch."""
+    config = ml_collections.ConfigDict()
+    config.workdir = "workdir/ppo"
+    config.seed = 0
+    config.policy = model_block()            # the actor, from the SFT model (PPO-Max: policy init from SFT)
+    config.policy.name = "smollm2"
+    config.reference = ""                    # frozen reference policy; empty: the same weights as `policy.name`
+    config.reward_model = ml_collections.ConfigDict({
+        "path": "workdir/rm/export",         # exported RM dir or train_rm workdir
+        "max_length": 512,                   # RM tokens when it re-tokenises text (other tokenizer)
+    })
+    config.critic = model_block()
+    config.critic.init = "reward_model"      # reward_model (PPO-Max) | actor: where the critic starts
+    config.critic.name = ""                  # empty: the RM's export dir (init=reward_model) or policy.name
+    config.data = ml_collections.ConfigDict({
+        "source": "builtin:hh_rlhf_harmless",  # prompts: a `prompt` column or HH-RLHF `chosen` dialogues
+        "subset": "",
+        "split": "train",
+        "limit": 0,
+        "on_invalid": "error",               # error | skip
+        "max_prompt_length": 128,            # longer prompts are dropped (counted)
+        "pad_to_multiple": 32,
+        "chat_template": True,               # render prompts with the policy tokenizer's chat template
+        "system": "",                        # system message for the template ("" keeps the template's own)
+    })
+    config.sampling = ml_collections.ConfigDict({
+        "max_new_tokens": 64,
+        "temperature": 1.0,                  # log-probs are recomputed at this temperature
+        "top_k": 0,
+        "top_p": 1.0,
+        "stop_tokens": "",                   # extra stop strings, comma-separated (EOS always stops)
+    })
+    config.rewards = ml_collections.ConfigDict({
+        "normalise": True,                   # running mean/std of RM scores
+        "shift_mean": True,
+        "clip": 5.0,                         # clip normalised scores (<= 0: off)
+        "scale": 1.0,
+        "missing_eos_penalty": 0.0,
+        "init_from_rm_stats": True,          # seed the running moments with the RM's reward_stats.json
+    })
+    config.kl = ml_collections.ConfigDict({
+        "estimator": "k1",                   # k1 | k2 | k3, per token
+        "coef": 0.05,
+        "adaptive": False,                   # adaptive controller (Ziegler et al.) instead of a fixed coef
+        "target": 6.0,                       # nats per sequence
+        "horizon": 10000,
+    })
+    config.ppo = ml_collections.ConfigDict({
+        "rollout_batch_size": 16,            # prompts per iteration (global)
+        "minibatch_size": 8,
+        "epochs": 2,
+        "clip_eps": 0.2,
+        "value_clip_eps": 0.2,               # <= 0: off
+        "vf_coef": 1.0,
+        "entropy_coef": 0.0,
+        "gamma": 1.0,
+        "lam": 0.95,
+        "whiten_advantages": True,
+        "advantage_clip": 0.0,               # <= 0: off
+        "max_approx_kl": 0.0,                # > 0: stop an update's remaining minibatches past this KL
+        "logprob_chunk": 128,
+    })
+    config.actor_optim = optim_block()
+    config.actor_optim.learning_rate = 1e-6
+    config.actor_optim.schedule = "constant"
+    config.actor_optim.warmup_steps = 0
+    config.actor_optim.weight_decay = 0.0
+    config.critic_optim = optim_block()
+    config.critic_optim.learning_rate = 5e-6
+    config.critic_optim.schedule = "constant"
+    config.critic_optim.warmup_steps = 0
+    config.critic_optim.weight_decay = 0.0
+    config.train = ml_collections.ConfigDict({
+        "iterations": 20,
+        "log_every": 1,
+        "sample_every": 5,                   # iterations between sample tables (0: never)
+        "samples_shown": 4,
+        "checkpoint_every": 10,
+        "keep_checkpoints": 2,
+        "resume": True,
+        "stop_after": 0,
+        "export": True,
+    })
+    config.mesh = mesh_block()
+    return config

@@ -84,3 +84,20 @@ def run_app(main) -> None:
         print(f"error: bad command-line flag or config override: {text}", file=sys.stderr)
         sys.exit(2)
     app.run(main, flags_parser=lambda _: remaining)  # parsed once: overrides cannot be defined twice
+
+
+def run_trainer(train, default_config: str) -> None:
+    """The entry point of a `--config=FILE` trainer: defines the flag, then runs `train(config)` under
+    `cli_errors`. Defined here and only when run as a program, since trainers import each other's libraries
+    and absl allows a flag name once per process."""
+    from ml_collections import config_flags
+
+    holder = config_flags.DEFINE_config_file("config", default_config,
+                                             "Path to a config file (plain Python returning a ConfigDict).")
+
+    def main(argv):
+        del argv
+        with cli_errors():
+            train(holder.value)
+
+    run_app(main)

@@ -1,0 +1,97 @@
+"""From sampled responses to a PPO training batch: log-probs, values, shaped rewards, GAE, advantages.
+
+Sequences are `[left-padded prompt | right-padded response]`, ids_BxT with T = P + N. The token at
+response position t is predicted from the hidden state at sequence position P - 1 + t, and the critic's
+value of the state before that token sits at the same position, so both are read from the slice
+`[P - 1, T - 1)` of the backbone output. Log-probs use the sampling temperature, as the sampler did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrlhf.ops import whitening
+from jaxrlhf.ops.gae import gae
+from jaxrlhf.ops.logprobs import token_logprobs
+from jaxrlhf.ops.metrics import explained_variance
+from jaxrlhf.rl.rewards import RewardShaping, process_scores, token_rewards
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten: bool = True           # advantage normalisation over the batch
+    clip: float = 0.0             # clip whitened advantages to [-clip, clip]; <= 0: off
+
+
+def response_logprobs(policy: nnx.Module, ids_BxT, mask_BxT, response_ids_BxN, temperature: float = 1.0,
+                      chunk_size: int = 128, return_entropy: bool = False):
+    """log p(response token | prefix) under a CausalLM, [B, N] float32 (and entropy with return_entropy)."""
+    N = response_ids_BxN.shape[1]
+    T = ids_BxT.shape[1]
+    hidden_BxTxD, _ = policy.backbone(ids_BxT, mask_BxT)
+    h_BxNxD = hidden_BxTxD[:, T - N - 1:T - 1]
+    temperature = temperature if temperature > 0 else 1.0  # greedy sampling reports temperature-1 log-probs
+    return token_logprobs(h_BxNxD, policy.lm_head_kernel(), response_ids_BxN, temperature, chunk_size,
+                          return_entropy=return_entropy)
+
+
+def response_values(critic: nnx.Module, ids_BxT, mask_BxT, num_response: int):
+    """V(state before each response token), [B, N] float32."""
+    T = ids_BxT.shape[1]
+    return critic(ids_BxT, mask_BxT)[:, T - num_response - 1:T - 1].astype(jnp.float32)
+
+
+def make_experience_fn(actor_def, ref_def, critic_def, *, temperature: float, shaping: RewardShaping,
+                       advantages: AdvantageConfig, chunk_size: int = 128):
+    """experience(actor, ref, critic, batch, score_B, kl_coef, moments) -> (experience, moments, metrics).
+
+    `actor`, `ref`, `critic` are (trainable, frozen) state pairs. `batch` holds ids_BxT, mask_BxT,
+    response_ids_BxN, response_mask_BxN, ended_B. The experience adds old_logp_BxN, ref_logp_BxN,
+    values_BxN, rewards_BxN, advantages_BxN, returns_BxN.
+    """
+
+    def experience(actor, ref, critic, batch, score_B, kl_coef, moments):
+        ids, mask = batch["ids_BxT"], batch["mask_BxT"]
+        resp, resp_mask = batch["response_ids_BxN"], batch["response_mask_BxN"]
+        N = resp.shape[1]
+        m = resp_mask.astype(jnp.float32)
+        logp, entropy = response_logprobs(nnx.merge(actor_def, *actor), ids, mask, resp, temperature, chunk_size,
+                                          return_entropy=True)
+        ref_logp = response_logprobs(nnx.merge(ref_def, *ref), ids, mask, resp, temperature, chunk_size)
+        values = jnp.where(resp_mask > 0, response_values(nnx.merge(critic_def, *critic), ids, mask, N), 0.0)
+        logp, ref_logp = jax.lax.stop_gradient(logp) * m, jax.lax.stop_gradient(ref_logp) * m
+        score, moments = process_scores(score_B, batch["ended_B"], moments, shaping)
+        rewards, kl = token_rewards(score, logp, ref_logp, resp_mask, kl_coef, shaping.kl_estimator)
+        adv, returns = gae(rewards, values, resp_mask, advantages.gamma, advantages.lam)
+        if advantages.whiten:
+            adv = whitening.masked_whiten(adv, resp_mask)
+        adv = whitening.clip_advantages(adv, advantages.clip if advantages.clip > 0 else None) * m
+        lengths = jnp.sum(m, axis=-1)
+        n_tokens = jnp.maximum(jnp.sum(m), 1.0)
+        exp = dict(batch, old_logp_BxN=logp, ref_logp_BxN=ref_logp, values_BxN=values, rewards_BxN=rewards,
+                   advantages_BxN=adv, returns_BxN=returns)
+        raw = jnp.asarray(score_B, jnp.float32)
+        log_ratio_sum = jnp.sum(logp - ref_logp, axis=-1)
+        metrics = {
+            "score_mean": jnp.mean(raw), "score_std": jnp.std(raw),
+            "reward_mean": jnp.mean(score), "reward_std": jnp.std(score),
+            "kl_per_seq": jnp.mean(jnp.sum(kl, axis=-1)),      # the penalised estimator, summed over tokens
+            "kl_k1_per_seq": jnp.mean(log_ratio_sum),          # log p - log p_ref, summed: the sequence KL sample
+            "entropy": jnp.sum(entropy * m) / n_tokens,
+            "response_length": jnp.mean(lengths),
+            "ended_frac": jnp.mean(batch["ended_B"].astype(jnp.float32)),
+            "ref_perplexity": jnp.exp(-jnp.sum(ref_logp) / n_tokens),
+            "explained_variance": explained_variance(values, returns, resp_mask),
+            "value_mean": jnp.sum(values) / n_tokens,
+            "return_mean": jnp.sum(returns * m) / n_tokens,
+            "kl_coef": jnp.asarray(kl_coef, jnp.float32),
+        }
+        return exp, moments, metrics
+
+    return experience

@@ -1,0 +1,71 @@
+"""The four models of PPO, loaded onto one mesh: actor, frozen reference, frozen reward model, critic.
+
+The critic starts from the reward model by default (PPO-Max): same backbone and scalar head, read out at
+every token instead of the last. That needs a decoder reward model with the policy's vocabulary, since
+the critic scores the policy's own tokens; otherwise the critic starts from the actor with a fresh head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from flax import nnx
+
+from jaxrlhf.infra.runtime import dtype_of
+from jaxrlhf.models.hf_files import is_hf_dir
+from jaxrlhf.models.hub import LoadedModel, from_pretrained, load_tokenizer
+from jaxrlhf.rl.rollout import same_vocabulary
+from jaxrlhf.rm.load import load_trained_rm
+from jaxrlhf.training.model_setup import lora_from_config
+from jaxrlhf.training.trainable import split_trainable
+
+CRITIC_INITS = ("reward_model", "actor")
+
+
+def _load(name: str, task: str, model_cfg, mesh, seed: int, lora: bool) -> LoadedModel:
+    return from_pretrained(name, task, mesh=mesh, dtype=dtype_of(model_cfg.dtype),
+                           param_dtype=dtype_of(model_cfg.param_dtype), scan_layers=model_cfg.scan_layers,
+                           remat=model_cfg.remat, lora=lora_from_config(model_cfg) if lora else None, seed=seed)
+
+
+@dataclasses.dataclass
+class PPOModels:
+    actor: LoadedModel
+    reference: LoadedModel
+    reward: LoadedModel
+    critic: LoadedModel
+    tokenizer: Any           # the policy's
+    rm_tokenizer: Any
+    rm_stats: dict
+    critic_source: str
+
+    def split(self, actor_mode: str, critic_mode: str):
+        """(graphdef, trainable, frozen) of actor and critic; (graphdef, state) of the frozen two."""
+        return (split_trainable(self.actor.model, actor_mode), split_trainable(self.critic.model, critic_mode),
+                nnx.split(self.reference.model), nnx.split(self.reward.model))
+
+
+def load_ppo_models(config, mesh) -> PPOModels:
+    if config.critic.init not in CRITIC_INITS:
+        raise ValueError(f"critic.init must be one of {CRITIC_INITS}, got {config.critic.init!r}")
+    actor = _load(config.policy.name, "causal_lm", config.policy, mesh, config.seed, lora=True)
+    tokenizer = load_tokenizer(actor.model_dir)
+    reference = _load(config.reference or config.policy.name, "causal_lm", config.policy, mesh, config.seed,
+                      lora=False)
+    reward, rm_tokenizer, rm_stats = load_trained_rm(config.reward_model.path, mesh)
+    if config.critic.init == "reward_model":
+        rm_dir = Path(config.critic.name or config.reward_model.path)
+        if not reward.family.IS_DECODER or not same_vocabulary(rm_tokenizer, tokenizer):
+            raise ValueError(f"critic.init=reward_model needs a decoder reward model with the policy's vocabulary "
+                             f"(the critic scores policy tokens); {config.reward_model.path} is a "
+                             f"{reward.hf_config['model_type']} with its own tokenizer: set critic.init=actor")
+        if not is_hf_dir(rm_dir):
+            raise ValueError(f"critic.init=reward_model loads the critic from an exported reward model; {rm_dir} "
+                             f"has no config.json (point reward_model.path or critic.name at the export/ dir)")
+        critic_source = str(rm_dir)
+    else:
+        critic_source = config.critic.name or config.policy.name
+    critic = _load(critic_source, "value", config.critic, mesh, config.seed + 1, lora=True)
+    return PPOModels(actor, reference, reward, critic, tokenizer, rm_tokenizer, rm_stats, critic_source)

@@ -1,0 +1,76 @@
+"""One jitted PPO minibatch update of actor and critic, each with its own optax optimiser.
+
+Actor: clipped surrogate on the response tokens minus an entropy bonus. Critic: (clipped) value loss
+scaled by `vf_coef`. Both are token means over the minibatch, computed from sums and counts (`ops.ppo`).
+Global-norm gradient clipping sits in each optimiser chain (`training.optim.make_optimizer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxrlhf.ops.ppo import policy_loss, value_loss
+from jaxrlhf.rl.experience import response_logprobs, response_values
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOLossConfig:
+    clip_eps: float = 0.2
+    value_clip_eps: float = 0.2    # <= 0: no value clipping
+    vf_coef: float = 1.0
+    entropy_coef: float = 0.0
+    temperature: float = 1.0
+    chunk_size: int = 128
+
+
+def make_update_step(actor_def, critic_def, actor_opt: optax.GradientTransformation,
+                     critic_opt: optax.GradientTransformation, cfg: PPOLossConfig) -> Callable:
+    """update(state, actor_frozen, critic_frozen, minibatch) -> (state, metrics).
+
+    state holds {"actor": {"params", "opt_state"}, "critic": {"params", "opt_state"}, "step"} and may carry
+    other entries through unchanged; the minibatch is an experience dict (see `rl.experience`).
+    """
+
+    def actor_loss(params, frozen, mb):
+        policy = nnx.merge(actor_def, params, frozen)
+        logp, entropy = response_logprobs(policy, mb["ids_BxT"], mb["mask_BxT"], mb["response_ids_BxN"],
+                                          cfg.temperature, cfg.chunk_size, return_entropy=True)
+        pg_sum, n, m = policy_loss(logp, mb["old_logp_BxN"], mb["advantages_BxN"], mb["response_mask_BxN"],
+                                   cfg.clip_eps)
+        mask = mb["response_mask_BxN"].astype(jnp.float32)
+        n = jnp.maximum(n, 1.0)
+        entropy_mean = jnp.sum(entropy * mask) / n
+        loss = pg_sum / n - cfg.entropy_coef * entropy_mean
+        return loss, {"policy_loss": pg_sum / n, "entropy": entropy_mean, "clip_frac": m["clip_frac_sum"] / n,
+                      "approx_kl": m["approx_kl_sum"] / n, "ratio": m["ratio_sum"] / n}
+
+    def critic_loss(params, frozen, mb):
+        critic = nnx.merge(critic_def, params, frozen)
+        values = response_values(critic, mb["ids_BxT"], mb["mask_BxT"], mb["response_ids_BxN"].shape[1])
+        clip = cfg.value_clip_eps if cfg.value_clip_eps > 0 else None
+        v_sum, n, m = value_loss(values, mb["values_BxN"], mb["returns_BxN"], mb["response_mask_BxN"], clip)
+        n = jnp.maximum(n, 1.0)
+        return cfg.vf_coef * v_sum / n, {"value_loss": v_sum / n, "value_clip_frac": m["clip_frac_sum"] / n}
+
+    def apply(opt, part, grads):
+        updates, opt_state = opt.update(grads, part["opt_state"], part["params"])
+        return {"params": optax.apply_updates(part["params"], updates), "opt_state": opt_state}
+
+    def update(state: dict, actor_frozen: Any, critic_frozen: Any, mb: dict):
+        (_, a_metrics), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(state["actor"]["params"],
+                                                                              actor_frozen, mb)
+        (_, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state["critic"]["params"],
+                                                                               critic_frozen, mb)
+        new_state = dict(state, actor=apply(actor_opt, state["actor"], a_grads),
+                         critic=apply(critic_opt, state["critic"], c_grads), step=state["step"] + 1)
+        metrics = dict(a_metrics, **c_metrics, actor_grad_norm=optax.global_norm(a_grads),
+                       critic_grad_norm=optax.global_norm(c_grads))
+        return new_state, metrics
+
+    return update

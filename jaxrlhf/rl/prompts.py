@@ -1,0 +1,172 @@
+"""Prompts for PPO rollouts: loaded from any table source, rendered for the policy, batched left-padded.
+
+Each prompt keeps two forms: `text`, the prompt as the data gives it (what a reward model trained on that
+data expects to see before the response), and `messages`, the same conversation as chat messages, which
+the policy's own chat template renders. Sources:
+
+- HH-RLHF dialogues (`chosen` column, optionally `rejected`): the prompt is everything up to the last
+  "\\n\\nAssistant:", and its Human/Assistant turns become user/assistant messages.
+- a `prompt` column: a string (one user message; an HH-style string is split into turns) or a message list.
+
+Prompts longer than `max_prompt_length` policy tokens are dropped and counted: cutting a conversation from
+the left would leave a broken chat template.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from jaxrlhf.data.chat import as_messages
+from jaxrlhf.data.errors import DataReport, RowGuard, RowInvalid
+from jaxrlhf.data.formats import HH_ASSISTANT, split_hh
+from jaxrlhf.data.sources import Table
+from jaxrlhf.rl.sampling import left_pad
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    text: str  # as in the data; ends with "\n\nAssistant:" for HH dialogues
+    messages: tuple[tuple[str, str], ...]  # (role, content), ending with a user turn
+
+
+def hh_messages(text: str) -> list[tuple[str, str]]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:' -> [(user, a), (assistant, b), (user, c)]."""
+    parts = _HH_TURN.split(text)
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        content = content.strip()
+        if content:
+            messages.append((_HH_ROLES[role], content))
+    return messages
+
+
+def _prompt_of_row(table: Table, i: int) -> Prompt:
+    row = table.row(i)
+    if "prompt" in row:
+        value = row["prompt"]
+        if isinstance(value, str):
+            if not value.strip():
+                raise RowInvalid("prompt", "empty")
+            messages = hh_messages(value) if _HH_TURN.search(value) else [("user", value.strip())]
+            return Prompt(value, tuple(messages))
+        messages = as_messages(value, "prompt")
+        return Prompt("\n\n".join(f"{r}: {c}" for r, c in messages), tuple(messages))
+    chosen = row.get("chosen")
+    if not isinstance(chosen, str):
+        raise RowInvalid("chosen", "missing" if chosen is None else "not_string")
+    rejected = row.get("rejected")
+    if isinstance(rejected, str) and rejected != chosen:
+        text = split_hh(chosen, rejected)[0]
+    else:
+        cut = chosen.rfind(HH_ASSISTANT)
+        if cut < 0:
+            raise RowInvalid("chosen", "bad_structure", f"no {HH_ASSISTANT!r} turn")
+        text = chosen[:cut + len(HH_ASSISTANT)]
+    messages = hh_messages(text)
+    if not messages or messages[-1][0] != "user":
+        raise RowInvalid("chosen", "bad_structure", "the prompt does not end with a Human turn")
+    return Prompt(text, tuple(messages))
+
+
+def parse_prompts(table: Table, on_invalid: str = "raise") -> tuple[list[Prompt], DataReport]:
+    """Unique prompts of a table, in order of first appearance."""
+    if "prompt" not in table.columns and "chosen" not in table.columns:
+        raise ValueError(f"{table.name}: needs a 'prompt' column or HH-RLHF 'chosen' dialogues; "
+                         f"columns are {sorted(table.column_names)}")
+    report = DataReport(source=table.name, rows=table.num_rows)
+    guard = RowGuard(table.name, on_invalid, report)
+    seen: dict[str, Prompt] = {}
+    for i in range(table.num_rows):
+        try:
+            prompt = _prompt_of_row(table, i)
+        except RowInvalid as err:
+            guard.invalid(i, err)
+            continue
+        seen.setdefault(prompt.text, prompt)
+    report.kept = len(seen)
+    report.filtered["duplicate"] = table.num_rows - sum(report.invalid.values()) - len(seen)
+    return list(seen.values()), report
+
+
+def render_for_policy(tokenizer, prompts: Sequence[Prompt], *, use_chat_template: bool = True,
+                      system: str | None = None) -> list[list[int]]:
+    """Policy token ids of each prompt, ending where the assistant's response begins."""
+    has_template = use_chat_template and getattr(tokenizer, "chat_template", None)
+    out = []
+    for p in prompts:
+        if has_template:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": r, "content": c} for r, c in p.messages]
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        else:
+            out.append(list(tokenizer(p.text, add_special_tokens=True)["input_ids"]))
+    return out
+
+
+@dataclasses.dataclass
+class PromptSet:
+    """Rendered prompts and an endless, resumable, seeded stream of left-padded batches."""
+
+    prompts: list[Prompt]
+    ids: list[list[int]]
+    report: DataReport
+    pad_id: int
+    batch_size: int
+    pad_to_multiple: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        if len(self.prompts) < self.batch_size:
+            raise ValueError(f"{len(self.prompts)} usable prompts make no batch of {self.batch_size} "
+                             f"({self.report})")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.prompts) // self.batch_size
+
+    def batch_rows(self, index: int) -> np.ndarray:
+        """Rows of global batch `index`: epoch e = index // batches_per_epoch is a permutation seeded by e."""
+        epoch, k = divmod(index, self.batches_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
+        return order[k * self.batch_size:(k + 1) * self.batch_size]
+
+    def batch(self, index: int, process_index: int = 0, process_count: int = 1) -> dict:
+        """This process's share of global batch `index`: ids_BxP, mask_BxP (int32) and the prompts.
+
+        P is the longest prompt of the whole global batch rounded up, so every process agrees on it.
+        """
+        rows = self.batch_rows(index)
+        width = max(len(self.ids[r]) for r in rows)
+        width = -(-width // self.pad_to_multiple) * self.pad_to_multiple
+        local = np.array_split(rows, process_count)[process_index]
+        ids, mask = left_pad([self.ids[r] for r in local], self.pad_id, length=width)
+        return {"ids_BxP": ids, "mask_BxP": mask, "prompts": [self.prompts[r] for r in local]}
+
+    def batches(self, start: int = 0) -> Iterator[dict]:
+        index = start
+        while True:
+            yield self.batch(index)
+            index += 1
+
+
+def build_prompt_set(table: Table, tokenizer, *, batch_size: int, max_prompt_length: int,
+                     pad_to_multiple: int = 32, seed: int = 0, on_invalid: str = "raise",
+                     use_chat_template: bool = True, system: str | None = None, limit: int = 0) -> PromptSet:
+    prompts, report = parse_prompts(table, on_invalid)
+    if limit:
+        prompts = prompts[:limit]
+    ids = render_for_policy(tokenizer, prompts, use_chat_template=use_chat_template, system=system)
+    keep = [i for i, x in enumerate(ids) if len(x) <= max_prompt_length]
+    report.filtered["too_long"] = len(ids) - len(keep)
+    report.kept = len(keep)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return PromptSet([prompts[i] for i in keep], [ids[i] for i in keep], report, int(pad_id or 0), batch_size,
+                     pad_to_multiple, seed)

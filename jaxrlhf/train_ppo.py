@@ -1,0 +1,203 @@
+"""PPO against a reward model: `python -m jaxrlhf.train_ppo --config=configs/ppo.py [--config.KEY=VALUE ...]`.
+
+Each iteration: sample responses to a batch of prompts (jitted, KV cache), score them with the frozen reward
+model, compute log-probs, values, shaped rewards and GAE advantages (one jitted step), then run
+`ppo.epochs` passes of shuffled minibatch updates of actor and critic. The maths lives in `jaxrlhf.rl` and
+`jaxrlhf.ops`; this file is the host loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxrlhf.data.sources import load_table
+from jaxrlhf.infra import preemption
+from jaxrlhf.infra import sharding as shd
+from jaxrlhf.infra.checkpoint import Checkpointer
+from jaxrlhf.infra.metrics import MetricsWriter
+from jaxrlhf.infra.runtime import progress, run_trainer, setup_runtime
+from jaxrlhf.models.export import export_hf
+from jaxrlhf.ops import whitening
+from jaxrlhf.ops.kl import AdaptiveKLController, FixedKLController
+from jaxrlhf.rl.experience import AdvantageConfig, make_experience_fn
+from jaxrlhf.rl.models import load_ppo_models
+from jaxrlhf.rl.ppo_step import PPOLossConfig, make_update_step
+from jaxrlhf.rl.prompts import build_prompt_set
+from jaxrlhf.rl.rewards import RewardShaping
+from jaxrlhf.rl.rollout import RewardScorer, local_rows, make_sample_fn
+from jaxrlhf.rl.sampling import SamplingConfig
+from jaxrlhf.rm.evaluate import to_global
+from jaxrlhf.training.optim import make_optimizer
+
+
+def sampling_config(config, tokenizer) -> SamplingConfig:
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for text in filter(None, (s.strip() for s in config.sampling.stop_tokens.split(","))):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"sampling.stop_tokens: {text!r} is {len(ids)} tokens; a stop token must be one")
+        stops.append(ids[0])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    s = config.sampling
+    return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                          eos_ids=tuple(dict.fromkeys(stops)), pad_id=pad)
+
+
+def kl_controller(kl_cfg):
+    if kl_cfg.adaptive:
+        return AdaptiveKLController(kl_cfg.coef, kl_cfg.target, kl_cfg.horizon)
+    return FixedKLController(kl_cfg.coef)
+
+
+def initial_moments(config, rm_stats: dict) -> whitening.RunningMoments:
+    """Running reward moments, seeded with the RM's training statistics when it was exported with them."""
+    if config.rewards.init_from_rm_stats and rm_stats.get("reward_std"):
+        return whitening.RunningMoments(jnp.float32(rm_stats["reward_mean"]), jnp.float32(rm_stats["reward_std"] ** 2),
+                                        jnp.float32(rm_stats.get("n_pairs", 1) * 2))
+    return whitening.RunningMoments.init()
+
+
+def sample_rows(prompts, texts, scores, n: int) -> list[dict]:
+    return [{"prompt": p.messages[-1][1][-200:], "response": t, "score": round(float(s), 4)}
+            for p, t, s in list(zip(prompts, texts, scores))[:n]]
+
+
+def train(config) -> dict:
+    """Runs PPO as configured; returns the last iteration's metrics."""
+    setup_runtime(config)
+    workdir = Path(config.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "run_config.json").write_text(config.to_json_best_effort(indent=2))
+    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    models = load_ppo_models(config, mesh)
+    tok = models.tokenizer
+    d = config.data
+    table = load_table(d.source, config=d.subset or None, split=d.split, max_rows=d.limit or None)
+    prompts = build_prompt_set(table, tok, batch_size=config.ppo.rollout_batch_size,
+                               max_prompt_length=d.max_prompt_length, pad_to_multiple=d.pad_to_multiple,
+                               seed=config.seed, on_invalid="raise" if d.on_invalid == "error" else d.on_invalid,
+                               use_chat_template=d.chat_template, system=d.system or None)
+    p = config.ppo
+    if p.rollout_batch_size % p.minibatch_size:
+        raise ValueError(f"ppo.rollout_batch_size={p.rollout_batch_size} must be a multiple of "
+                         f"ppo.minibatch_size={p.minibatch_size}")
+    iterations = config.train.iterations
+    updates_per_iter = p.epochs * (p.rollout_batch_size // p.minibatch_size)
+    actor_opt, _ = make_optimizer(config.actor_optim, iterations * updates_per_iter)
+    critic_opt, _ = make_optimizer(config.critic_optim, iterations * updates_per_iter)
+    (actor_def, actor_params, actor_frozen), (critic_def, critic_params, critic_frozen), \
+        (ref_def, ref_state), (_, _) = models.split(config.policy.train_mode, config.critic.train_mode)
+    controller = kl_controller(config.kl)
+    state = {"actor": {"params": actor_params, "opt_state": jax.jit(actor_opt.init)(actor_params)},
+             "critic": {"params": critic_params, "opt_state": jax.jit(critic_opt.init)(critic_params)},
+             "step": jnp.zeros((), jnp.int32), "kl_coef": controller.init().coef,
+             "moments": initial_moments(config, models.rm_stats)._asdict()}
+    print(f"actor {models.actor.model_dir}, critic from {models.critic_source}, reward model "
+          f"{config.reward_model.path} ({models.reward.hf_config['model_type']}); prompts: {prompts.report}")
+
+    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
+                        save_every=config.train.checkpoint_every)
+    start = 0
+    if config.train.resume and ckpt.latest_step() is not None:
+        state, _, start = ckpt.restore(state)
+        print(f"resumed from iteration {start} ({workdir / 'checkpoints'})")
+
+    sampling = sampling_config(config, tok)
+    scorer = RewardScorer(models.reward.model, models.rm_tokenizer, tok, is_decoder=models.reward.family.IS_DECODER,
+                          max_length=config.reward_model.max_length, mesh=mesh)
+    sample = make_sample_fn(actor_def, sampling)
+    shaping = RewardShaping(config.rewards.normalise, config.rewards.shift_mean, config.rewards.clip,
+                            config.rewards.scale, config.rewards.missing_eos_penalty, config.kl.estimator)
+    advantages = AdvantageConfig(p.gamma, p.lam, p.whiten_advantages, p.advantage_clip)
+    experience_fn = jax.jit(make_experience_fn(actor_def, ref_def, critic_def, temperature=sampling.temperature,
+                                               shaping=shaping, advantages=advantages, chunk_size=p.logprob_chunk))
+    loss_cfg = PPOLossConfig(p.clip_eps, p.value_clip_eps, p.vf_coef, p.entropy_coef, sampling.temperature,
+                             p.logprob_chunk)
+    update = jax.jit(make_update_step(actor_def, critic_def, actor_opt, critic_opt, loss_cfg), donate_argnums=(0,))
+
+    writer = MetricsWriter(workdir)
+    base_key = jax.random.key(config.seed)
+    preemption.install_sigterm_handler()
+    bar = progress(total=iterations, initial=start, desc="train_ppo")
+    logged: dict = {}
+    done = start
+    for it in range(start, iterations):
+        t0 = time.time()
+        key = jax.random.fold_in(base_key, it)
+        batch = prompts.batch(it, jax.process_index(), jax.process_count())
+        prompt_arrays = to_global({"ids": batch["ids_BxP"], "mask": batch["mask_BxP"]}, mesh)
+        rollout = sample((state["actor"]["params"], actor_frozen), prompt_arrays["ids"], prompt_arrays["mask"],
+                         jax.random.fold_in(key, 0))
+        texts = scorer.response_texts(rollout)
+        score = scorer.score(rollout, batch["prompts"], texts)
+        moments = whitening.RunningMoments(**state["moments"])
+        exp, moments, exp_metrics = experience_fn((state["actor"]["params"], actor_frozen), (ref_state,),
+                                                  (state["critic"]["params"], critic_frozen), rollout, score,
+                                                  state["kl_coef"], moments)
+        state["moments"] = moments._asdict()
+        t_rollout = time.time() - t0
+
+        update_metrics, stopped_early = [], False
+        order_rng = np.random.default_rng([config.seed, it])
+        B = p.rollout_batch_size
+        for _ in range(p.epochs):
+            perm = order_rng.permutation(B)
+            for k in range(0, B, p.minibatch_size):
+                idx = jnp.asarray(perm[k:k + p.minibatch_size])
+                mb = jax.tree_util.tree_map(lambda x: x[idx], exp)
+                state, m = update(state, actor_frozen, critic_frozen, mb)
+                update_metrics.append(m)
+                if p.max_approx_kl > 0 and float(m["approx_kl"]) > p.max_approx_kl:
+                    stopped_early = True
+                    break
+            if stopped_early:
+                break
+        n_seq_kl = exp_metrics["kl_k1_per_seq"]
+        state["kl_coef"] = controller.update(type(controller.init())(state["kl_coef"]), n_seq_kl, B).coef
+
+        done = it + 1
+        logged = {k: float(v) for k, v in jax.device_get(exp_metrics).items()}
+        logged.update({k: float(np.mean([float(m[k]) for m in update_metrics])) for k in update_metrics[0]})
+        logged.update(minibatch_updates=len(update_metrics), early_stop=float(stopped_early),
+                      rollout_seconds=t_rollout, iteration_seconds=time.time() - t0)
+        if done % config.train.log_every == 0 or done == iterations or it == start:
+            writer.write(done, logged, prefix="ppo/")
+        bar.set_postfix(score=f"{logged['score_mean']:.3f}", kl=f"{logged['kl_k1_per_seq']:.2f}",
+                        len=f"{logged['response_length']:.0f}")
+        if config.train.sample_every and (done % config.train.sample_every == 0 or it == start):
+            rows = sample_rows(batch["prompts"], texts, local_rows(score), config.train.samples_shown)
+            if jax.process_index() == 0:
+                with open(workdir / "samples.jsonl", "a") as f:
+                    for row in rows:
+                        f.write(json.dumps(dict(row, iteration=done)) + "\n")
+                bar.write(f"iteration {done} samples:\n" + "\n".join(
+                    f"  [{r['score']:+.3f}] {r['prompt'][-60:]!r} -> {r['response'][:100]!r}" for r in rows))
+        stopping = preemption.should_stop() or done == config.train.stop_after
+        if ckpt.should_save(done) or done == iterations or stopping:
+            ckpt.save(done, state, {"iteration": done})
+        bar.update(1)
+        if stopping:
+            break
+    bar.close()
+    ckpt.close()
+    writer.close()
+    if done < iterations:
+        print(f"stopped at iteration {done} of {iterations}; checkpoint saved, rerun the same command to resume")
+        return {"stopped_at": done}
+    if config.train.export:
+        actor = nnx.merge(actor_def, state["actor"]["params"], actor_frozen)
+        export_hf(actor, models.actor.family, models.actor.config, "causal_lm", workdir / "export", tokenizer=tok)
+    print(json.dumps({k: round(v, 4) for k, v in logged.items()}))
+    return logged
+
+
+if __name__ == "__main__":
+    run_trainer(train, str(Path(__file__).parent / "configs" / "ppo.py"))
