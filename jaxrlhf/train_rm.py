@@ -11,41 +11,25 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
 from jaxrlhf.infra import preemption
-from jaxrlhf.infra import sharding as shd
-from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.infra.metrics import MetricsWriter
-from jaxrlhf.infra.runtime import cli_errors, run_app, dtype_of, progress, setup_runtime
+from jaxrlhf.infra.runtime import progress, run_trainer
 from jaxrlhf.models.export import export_hf
-from jaxrlhf.models.hub import from_pretrained, load_tokenizer
-from jaxrlhf.models.layers import LoRAConfig
+from jaxrlhf.models.hub import load_tokenizer
 from jaxrlhf.rm import data as rm_data
 from jaxrlhf.rm.load import use_distinct_pad
 from jaxrlhf.rm.evaluate import histogram_png, to_global
 from jaxrlhf.rm.step import make_eval_step, make_reward_fn, make_train_step
 from jaxrlhf.training.optim import make_optimizer
+from jaxrlhf.training.run_setup import lora_from_config  # noqa: F401 (kept importable from here)
+from jaxrlhf.training.run_setup import init_train_state, load_model, open_checkpoints, start_run
 from jaxrlhf.training.trainable import count_params, split_trainable
-
-_CONFIG = config_flags.DEFINE_config_file("config", str(Path(__file__).parent / "configs" / "rm.py"),
-                                          "Path to a config file (plain Python returning a ConfigDict).")
-
-
-def lora_from_config(model_cfg) -> LoRAConfig | None:
-    if model_cfg.train_mode != "lora":
-        return None
-    return LoRAConfig(rank=model_cfg.lora_rank, alpha=model_cfg.lora_alpha, dropout=model_cfg.lora_dropout,
-                      targets=model_cfg.lora_targets)
 
 
 def load_reward_model(config, mesh):
-    return from_pretrained(config.model.name, "reward", mesh=mesh, dtype=dtype_of(config.model.dtype),
-                           param_dtype=dtype_of(config.model.param_dtype), scan_layers=config.model.scan_layers,
-                           remat=config.model.remat, lora=lora_from_config(config.model), seed=config.seed)
+    return load_model(config, mesh, "reward")
 
 
 def reward_stats(train_summary: dict) -> dict:
@@ -57,12 +41,7 @@ def reward_stats(train_summary: dict) -> dict:
 
 def train(config) -> dict:
     """Runs training as configured; returns the final held-out metrics."""
-    setup_runtime(config)
-    workdir = Path(config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:  # lets eval_rm rebuild the model from a checkpoint
-        (workdir / "run_config.json").write_text(config.to_json_best_effort(indent=2))
-    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    workdir, mesh = start_run(config)
     loaded = load_reward_model(config, mesh)
     tokenizer = load_tokenizer(loaded.model_dir)
     use_distinct_pad(loaded, tokenizer)
@@ -72,18 +51,12 @@ def train(config) -> dict:
     total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
     optimizer, schedule = make_optimizer(config.optim, total_steps)
     graphdef, trainable, frozen = split_trainable(loaded.model, config.model.train_mode)
-    state = {"params": trainable, "opt_state": jax.jit(optimizer.init)(trainable),
-             "step": jnp.zeros((), jnp.int32)}
+    state = init_train_state(trainable, optimizer)
     print(f"model {loaded.model_dir} ({loaded.hf_config['model_type']}): {count_params(trainable):,} trainable, "
           f"{count_params(frozen):,} frozen parameters; fresh: {', '.join(loaded.initialised) or 'none'}")
     print(f"data: {data.describe()}; {steps_per_epoch} steps/epoch, {total_steps} steps")
 
-    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
-                        save_every=config.train.checkpoint_every)
-    start = 0
-    if config.train.resume and ckpt.latest_step() is not None:
-        state, meta, start = ckpt.restore(state)
-        print(f"resumed from step {start} ({workdir / 'checkpoints'})")
+    ckpt, state, start = open_checkpoints(config, workdir, state)
 
     train_step = jax.jit(make_train_step(graphdef, config.loss, optimizer, schedule, config.optim.grad_accum,
                                          data.objective), donate_argnums=(0,))
@@ -162,11 +135,5 @@ def train(config) -> dict:
     return summary
 
 
-def main(argv):
-    del argv
-    with cli_errors():
-        train(_CONFIG.value)
-
-
 if __name__ == "__main__":
-    run_app(main)
+    run_trainer(train, str(Path(__file__).parent / "configs" / "rm.py"))

@@ -1,8 +1,8 @@
 """Jitted reward-model train and eval steps.
 
 Chosen and rejected sequences go through the model as one 2B batch (one forward pass). Gradient
-accumulation is a `lax.scan` over micro-batches that sums loss, gradients and the pair count, and
-divides once at the end, so the mean is exact even when the last batch carries padding pairs.
+accumulation (`jaxrlhf.training.accumulate`) sums loss, gradients and the pair count over micro-batches
+and divides once at the end, so the mean is exact even when the last batch carries padding pairs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from jaxrlhf.ops.losses import bradley_terry_loss, plackett_luce_loss, regression_loss
+from jaxrlhf.training.accumulate import apply_update, summed_gradients
 
 def pair_rewards(model: nnx.Module, batch: dict, *, length_normalise: bool = False,
                  dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -84,25 +85,10 @@ def make_train_step(graphdef: nnx.GraphDef, loss_cfg, optimizer: optax.GradientT
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state: dict, frozen: Any, batch: dict, rng: jax.Array):
-        params = state["params"]
-        micro = jax.tree_util.tree_map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
-        keys = jax.random.split(rng, grad_accum)
-
-        def accumulate(carry, xs):
-            mb, key = xs
-            (loss_sum, aux), grads = grad_fn(params, frozen, mb, key)
-            g_acc, l_acc, a_acc = carry
-            return (jax.tree_util.tree_map(jnp.add, g_acc, grads), l_acc + loss_sum,
-                    jax.tree_util.tree_map(jnp.add, a_acc, aux)), None
-
-        zeros_aux = {k: jnp.zeros((), jnp.float32) for k in ("denom", "correct", "compared", "reward_sum",
-                                                          "reward_count")}
-        init = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), zeros_aux)
-        (grads, loss_sum, aux), _ = jax.lax.scan(accumulate, init, (micro, keys))
+        grads, loss_sum, aux = summed_gradients(grad_fn, state["params"], frozen, batch, rng, grad_accum)
         denom = jnp.maximum(aux["denom"], 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
+        new_state = apply_update(state, grads, optimizer)
         metrics = {"loss": loss_sum / denom, "accuracy": aux["correct"] / jnp.maximum(aux["compared"], 1.0),
                    "reward_mean": aux["reward_sum"] / jnp.maximum(aux["reward_count"], 1.0), "grad_norm": optax.global_norm(grads),
                    "learning_rate": schedule(state["step"]), "pairs": aux["denom"]}

@@ -1,0 +1,70 @@
+"""Jitted SFT train and eval steps: next-token NLL on response tokens only.
+
+Log-probs come from `token_logprobs`, which applies the LM head in chunks over the sequence, so the
+[B, T, V] logits are never held whole. The loss is a sum over response tokens with the token count
+beside it; the mean is taken once after gradient accumulation (`jaxrlhf.training.accumulate`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxrlhf.ops.logprobs import token_logprobs
+from jaxrlhf.training.accumulate import apply_update, summed_gradients
+
+
+def response_nll(model: nnx.Module, batch: dict, *, chunk_size: int = 128,
+                 dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(summed NLL, token count), float32, over the tokens that `loss_mask_BxT` marks.
+
+    Position t predicts token t + 1, so a marked token at t is scored from the hidden state at t - 1.
+    """
+    ids_BxT = batch["ids_BxT"]
+    hidden_BxTxD, _ = model.backbone(ids_BxT, batch["mask_BxT"], dropout_rng=dropout_rng)
+    logp_BxT1 = token_logprobs(hidden_BxTxD[:, :-1], model.lm_head_kernel(), ids_BxT[:, 1:], chunk_size=chunk_size)
+    scored_BxT1 = batch["loss_mask_BxT"][:, 1:].astype(jnp.float32)
+    return -jnp.sum(logp_BxT1 * scored_BxT1), jnp.sum(scored_BxT1)
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, chunk_size: int = 128) -> Callable:
+    """loss_fn(trainable, frozen, batch, rng) -> (nll_sum, {"tokens", "seq_tokens"})."""
+
+    def loss_fn(trainable, frozen, batch, dropout_rng):
+        model = nnx.merge(graphdef, trainable, frozen)
+        nll_sum, tokens = response_nll(model, batch, chunk_size=chunk_size, dropout_rng=dropout_rng)
+        return nll_sum, {"tokens": tokens, "seq_tokens": jnp.sum(batch["mask_BxT"]).astype(jnp.float32)}
+
+    return loss_fn
+
+
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    grad_accum: int = 1, chunk_size: int = 128) -> Callable:
+    """step(state, frozen, batch, rng) -> (state, metrics); state = {"params", "opt_state", "step"}.
+
+    metrics: nll_sum and tokens (response tokens scored) so a host can average exactly over steps,
+    seq_tokens (all real tokens, for throughput), grad_norm, learning_rate.
+    """
+    grad_fn = jax.value_and_grad(make_loss_fn(graphdef, chunk_size), has_aux=True)
+
+    def step(state: dict, frozen: Any, batch: dict, rng: jax.Array):
+        grads, nll_sum, aux = summed_gradients(grad_fn, state["params"], frozen, batch, rng, grad_accum)
+        grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(aux["tokens"], 1.0), grads)
+        metrics = {"nll_sum": nll_sum, "tokens": aux["tokens"], "seq_tokens": aux["seq_tokens"],
+                   "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+        return apply_update(state, grads, optimizer), metrics
+
+    return step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, chunk_size: int = 128) -> Callable:
+    """eval(trainable, frozen, batch) -> (nll_sum, tokens)."""
+
+    def eval_step(trainable, frozen, batch):
+        return response_nll(nnx.merge(graphdef, trainable, frozen), batch, chunk_size=chunk_size)
+
+    return eval_step

@@ -1,0 +1,47 @@
+"""Gradient accumulation that keeps means exact, and the optimiser update of a train state.
+
+Loss functions return an unreduced sum plus aux sums (token or pair counts among them). Micro-batches
+are a `lax.scan` that adds sums and gradients; the caller divides once by the total count, so a mean
+over 4 micro-batches equals the mean over one big batch even when they hold different numbers of
+tokens or padding rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def summed_gradients(grad_fn: Callable, params: Any, frozen: Any, batch: dict, rng: jax.Array,
+                     micro_steps: int = 1) -> tuple[Any, jax.Array, dict]:
+    """(gradient sum, loss sum, aux sums) of `grad_fn(params, frozen, micro_batch, key)` over the batch.
+
+    grad_fn is `jax.value_and_grad(loss_fn, has_aux=True)` for a `loss_fn -> (loss_sum, aux)`; the
+    batch's leading dim is cut into `micro_steps` equal micro-batches, each with its own key.
+    """
+    micro = jax.tree_util.tree_map(lambda x: x.reshape((micro_steps, x.shape[0] // micro_steps) + x.shape[1:]), batch)
+    keys = jax.random.split(rng, micro_steps)
+
+    def accumulate(carry, xs):
+        mb, key = xs
+        (loss_sum, aux), grads = grad_fn(params, frozen, mb, key)
+        g_acc, l_acc, a_acc = carry
+        return (jax.tree_util.tree_map(jnp.add, g_acc, grads), l_acc + loss_sum,
+                jax.tree_util.tree_map(jnp.add, a_acc, aux)), None
+
+    first = jax.tree_util.tree_map(lambda x: x[0], micro)
+    aux_shapes = jax.eval_shape(grad_fn, params, frozen, first, keys[0])[0][1]
+    zeros_aux = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shapes)
+    init = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), zeros_aux)
+    (grads, loss_sum, aux), _ = jax.lax.scan(accumulate, init, (micro, keys))
+    return grads, loss_sum, aux
+
+
+def apply_update(state: dict, grads: Any, optimizer: optax.GradientTransformation) -> dict:
+    """The next {"params", "opt_state", "step"} after one optimiser step on mean gradients."""
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
+            "step": state["step"] + 1}

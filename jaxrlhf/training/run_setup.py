@@ -1,0 +1,54 @@
+"""From a config to a run, the part every trainer shares: workdir and mesh, model, train state, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrlhf.infra import sharding as shd
+from jaxrlhf.infra.checkpoint import Checkpointer
+from jaxrlhf.infra.runtime import dtype_of, setup_runtime
+from jaxrlhf.models.hub import LoadedModel, from_pretrained
+from jaxrlhf.models.layers import LoRAConfig
+
+
+def start_run(config) -> tuple[Path, jax.sharding.Mesh]:
+    """Multi-host setup, the workdir (with run_config.json, so tools can rebuild the model) and the mesh."""
+    setup_runtime(config)
+    workdir = Path(config.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "run_config.json").write_text(config.to_json_best_effort(indent=2))
+    return workdir, shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+
+
+def lora_from_config(model_cfg) -> LoRAConfig | None:
+    if model_cfg.train_mode != "lora":
+        return None
+    return LoRAConfig(rank=model_cfg.lora_rank, alpha=model_cfg.lora_alpha, dropout=model_cfg.lora_dropout,
+                      targets=model_cfg.lora_targets)
+
+
+def load_model(config, mesh, task: str) -> LoadedModel:
+    """`config.model` loaded as a `task` model onto `mesh` (LoRA adapters added when train_mode is lora)."""
+    m = config.model
+    return from_pretrained(m.name, task, mesh=mesh, dtype=dtype_of(m.dtype), param_dtype=dtype_of(m.param_dtype),
+                           scan_layers=m.scan_layers, remat=m.remat, lora=lora_from_config(m), seed=config.seed)
+
+
+def init_train_state(trainable, optimizer: optax.GradientTransformation) -> dict:
+    return {"params": trainable, "opt_state": jax.jit(optimizer.init)(trainable), "step": jnp.zeros((), jnp.int32)}
+
+
+def open_checkpoints(config, workdir: Path, state: dict) -> tuple[Checkpointer, dict, int]:
+    """(checkpointer, state, first step): the newest complete checkpoint's state when resuming, else `state`."""
+    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
+                        save_every=config.train.checkpoint_every)
+    if not (config.train.resume and ckpt.latest_step() is not None):
+        return ckpt, state, 0
+    state, _, start = ckpt.restore(state)
+    print(f"resumed from step {start} ({workdir / 'checkpoints'})")
+    return ckpt, state, start
