@@ -18,7 +18,7 @@ from jaxrlhf.models.hf_files import is_hf_dir
 from jaxrlhf.models.hub import LoadedModel, from_pretrained, load_tokenizer
 from jaxrlhf.rl.rollout import same_vocabulary
 from jaxrlhf.rm.load import load_trained_rm
-from jaxrlhf.training.model_setup import lora_from_config
+from jaxrlhf.training.run_setup import lora_from_config
 from jaxrlhf.training.trainable import split_trainable
 
 CRITIC_INITS = ("reward_model", "actor")
