@@ -19,10 +19,8 @@ from flax import nnx
 
 from jaxrlhf.data.sources import load_table
 from jaxrlhf.infra import preemption
-from jaxrlhf.infra import sharding as shd
-from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.infra.metrics import MetricsWriter
-from jaxrlhf.infra.runtime import progress, run_trainer, setup_runtime
+from jaxrlhf.infra.runtime import progress, run_trainer
 from jaxrlhf.models.export import export_hf
 from jaxrlhf.ops import whitening
 from jaxrlhf.ops.kl import AdaptiveKLController, FixedKLController
@@ -35,6 +33,7 @@ from jaxrlhf.rl.rollout import RewardScorer, local_rows, make_sample_fn
 from jaxrlhf.rl.sampling import SamplingConfig
 from jaxrlhf.rm.evaluate import to_global
 from jaxrlhf.training.optim import make_optimizer
+from jaxrlhf.training.run_setup import open_checkpoints, start_run
 
 
 def sampling_config(config, tokenizer) -> SamplingConfig:
@@ -71,12 +70,7 @@ def sample_rows(prompts, texts, scores, n: int) -> list[dict]:
 
 def train(config) -> dict:
     """Runs PPO as configured; returns the last iteration's metrics."""
-    setup_runtime(config)
-    workdir = Path(config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (workdir / "run_config.json").write_text(config.to_json_best_effort(indent=2))
-    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    workdir, mesh = start_run(config)
     models = load_ppo_models(config, mesh)
     tok = models.tokenizer
     d = config.data
@@ -103,12 +97,7 @@ def train(config) -> dict:
     print(f"actor {models.actor.model_dir}, critic from {models.critic_source}, reward model "
           f"{config.reward_model.path} ({models.reward.hf_config['model_type']}); prompts: {prompts.report}")
 
-    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
-                        save_every=config.train.checkpoint_every)
-    start = 0
-    if config.train.resume and ckpt.latest_step() is not None:
-        state, _, start = ckpt.restore(state)
-        print(f"resumed from iteration {start} ({workdir / 'checkpoints'})")
+    ckpt, state, start = open_checkpoints(config, workdir, state)
 
     sampling = sampling_config(config, tok)
     scorer = RewardScorer(models.reward.model, models.rm_tokenizer, tok, is_decoder=models.reward.family.IS_DECODER,

@@ -142,7 +142,8 @@ def test_win_rate_and_rewards_match_score_texts(run):
     assert run.summary["rm_win_rate_b"] == pytest.approx(hand)
     assert run.summary["mean_reward_a"] == pytest.approx(rewards_a.mean(), abs=1e-6)
     assert run.summary["mean_reward_b"] == pytest.approx(rewards_b.mean(), abs=1e-6)
-    texts = list(zip(PROMPTS, unblind(run, "a"))) + list(zip(PROMPTS, unblind(run, "b")))
+    # The reward model reads each response as PPO's scorer formats it: one space, then the stripped text.
+    texts = [(p, " " + r.strip()) for side in "ab" for p, r in zip(PROMPTS, unblind(run, side))]
     reference = [row["reward"] for row in score_texts(str(run.rm), texts, max_length=64)]
     np.testing.assert_allclose(np.concatenate([rewards_a, rewards_b]), reference, atol=2e-4)
 

@@ -18,11 +18,13 @@ def get_config():
     config.reward_model.path = "workdir/rm/export"
     config.critic.init = "actor"
     config.data.max_prompt_length = 96
+    config.data.pad_to_multiple = 96          # one prompt width: every iteration reuses the same compiled steps
     config.sampling.max_new_tokens = 48
+    config.sampling.temperature = 0.7
     config.ppo.rollout_batch_size = 16
     config.ppo.minibatch_size = 8
     config.ppo.epochs = 2
-    config.actor_optim.learning_rate = 2e-6
-    config.critic_optim.learning_rate = 1e-5
+    config.actor_optim.learning_rate = 5e-6
+    config.critic_optim.learning_rate = 2e-5
     config.train.iterations = 30
     return config

@@ -23,7 +23,8 @@ from flax import nnx
 
 from jaxrlhf.data.errors import RowInvalid
 from jaxrlhf.data.formats import HH_ASSISTANT, split_hh, text
-from jaxrlhf.rl.sampling import SamplingConfig, chat_prompts, generate, left_pad
+from jaxrlhf.rl.rollout import rm_response_text
+from jaxrlhf.rl.sampling import SamplingConfig, generate, left_pad
 
 _MIN_PROMPT_BUCKET = 16
 
@@ -31,7 +32,7 @@ _MIN_PROMPT_BUCKET = 16
 @dataclasses.dataclass(frozen=True)
 class Prompt:
     text: str  # as shown to people and to the reward model
-    is_dialogue: bool  # an HH transcript: tokenised raw, never chat-rendered
+    is_dialogue: bool  # an HH transcript: its turns become chat messages, as PPO renders its prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,12 +93,17 @@ def read_prompts(path: str | Path, limit: int = 0) -> list[Prompt]:
 
 
 def prompt_token_ids(tokenizer, prompts: list[Prompt], chat: bool, max_length: int) -> list[list[int]]:
-    """Token ids each policy sees: chat-rendered user messages where possible, the end kept if too long."""
+    """Token ids each policy sees: chat-rendered where possible (HH turns as messages, the same rendering
+    as PPO's prompts, so a PPO policy is compared on the prompt format it was trained on), the end kept if
+    too long."""
+    from jaxrlhf.rl import prompts as ppo_prompts
+
     use_template = chat and getattr(tokenizer, "chat_template", None)
     out = []
     for p in prompts:
-        if use_template and not p.is_dialogue:
-            ids = chat_prompts(tokenizer, [p.text])[0]
+        if use_template:
+            messages = ppo_prompts.hh_messages(p.text) if p.is_dialogue else [("user", p.text)]
+            ids = ppo_prompts.render_for_policy(tokenizer, [ppo_prompts.Prompt(p.text, tuple(messages))])[0]
         else:
             ids = tokenizer(p.text)["input_ids"]  # with the tokenizer's own specials (BOS)
         out.append(list(ids)[-max_length:])
@@ -208,7 +214,8 @@ def run_comparison(policy_a: str, policy_b: str, prompts_path: str, out_dir: str
     per_item = {"length_a": lengths_a.tolist(), "length_b": lengths_b.tolist()}
     if rm_path is not None:
         prompt_texts = [p.text for p in prompts]
-        rewards = reward_model_scores(rm_path, prompt_texts * 2, texts_a + texts_b, rm_max_length)
+        responses = [rm_response_text(t) for t in texts_a + texts_b]  # as PPO's reward scorer formats them
+        rewards = reward_model_scores(rm_path, prompt_texts * 2, responses, rm_max_length)
         rewards_a, rewards_b = rewards[:len(prompts)], rewards[len(prompts):]
         per_item.update(reward_a=rewards_a.tolist(), reward_b=rewards_b.tolist())
         summary.update(rm_win_rate_b=win_rate(rewards_a, rewards_b), mean_reward_a=float(rewards_a.mean()),

@@ -42,6 +42,11 @@ def same_vocabulary(tokenizer_a, tokenizer_b) -> bool:
     return tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
 
 
+def rm_response_text(decoded: str) -> str:
+    """A decoded response as the reward model reads it after `prompt.text` (HH: "Assistant: text")."""
+    return " " + decoded.strip()
+
+
 def local_rows(x: jax.Array) -> np.ndarray:
     """This process's rows of a global batch array, on the host."""
     full = _host(x)
@@ -72,7 +77,7 @@ class RewardScorer:
         if self.direct:
             return self._forward(self._state, rollout["ids_BxT"], rollout["mask_BxT"])
         texts = self.response_texts(rollout) if texts is None else texts
-        enc = self.encoder.encode([p.text for p in prompts], [" " + t for t in texts])
+        enc = self.encoder.encode([p.text for p in prompts], [rm_response_text(t) for t in texts])
         width = -(-int(enc.lengths.max()) // self.multiple) * self.multiple
         if jax.process_count() > 1:  # every process's local batch must have the same shape
             width = -(-self.encoder.max_length // self.multiple) * self.multiple
