@@ -83,6 +83,7 @@ def rm_defaults() -> ml_collections.ConfigDict:
         "keep_checkpoints": 2,
         "resume": True,
         "stop_after": 0,            # >0: save and stop after this step, as a preemption would
+        "on_nonfinite": "stop",     # stop | skip: a non-finite loss or gradient (never applied either way)
         "export": True,
         "stats_pairs": 512,         # training pairs scored for the exported reward mean/std (0: all)
         "histogram": True,
@@ -128,6 +129,7 @@ def sft_defaults() -> ml_collections.ConfigDict:
         "keep_checkpoints": 2,
         "resume": True,
         "stop_after": 0,            # >0: save and stop after this step, as a preemption would
+        "on_nonfinite": "stop",     # stop | skip: a non-finite loss or gradient (never applied either way)
         "export": True,
     })
     config.mesh = mesh_block()
@@ -216,6 +218,7 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "keep_checkpoints": 2,
         "resume": True,
         "stop_after": 0,
+        "on_nonfinite": "stop",              # stop | skip a minibatch update with a non-finite loss or gradient
         "export": True,
     })
     config.mesh = mesh_block()

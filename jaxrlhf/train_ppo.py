@@ -32,6 +32,7 @@ from jaxrlhf.rl.rewards import RewardShaping
 from jaxrlhf.rl.rollout import RewardScorer, local_rows, make_sample_fn
 from jaxrlhf.rl.sampling import SamplingConfig
 from jaxrlhf.rm.evaluate import to_global
+from jaxrlhf.training.nonfinite import NonFiniteGuard
 from jaxrlhf.training.optim import make_optimizer
 from jaxrlhf.training.run_setup import open_checkpoints, start_run
 
@@ -115,6 +116,7 @@ def train(config) -> dict:
     writer = MetricsWriter(workdir)
     base_key = jax.random.key(config.seed)
     preemption.install_sigterm_handler()
+    guard = NonFiniteGuard(config.train.on_nonfinite)
     bar = progress(total=iterations, initial=start, desc="train_ppo")
     logged: dict = {}
     done = start
@@ -144,11 +146,13 @@ def train(config) -> dict:
                 mb = jax.tree_util.tree_map(lambda x: x[idx], exp)
                 state, m = update(state, actor_frozen, critic_frozen, mb)
                 update_metrics.append(m)
+                guard.add(m["nonfinite"])
                 if p.max_approx_kl > 0 and float(m["approx_kl"]) > p.max_approx_kl:
                     stopped_early = True
                     break
             if stopped_early:
                 break
+        guard.check(it + 1, ckpt.latest_step())
         n_seq_kl = exp_metrics["kl_k1_per_seq"]
         state["kl_coef"] = controller.update(type(controller.init())(state["kl_coef"]), n_seq_kl, B).coef
 
@@ -156,6 +160,7 @@ def train(config) -> dict:
         logged = {k: float(v) for k, v in jax.device_get(exp_metrics).items()}
         logged.update({k: float(np.mean([float(m[k]) for m in update_metrics])) for k in update_metrics[0]})
         logged.update(minibatch_updates=len(update_metrics), early_stop=float(stopped_early),
+                      skipped_nonfinite=float(guard.skipped),
                       rollout_seconds=t_rollout, iteration_seconds=time.time() - t0)
         if done % config.train.log_every == 0 or done == iterations or it == start:
             writer.write(done, logged, prefix="ppo/")

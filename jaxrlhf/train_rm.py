@@ -22,6 +22,7 @@ from jaxrlhf.rm import data as rm_data
 from jaxrlhf.rm.load import use_distinct_pad
 from jaxrlhf.rm.evaluate import histogram_png, to_global
 from jaxrlhf.rm.step import make_eval_step, make_reward_fn, make_train_step
+from jaxrlhf.training.nonfinite import NonFiniteGuard
 from jaxrlhf.training.optim import make_optimizer
 from jaxrlhf.training.run_setup import lora_from_config  # noqa: F401 (kept importable from here)
 from jaxrlhf.training.run_setup import init_train_state, load_model, open_checkpoints, start_run
@@ -71,6 +72,7 @@ def train(config) -> dict:
     eval_every = config.train.eval_every or steps_per_epoch
 
     preemption.install_sigterm_handler()
+    guard = NonFiniteGuard(config.train.on_nonfinite)
     window, t0, t_window = [], time.time(), time.time()
     steady = {"pairs": 0.0, "seconds": 0.0}  # throughput after the first (compiling) step
     batches = data.train_batcher.from_step(start)  # resumes mid-epoch without replaying data
@@ -81,8 +83,10 @@ def train(config) -> dict:
         batch = to_global(next(batches), mesh)
         state, metrics = train_step(state, frozen, batch, jax.random.fold_in(base_key, step))
         window.append(metrics)
+        guard.add(metrics["nonfinite"])
         done = step + 1
         if step == start or done % config.train.log_every == 0 or done == total_steps:
+            guard.check(done, ckpt.latest_step())
             logged = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
             seconds = time.time() - t_window
             pairs = logged.pop("pairs") * len(window)
@@ -101,6 +105,7 @@ def train(config) -> dict:
             bar.write(f"step {done}: held-out {json.dumps(summary)}")
         stopping = preemption.should_stop() or done == config.train.stop_after
         if ckpt.should_save(done) or done == total_steps or stopping:
+            guard.check(done, ckpt.latest_step())
             ckpt.save(done, state, {"step": done, "epoch": epoch})
         t_window += time.time() - paused
         bar.update(1)
@@ -116,6 +121,8 @@ def train(config) -> dict:
 
     summary, scores = evaluate()
     summary["train_seconds"] = round(train_seconds, 1)
+    if guard.skipped:
+        summary["skipped_nonfinite_steps"] = guard.skipped
     if steady["seconds"] > 0:
         summary["pairs_per_s"] = round(steady["pairs"] / steady["seconds"], 2)
     writer.write(total_steps, summary, prefix="eval/")

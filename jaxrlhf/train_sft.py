@@ -24,6 +24,7 @@ from jaxrlhf.models.hub import load_tokenizer
 from jaxrlhf.rm.evaluate import to_global
 from jaxrlhf.sft import data as sft_data
 from jaxrlhf.sft.step import make_eval_step, make_train_step
+from jaxrlhf.training.nonfinite import NonFiniteGuard
 from jaxrlhf.training.optim import make_optimizer
 from jaxrlhf.training.run_setup import init_train_state, load_model, open_checkpoints, start_run
 from jaxrlhf.training.trainable import count_params, split_trainable
@@ -77,6 +78,7 @@ def train(config) -> dict:
     eval_every = config.train.eval_every or steps_per_epoch
 
     preemption.install_sigterm_handler()
+    guard = NonFiniteGuard(config.train.on_nonfinite)
     window, t0, t_window = [], time.time(), time.time()
     steady = {"tokens": 0.0, "seconds": 0.0}  # throughput after the first (compiling) step
     batches = data.train_batcher.from_step(start)
@@ -86,8 +88,10 @@ def train(config) -> dict:
         batch = to_global(next(batches), mesh)
         state, metrics = train_step(state, frozen, batch, jax.random.fold_in(base_key, step))
         window.append(metrics)
+        guard.add(metrics["nonfinite"])
         done = step + 1
         if step == start or done % config.train.log_every == 0 or done == total_steps:
+            guard.check(done, ckpt.latest_step())
             sums = {k: sum(_scalar(m[k]) for m in window) for k in window[0]}
             logged = {"loss": sums["nll_sum"] / max(sums["tokens"], 1.0), "grad_norm": sums["grad_norm"] / len(window),
                       "learning_rate": _scalar(window[-1]["learning_rate"]), "response_tokens": sums["tokens"]}
@@ -106,6 +110,7 @@ def train(config) -> dict:
             bar.write(f"step {done}: held-out {json.dumps(summary)}")
         stopping = preemption.should_stop() or done == config.train.stop_after
         if ckpt.should_save(done) or done == total_steps or stopping:
+            guard.check(done, ckpt.latest_step())
             ckpt.save(done, state, {"step": done})
         t_window += time.time() - paused
         bar.update(1)
@@ -120,6 +125,8 @@ def train(config) -> dict:
 
     summary = evaluate() if has_eval else {}
     summary["train_seconds"] = round(time.time() - t0, 1)
+    if guard.skipped:
+        summary["skipped_nonfinite_steps"] = guard.skipped
     if steady["seconds"] > 0:
         summary["tokens_per_s"] = round(steady["tokens"] / steady["seconds"], 1)
     writer.write(total_steps, summary, prefix="eval/")

@@ -43,6 +43,13 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
 
 
+def _close_progress_bars() -> None:
+    from tqdm.auto import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 @contextlib.contextmanager
 def cli_errors():
     """Bad input ends the program with one line on stderr and exit code 2, not a traceback.
@@ -61,6 +68,7 @@ def cli_errors():
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
         # ml_collections spreads "cannot load the config file" over several lines: keep them all.
         message = " ".join(lines)[:400] if isinstance(e, OSError) else (lines[0] if lines else type(e).__name__)
+        _close_progress_bars()  # else the message lands inside a half-drawn bar line
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 

@@ -17,6 +17,7 @@ from flax import nnx
 
 from jaxrlhf.ops.ppo import policy_loss, value_loss
 from jaxrlhf.rl.experience import response_logprobs, response_values
+from jaxrlhf.training.accumulate import guarded_update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,19 +59,20 @@ def make_update_step(actor_def, critic_def, actor_opt: optax.GradientTransformat
         n = jnp.maximum(n, 1.0)
         return cfg.vf_coef * v_sum / n, {"value_loss": v_sum / n, "value_clip_frac": m["clip_frac_sum"] / n}
 
-    def apply(opt, part, grads):
-        updates, opt_state = opt.update(grads, part["opt_state"], part["params"])
-        return {"params": optax.apply_updates(part["params"], updates), "opt_state": opt_state}
+    def apply(opt, part, grads, loss):
+        params, opt_state, nonfinite = guarded_update(part["params"], part["opt_state"], grads, opt, loss)
+        return {"params": params, "opt_state": opt_state}, nonfinite
 
     def update(state: dict, actor_frozen: Any, critic_frozen: Any, mb: dict):
-        (_, a_metrics), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(state["actor"]["params"],
-                                                                              actor_frozen, mb)
-        (_, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state["critic"]["params"],
-                                                                               critic_frozen, mb)
-        new_state = dict(state, actor=apply(actor_opt, state["actor"], a_grads),
-                         critic=apply(critic_opt, state["critic"], c_grads), step=state["step"] + 1)
+        (a_loss, a_metrics), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(state["actor"]["params"],
+                                                                                   actor_frozen, mb)
+        (c_loss, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state["critic"]["params"],
+                                                                                    critic_frozen, mb)
+        actor, a_bad = apply(actor_opt, state["actor"], a_grads, a_loss)
+        critic, c_bad = apply(critic_opt, state["critic"], c_grads, c_loss)
+        new_state = dict(state, actor=actor, critic=critic, step=state["step"] + 1)
         metrics = dict(a_metrics, **c_metrics, actor_grad_norm=optax.global_norm(a_grads),
-                       critic_grad_norm=optax.global_norm(c_grads))
+                       critic_grad_norm=optax.global_norm(c_grads), nonfinite=jnp.maximum(a_bad, c_bad))
         return new_state, metrics
 
     return update

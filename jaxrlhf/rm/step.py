@@ -88,8 +88,8 @@ def make_train_step(graphdef: nnx.GraphDef, loss_cfg, optimizer: optax.GradientT
         grads, loss_sum, aux = summed_gradients(grad_fn, state["params"], frozen, batch, rng, grad_accum)
         denom = jnp.maximum(aux["denom"], 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
-        new_state = apply_update(state, grads, optimizer)
-        metrics = {"loss": loss_sum / denom, "accuracy": aux["correct"] / jnp.maximum(aux["compared"], 1.0),
+        new_state, nonfinite = apply_update(state, grads, optimizer, loss_sum)
+        metrics = {"nonfinite": nonfinite, "loss": loss_sum / denom, "accuracy": aux["correct"] / jnp.maximum(aux["compared"], 1.0),
                    "reward_mean": aux["reward_sum"] / jnp.maximum(aux["reward_count"], 1.0), "grad_norm": optax.global_norm(grads),
                    "learning_rate": schedule(state["step"]), "pairs": aux["denom"]}
         return new_state, metrics

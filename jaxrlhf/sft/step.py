@@ -54,9 +54,11 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     def step(state: dict, frozen: Any, batch: dict, rng: jax.Array):
         grads, nll_sum, aux = summed_gradients(grad_fn, state["params"], frozen, batch, rng, grad_accum)
         grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(aux["tokens"], 1.0), grads)
+        new_state, nonfinite = apply_update(state, grads, optimizer, nll_sum)
         metrics = {"nll_sum": nll_sum, "tokens": aux["tokens"], "seq_tokens": aux["seq_tokens"],
-                   "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
-        return apply_update(state, grads, optimizer), metrics
+                   "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]),
+                   "nonfinite": nonfinite}
+        return new_state, metrics
 
     return step
 

@@ -40,8 +40,22 @@ def summed_gradients(grad_fn: Callable, params: Any, frozen: Any, batch: dict, r
     return grads, loss_sum, aux
 
 
-def apply_update(state: dict, grads: Any, optimizer: optax.GradientTransformation) -> dict:
-    """The next {"params", "opt_state", "step"} after one optimiser step on mean gradients."""
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
-            "step": state["step"] + 1}
+def guarded_update(params: Any, opt_state: Any, grads: Any, optimizer: optax.GradientTransformation,
+                   loss: jax.Array) -> tuple[Any, Any, jax.Array]:
+    """(params, opt_state, nonfinite): one optimiser step, or none when the loss or a gradient is not finite.
+
+    A nan or inf never reaches the parameters or the Adam moments, so the state stays good whatever the
+    host decides (stop or skip, `training.nonfinite`); `nonfinite` is 1.0 for a skipped step.
+    """
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    return keep(new_params, params), keep(new_opt_state, opt_state), 1.0 - finite.astype(jnp.float32)
+
+
+def apply_update(state: dict, grads: Any, optimizer: optax.GradientTransformation,
+                 loss: jax.Array) -> tuple[dict, jax.Array]:
+    """(the next {"params", "opt_state", "step"}, nonfinite) after one guarded step on mean gradients."""
+    params, opt_state, nonfinite = guarded_update(state["params"], state["opt_state"], grads, optimizer, loss)
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, nonfinite
