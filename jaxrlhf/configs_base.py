@@ -43,6 +43,16 @@ def mesh_block() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
 
+def distributed_block() -> ml_collections.ConfigDict:
+    """Several processes (hosts): every one runs the same command; see jaxrlhf/infra/multihost.py."""
+    return ml_collections.ConfigDict({
+        "coordinator": "",         # "host:port" of process 0; "auto": JAX detects (TPU pod, Slurm);
+                                   # empty: $JAXRLHF_COORDINATOR, else auto on a multi-host TPU, else one process
+        "num_processes": 0,        # 0: $JAXRLHF_NUM_PROCESSES
+        "process_id": -1,          # -1: $JAXRLHF_PROCESS_ID
+    })
+
+
 def rm_defaults() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.workdir = "workdir/rm"
@@ -89,6 +99,7 @@ def rm_defaults() -> ml_collections.ConfigDict:
         "histogram": True,
     })
     config.mesh = mesh_block()
+    config.distributed = distributed_block()
     return config
 
 
@@ -133,6 +144,7 @@ def sft_defaults() -> ml_collections.ConfigDict:
         "export": True,
     })
     config.mesh = mesh_block()
+    config.distributed = distributed_block()
     return config
 
 
@@ -222,4 +234,5 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "export": True,
     })
     config.mesh = mesh_block()
+    config.distributed = distributed_block()
     return config

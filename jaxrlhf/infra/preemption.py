@@ -30,5 +30,22 @@ def should_stop() -> bool:
     return _requested.is_set()
 
 
+def should_stop_everywhere(step: int, every: int) -> bool:
+    """`should_stop()` agreed by all processes, so they stop (and save) at the same step.
+
+    One process looks every step. Several take a vote every `every` steps (a collective, so it must be
+    the same steps on all); a SIGTERM that reaches only some hosts then stops them all.
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return should_stop()
+    if step % max(every, 1):
+        return False
+    from jaxrlhf.infra.multihost import any_process
+
+    return any_process(should_stop())
+
+
 def clear() -> None:
     _requested.clear()

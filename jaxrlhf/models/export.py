@@ -18,9 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from safetensors.numpy import save_file
 
+from jaxrlhf.infra.multihost import barrier, to_host
 from jaxrlhf.models.layers import Linear
 
 
@@ -33,17 +33,11 @@ def merged_copy(model: nnx.Module) -> nnx.Module:
     return model
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x), dtype=np.float32)
-
-
 def hf_state_dict(model: nnx.Module, family: ModuleType, cfg: Any, task: str) -> dict[str, np.ndarray]:
     flat = {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(merged_copy(model), nnx.Param))}
     tensors: dict[str, np.ndarray] = {}
     for spec in family.weight_specs(cfg, task):
-        value = _to_host(flat[spec.path])
+        value = np.asarray(to_host(flat[spec.path]), np.float32)
         parts = list(value) if spec.stacked else [value]
         for key, part in zip(spec.hf_keys, parts):
             tensors[key] = np.ascontiguousarray(spec.to_hf(part))
@@ -58,8 +52,13 @@ def export_hf(model: nnx.Module, family: ModuleType, cfg: Any, task: str, out_di
     """
     out_dir = Path(out_dir)
     tensors = hf_state_dict(model, family, cfg, task)
-    if jax.process_index() != 0:
-        return out_dir
+    if jax.process_index() == 0:
+        _write(out_dir, tensors, cfg, task, tokenizer, extra_json)
+    barrier("export_hf")  # no process reads the export before process 0 has written it
+    return out_dir
+
+
+def _write(out_dir: Path, tensors: dict, cfg: Any, task: str, tokenizer, extra_json: dict | None) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -71,4 +70,3 @@ def export_hf(model: nnx.Module, family: ModuleType, cfg: Any, task: str, out_di
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
-    return out_dir

@@ -11,8 +11,8 @@ from typing import Callable, Iterable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
+from jaxrlhf.infra.multihost import to_host
 from jaxrlhf.infra.sharding import batch_sharding
 from jaxrlhf.ops.metrics import kendall_tau_groups
 
@@ -23,10 +23,11 @@ def to_global(batch: dict, mesh) -> dict:
             for k, v in batch.items()}
 
 
-def _host(x) -> np.ndarray:
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x))
+def global_rows(batch: dict, keys, mesh) -> dict[str, np.ndarray]:
+    """`keys` of a per-process batch, as numpy rows of the global batch in the order of `to_global`."""
+    if jax.process_count() == 1:
+        return {k: np.asarray(batch[k]) for k in keys}
+    return {k: to_host(v) for k, v in to_global({k: batch[k] for k in keys}, mesh).items()}
 
 
 def score_pairs(eval_fn: Callable, batches: Iterable[dict], mesh) -> dict[str, np.ndarray]:
@@ -35,29 +36,32 @@ def score_pairs(eval_fn: Callable, batches: Iterable[dict], mesh) -> dict[str, n
     for batch in batches:
         g = to_global(batch, mesh)
         r_c, r_r = eval_fn(g)
-        keep = _host(g["weight_B"]) > 0
-        out["chosen"].append(_host(r_c)[keep])
-        out["rejected"].append(_host(r_r)[keep])
-        out["chosen_len"].append(_host(g["chosen_len_B"])[keep])
-        out["rejected_len"].append(_host(g["rejected_len_B"])[keep])
+        keep = to_host(g["weight_B"]) > 0
+        out["chosen"].append(to_host(r_c)[keep])
+        out["rejected"].append(to_host(r_r)[keep])
+        out["chosen_len"].append(to_host(g["chosen_len_B"])[keep])
+        out["rejected_len"].append(to_host(g["rejected_len_B"])[keep])
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
 
 
 def score_lists(reward_fn: Callable, batches: Iterable[dict], mesh) -> dict:
     """Ranked lists: mean Kendall's tau-b between rewards and ranks (rank 0 = best), and the accuracy
-    over all pairs of differently ranked responses (ties in reward are wrong)."""
+    over all pairs of differently ranked responses (ties in reward are wrong).
+
+    Every process sees the global batch (its rows and the others'), so all return the same summary."""
     taus, correct, compared, lists, all_rewards = [], 0, 0, 0, []
     for batch in batches:
         B, K, T = np.shape(batch["ids_BxKxT"])
         flat = {"ids": np.reshape(batch["ids_BxKxT"], (B * K, T)), "mask": np.reshape(batch["mask_BxKxT"], (B * K, T))}
         g = to_global(flat, mesh)
-        rewards_BxK = _host(reward_fn(g["ids"], g["mask"])).reshape(B, K)
-        ranks_BxK = np.asarray(batch["ranks_BxK"])
-        tau_B, defined_B = kendall_tau_groups(rewards_BxK, ranks_BxK, batch["valid_BxK"])
-        real_B = np.asarray(batch["weight_B"]) > 0
+        rewards_BxK = to_host(reward_fn(g["ids"], g["mask"])).reshape(-1, K)
+        labels = global_rows(batch, ("ranks_BxK", "valid_BxK", "weight_B"), mesh)
+        ranks_BxK, valid_BxK = labels["ranks_BxK"], labels["valid_BxK"]
+        tau_B, defined_B = kendall_tau_groups(rewards_BxK, ranks_BxK, valid_BxK)
+        real_B = labels["weight_B"] > 0
         taus.extend(np.asarray(tau_B)[np.asarray(defined_B) & real_B].tolist())
         for b in np.flatnonzero(real_B):
-            valid = np.asarray(batch["valid_BxK"][b]) > 0
+            valid = valid_BxK[b] > 0
             r, k = rewards_BxK[b][valid], ranks_BxK[b][valid]
             all_rewards.append(r)
             better = k[:, None] < k[None, :]  # i ranked above j
@@ -75,9 +79,10 @@ def score_rated(reward_fn: Callable, batches: Iterable[dict], mesh) -> dict:
     preds, targets = [], []
     for batch in batches:
         g = to_global({"ids": batch["ids_BxT"], "mask": batch["mask_BxT"]}, mesh)
-        keep = np.asarray(batch["weight_B"]) > 0
-        preds.append(_host(reward_fn(g["ids"], g["mask"]))[keep])
-        targets.append(np.asarray(batch["target_B"])[keep])
+        labels = global_rows(batch, ("target_B", "weight_B"), mesh)
+        keep = labels["weight_B"] > 0
+        preds.append(to_host(reward_fn(g["ids"], g["mask"]))[keep])
+        targets.append(labels["target_B"][keep])
     p, t = (np.concatenate(x).astype(np.float64) if x else np.zeros(0) for x in (preds, targets))
     return {"mse": float(np.mean((p - t) ** 2)) if len(p) else float("nan"), "pearson": _pearson(p, t),
             "n": int(len(p)), **_moments(p)}
