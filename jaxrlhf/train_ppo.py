@@ -33,7 +33,8 @@ from jaxrlhf.rl.rollout import RewardScorer, local_rows, make_sample_fn
 from jaxrlhf.rl.sampling import SamplingConfig
 from jaxrlhf.rm.evaluate import to_global
 from jaxrlhf.training.nonfinite import NonFiniteGuard
-from jaxrlhf.training.optim import make_optimizer
+from jaxrlhf.training.memory_plan import check_ppo_batch, report_ppo_plan
+from jaxrlhf.training.optim import init_opt_state, make_optimizer
 from jaxrlhf.training.run_setup import open_checkpoints, start_run
 
 
@@ -72,7 +73,9 @@ def sample_rows(prompts, texts, scores, n: int) -> list[dict]:
 def train(config) -> dict:
     """Runs PPO as configured; returns the last iteration's metrics."""
     workdir, mesh = start_run(config)
+    check_ppo_batch(config, mesh)
     models = load_ppo_models(config, mesh)
+    report_ppo_plan(config, models, mesh)
     tok = models.tokenizer
     d = config.data
     table = load_table(d.source, config=d.subset or None, split=d.split, max_rows=d.limit or None)
@@ -91,8 +94,8 @@ def train(config) -> dict:
     (actor_def, actor_params, actor_frozen), (critic_def, critic_params, critic_frozen), \
         (ref_def, ref_state), (_, _) = models.split(config.policy.train_mode, config.critic.train_mode)
     controller = kl_controller(config.kl)
-    state = {"actor": {"params": actor_params, "opt_state": jax.jit(actor_opt.init)(actor_params)},
-             "critic": {"params": critic_params, "opt_state": jax.jit(critic_opt.init)(critic_params)},
+    state = {"actor": {"params": actor_params, "opt_state": init_opt_state(actor_opt, actor_params)},
+             "critic": {"params": critic_params, "opt_state": init_opt_state(critic_opt, critic_params)},
              "step": jnp.zeros((), jnp.int32), "kl_coef": controller.init().coef,
              "moments": initial_moments(config, models.rm_stats)._asdict()}
     print(f"actor {models.actor.model_dir}, critic from {models.critic_source}, reward model "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -38,3 +39,16 @@ def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransform
     parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                              weight_decay=optim_cfg.weight_decay, mask=decay_mask))
     return optax.chain(*parts), schedule
+
+
+def init_opt_state(optimizer: optax.GradientTransformation, params):
+    """`optimizer.init(params)` with each moment sharded like its parameter. A bare jit would leave the
+    zeros, which depend on no input's values, whole on one device."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves or not all(isinstance(getattr(x, "sharding", None), NamedSharding) for x in leaves):
+        return jax.jit(optimizer.init)(params)
+    scalar = NamedSharding(leaves[0].sharding.mesh, PartitionSpec())
+    shardings = optax.tree_map_params(optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, params),
+                                      jax.tree_util.tree_map(lambda x: x.sharding, params),
+                                      transform_non_params=lambda _: scalar)
+    return jax.jit(optimizer.init, out_shardings=shardings)(params)

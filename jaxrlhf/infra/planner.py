@@ -1,0 +1,243 @@
+"""Per-device memory of a run, from shapes alone, printed before anything compiles.
+
+Parameters and optimiser state are counted exactly: each parameter's bytes divided by the sizes of the
+mesh axes in its PartitionSpec (the array's own sharding when it has one, else the rule table's), so a
+replicated dim counts in full on every device. AdamW keeps two moments per trainable parameter with the
+parameter's sharding; frozen parameters have none; gradients match the trainable parameters.
+
+Activations are an ESTIMATE of the largest step, per device, with B the sequences on one device
+(global / (data*fsdp)), T the sequence length, H hidden, I intermediate, nH heads, L layers, V vocab,
+s the compute dtype's bytes and tp the tensor axis size:
+
+    block  = B*T*(8*H + (4*I + 2*nH*T)/tp) * s    saved tensors of one transformer block: norm inputs,
+                                                  q/k/v, attention output, residuals; MLP gate, up and
+                                                  product; attention scores and probabilities
+    train  = L*block, or with remat L*B*T*H*s + block (one input saved per layer, one block recomputed)
+    forward (frozen model, experience pass) = block (one layer live at a time)
+    logits = B*C*V*4 per LM-head chunk of C positions (float32), twice when training (their gradient)
+    cache  = 2*L*B*T*kv_heads*head_dim*s for sampling with a KV cache
+
+Not counted: FSDP's all-gathered weights of the layer being computed, XLA's temporary buffers and
+fragmentation; plan with headroom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterable, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from jaxrlhf.infra import sharding as shd
+
+ADAM_MOMENTS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    """The sizes the activation estimate needs, read from any family's Config."""
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def of(cls, cfg: Any) -> "Dims":
+        def first(*names):
+            return next(int(getattr(cfg, n)) for n in names if getattr(cfg, n, None) is not None)
+
+        heads = first("num_attention_heads", "num_heads")
+        return cls(hidden=first("hidden_size"), intermediate=first("intermediate_size"),
+                   layers=first("num_hidden_layers", "num_layers"), heads=heads,
+                   kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+                   head_dim=first("head_dim"), vocab=first("vocab_size"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What a model computes in the largest step of a run, in global sequences (0: does not happen)."""
+    train_batch: int = 0      # sequences per (micro) step of a gradient computation
+    train_length: int = 0
+    forward_batch: int = 0    # sequences per forward-only pass (scoring, experience)
+    forward_length: int = 0
+    logits_chunk: int = 0     # LM-head positions per chunk; 0: the model has no LM head in use
+    cache_batch: int = 0      # sequences sampled with a KV cache
+    cache_length: int = 0
+    remat: bool = False
+    dtype_bytes: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelPlan:
+    name: str
+    params: int          # bytes per device
+    grads: int
+    optimiser: int
+    activations: int     # an estimate
+    devices: int
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.optimiser + self.activations
+
+
+def abstract_model(hf_config: dict, task: str, **build_kw) -> tuple[nnx.Module, Any]:
+    """(abstract model, family Config) from a config.json dict: shapes only, no weights, no memory."""
+    from jaxrlhf.models import registry
+
+    family = registry.family_for(hf_config["model_type"])
+    cfg = family.Config.from_hf(hf_config)
+    model = nnx.eval_shape(lambda: registry.build_model(family, cfg, task, rngs=nnx.Rngs(0), **build_kw))
+    return model, cfg
+
+
+def _flat(state) -> Iterable[tuple[str, Any]]:
+    for path, value in nnx.to_flat_state(state):
+        yield shd.path_str(path), (value.get_value() if isinstance(value, nnx.Variable) else value)
+
+
+def spec_of(path: str, value, mesh, rules=shd.DEFAULT_PARAM_RULES, logical_to_mesh=None):
+    """The PartitionSpec a parameter has (placed arrays) or will get (abstract shapes)."""
+    sharding = getattr(value, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        return sharding.spec
+    return shd.partition_spec(path, value.shape, mesh, rules, logical_to_mesh)
+
+
+def shard_bytes(shape, dtype, spec, mesh_shape: Mapping[str, int]) -> int:
+    """Bytes of one device's shard; dims are only sharded where the axis sizes divide them."""
+    split = 1
+    for axes in spec:
+        for axis in (axes if isinstance(axes, tuple) else (axes,)):
+            split *= mesh_shape[axis] if axis else 1
+    return math.prod(shape) * np.dtype(dtype).itemsize // split
+
+
+def state_bytes(state, mesh, rules=shd.DEFAULT_PARAM_RULES, logical_to_mesh=None) -> int:
+    """Per-device bytes of an nnx State of arrays or ShapeDtypeStructs."""
+    return sum(shard_bytes(v.shape, v.dtype, spec_of(p, v, mesh, rules, logical_to_mesh), mesh.shape)
+               for p, v in _flat(state))
+
+
+def activation_bytes(dims: Dims, work: Workload, mesh_shape: Mapping[str, int]) -> int:
+    """The estimate of the module docstring, per device."""
+    batch_split = mesh_shape.get("data", 1) * mesh_shape.get("fsdp", 1)
+    tp = mesh_shape.get("tensor", 1)
+    s = work.dtype_bytes
+
+    def local(batch):
+        return -(-batch // batch_split)
+
+    def block(batch, length):
+        return local(batch) * length * (8 * dims.hidden + (4 * dims.intermediate + 2 * dims.heads * length) // tp) * s
+
+    def logits(batch, copies):
+        return local(batch) * work.logits_chunk * dims.vocab * 4 * copies // tp
+
+    phases = [0]
+    if work.train_batch:
+        B, T = work.train_batch, work.train_length
+        saved = (dims.layers * local(B) * T * dims.hidden * s + block(B, T)) if work.remat else dims.layers * block(B, T)
+        phases.append(saved + logits(B, 2))
+    if work.forward_batch:
+        phases.append(block(work.forward_batch, work.forward_length) + logits(work.forward_batch, 1))
+    if work.cache_batch:
+        cache = 2 * dims.layers * local(work.cache_batch) * work.cache_length * dims.kv_heads * dims.head_dim * s
+        next_token_logits = local(work.cache_batch) * dims.vocab * 4 // tp if work.logits_chunk else 0
+        phases.append(cache + block(work.cache_batch, 1) + next_token_logits)
+    return max(phases)
+
+
+def plan_model(name: str, trainable, frozen, dims: Dims, work: Workload, mesh, rules=shd.DEFAULT_PARAM_RULES,
+               logical_to_mesh=None) -> ModelPlan:
+    """`trainable` / `frozen`: nnx States (real or abstract); `trainable` may be None for a frozen model."""
+    train_bytes = state_bytes(trainable, mesh, rules, logical_to_mesh) if trainable is not None else 0
+    frozen_bytes = state_bytes(frozen, mesh, rules, logical_to_mesh) if frozen is not None else 0
+    return ModelPlan(name, params=train_bytes + frozen_bytes, grads=train_bytes,
+                     optimiser=ADAM_MOMENTS * train_bytes, activations=activation_bytes(dims, work, mesh.shape),
+                     devices=math.prod(mesh.shape.values()))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def format_plan(plans: list[ModelPlan], mesh, device_limit: int | None = None) -> str:
+    """One row per model and a total; models run one after another, so the total takes the largest
+    gradients + activations of any one model on top of every model's parameters and optimiser state.
+    `device_limit`: a device's bytes, to warn when the plan does not fit."""
+    mesh_desc = " x ".join(f"{k}={v}" for k, v in mesh.shape.items())
+    header = f"{'per device':<16}{'params':>11}{'grads':>11}{'optimiser':>11}{'activations*':>14}{'total':>11}"
+    rows = [f"memory plan, mesh {mesh_desc}", header]
+    for p in plans:
+        rows.append(f"{p.name:<16}{_size(p.params):>11}{_size(p.grads):>11}{_size(p.optimiser):>11}"
+                    f"{_size(p.activations):>14}{_size(p.total):>11}")
+    peak = max((p.grads + p.activations for p in plans), default=0)
+    per_device = sum(p.params + p.optimiser for p in plans) + peak
+    devices = plans[0].devices if plans else 1
+    rows.append(f"{'all models':<16}{_size(sum(p.params for p in plans)):>11}{'':>11}"
+                f"{_size(sum(p.optimiser for p in plans)):>11}{'':>14}{_size(per_device):>11}"
+                f"   x {devices} devices = {_size(per_device * devices)}")
+    rows.append("* activations are an estimate (jaxrlhf.infra.planner)")
+    if device_limit and per_device > device_limit:
+        rows.append(f"warning: the plan needs {_size(per_device)} per device, a device has {_size(device_limit)}")
+    return "\n".join(rows)
+
+
+def device_memory_limit() -> int | None:
+    """Bytes a device can hold, where the backend says (GPU, TPU); None on CPU."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
+
+
+def main(argv=None) -> None:
+    """Plans a model on any mesh from its config.json alone (no weights, no devices needed):
+    `python -m jaxrlhf.infra.planner --model=smollm2 --mesh=1,8,1 --batch=64 --length=512`."""
+    import argparse
+    import sys
+    from types import SimpleNamespace
+
+    from jaxrlhf.infra.mesh_checks import check_axes, check_batch  # they import this module
+
+    from jaxrlhf.configs_base import model_block
+    from jaxrlhf.models.hf_files import read_config, resolve_model_dir
+    from jaxrlhf.models.layers import LoRAConfig
+    from jaxrlhf.training.trainable import TRAIN_MODES, split_trainable
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="HF dir, hub id or asset alias")
+    parser.add_argument("--task", default="causal_lm", choices=("causal_lm", "reward", "value"))
+    parser.add_argument("--mesh", default="1,1,1", help="data,fsdp,tensor")
+    parser.add_argument("--train_mode", default="full", choices=TRAIN_MODES)
+    parser.add_argument("--batch", type=int, default=8, help="global sequences per step")
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--lora_rank", type=int, default=8, help="with --train_mode=lora")
+    args = parser.parse_args(argv)
+    mesh = SimpleNamespace(shape=dict(zip(shd.MESH_AXES, map(int, args.mesh.split(",")))))
+    lora = LoRAConfig(rank=args.lora_rank, targets=model_block().lora_targets) if args.train_mode == "lora" else None
+    model, cfg = abstract_model(read_config(resolve_model_dir(args.model)), args.task, lora=lora)
+    try:
+        check_batch(mesh, {"--batch": args.batch})
+        warnings = check_axes({args.task: nnx.state(model)}, mesh)
+    except shd.MeshError as e:
+        sys.exit(print(f"error: {e}", file=sys.stderr) or 2)
+    _, trainable, frozen = split_trainable(model, args.train_mode)
+    work = Workload(train_batch=args.batch, train_length=args.length, remat=args.remat,
+                    logits_chunk=128 if args.task == "causal_lm" else 0)
+    print(format_plan([plan_model(args.task, trainable, frozen, Dims.of(cfg), work, mesh)], mesh))
+    for line in warnings:
+        print(line)
+
+if __name__ == "__main__":
+    main()
