@@ -20,6 +20,7 @@ from flax import nnx
 from jaxrlhf.data.sources import load_table
 from jaxrlhf.infra import preemption
 from jaxrlhf.infra.metrics import MetricsWriter
+from jaxrlhf.infra.sharding import replicated
 from jaxrlhf.infra.runtime import progress, run_trainer
 from jaxrlhf.models.export import export_hf
 from jaxrlhf.ops import whitening
@@ -98,6 +99,9 @@ def train(config) -> dict:
              "critic": {"params": critic_params, "opt_state": init_opt_state(critic_opt, critic_params)},
              "step": jnp.zeros((), jnp.int32), "kl_coef": controller.init().coef,
              "moments": initial_moments(config, models.rm_stats)._asdict()}
+    # Scalars replicated over the mesh: restored from a checkpoint they then land where the steps expect.
+    for key in ("step", "kl_coef", "moments"):
+        state[key] = jax.device_put(state[key], replicated(mesh))
     print(f"actor {models.actor.model_dir}, critic from {models.critic_source}, reward model "
           f"{config.reward_model.path} ({models.reward.hf_config['model_type']}); prompts: {prompts.report}")
 
@@ -177,7 +181,7 @@ def train(config) -> dict:
                         f.write(json.dumps(dict(row, iteration=done)) + "\n")
                 bar.write(f"iteration {done} samples:\n" + "\n".join(
                     f"  [{r['score']:+.3f}] {r['prompt'][-60:]!r} -> {r['response'][:100]!r}" for r in rows))
-        stopping = preemption.should_stop() or done == config.train.stop_after
+        stopping = preemption.should_stop_everywhere(done, 1) or done == config.train.stop_after
         if ckpt.should_save(done) or done == iterations or stopping:
             ckpt.save(done, state, {"iteration": done})
         bar.update(1)

@@ -23,6 +23,7 @@ from jaxrlhf.rm.load import use_distinct_pad
 from jaxrlhf.rm.evaluate import histogram_png, to_global
 from jaxrlhf.rm.step import make_eval_step, make_reward_fn, make_train_step
 from jaxrlhf.training.nonfinite import NonFiniteGuard
+from jaxrlhf.training.memory_plan import check_rm_batch, report_rm_plan
 from jaxrlhf.training.optim import make_optimizer
 from jaxrlhf.training.run_setup import lora_from_config  # noqa: F401 (kept importable from here)
 from jaxrlhf.training.run_setup import init_train_state, load_model, open_checkpoints, start_run
@@ -43,7 +44,9 @@ def reward_stats(train_summary: dict) -> dict:
 def train(config) -> dict:
     """Runs training as configured; returns the final held-out metrics."""
     workdir, mesh = start_run(config)
+    check_rm_batch(config, mesh)
     loaded = load_reward_model(config, mesh)
+    report_rm_plan(config, loaded, mesh)
     tokenizer = load_tokenizer(loaded.model_dir)
     use_distinct_pad(loaded, tokenizer)
     data = rm_data.prepare(config, tokenizer, is_decoder=loaded.family.IS_DECODER)
@@ -103,7 +106,7 @@ def train(config) -> dict:
             summary, _ = evaluate()
             writer.write(done, summary, prefix="eval/")
             bar.write(f"step {done}: held-out {json.dumps(summary)}")
-        stopping = preemption.should_stop() or done == config.train.stop_after
+        stopping = preemption.should_stop_everywhere(done, config.train.log_every) or done == config.train.stop_after
         if ckpt.should_save(done) or done == total_steps or stopping:
             guard.check(done, ckpt.latest_step())
             ckpt.save(done, state, {"step": done, "epoch": epoch})

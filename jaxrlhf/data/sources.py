@@ -72,6 +72,14 @@ def _builder_for(path: str) -> str:
     return _BUILDERS[ext]
 
 
+def _root_cause(e: BaseException) -> str:
+    """The innermost exception's message: `datasets` wraps parser errors in a generic one."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}"[:300]
+
+
 def load_dataset_source(
     source: str,
     *,
@@ -93,7 +101,12 @@ def load_dataset_source(
     if os.path.isfile(path):
         builder = _builder_for(path)
         kwargs = {"delimiter": "\t"} if ".tsv" in path.lower() else {}
-        ds = datasets.load_dataset(builder, data_files=path, split=split, cache_dir=cache_dir, **kwargs)
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{path}: the file is empty")
+        try:
+            ds = datasets.load_dataset(builder, data_files=path, split=split, cache_dir=cache_dir, **kwargs)
+        except (datasets.exceptions.DatasetGenerationError, EOFError, OSError, StopIteration) as e:
+            raise ValueError(f"{path}: cannot read it as {builder}: {_root_cause(e)}") from None
         return ds, path
     if os.path.isdir(path):
         ds = datasets.load_dataset(path, config, data_dir=data_dir, split=split, cache_dir=cache_dir)

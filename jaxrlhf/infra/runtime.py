@@ -19,12 +19,11 @@ def dtype_of(name: str):
 
 
 def setup_runtime(config) -> None:
-    """Multi-host initialisation when asked for or on a TPU VM pod (a no-op on one process)."""
-    coordinator = os.environ.get("JAXRLHF_COORDINATOR")
-    if coordinator and jax.process_count() == 1:
-        jax.distributed.initialize(coordinator_address=coordinator,
-                                   num_processes=int(os.environ["JAXRLHF_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["JAXRLHF_PROCESS_ID"]))
+    """Multi-host initialisation from `config.distributed`, the JAXRLHF_* variables or a TPU pod's own
+    environment (a no-op on one process). Must run before anything touches a JAX device."""
+    from jaxrlhf.infra import multihost
+
+    multihost.initialize(config.get("distributed") if hasattr(config, "get") else None)
 
 
 def progress(total: int, initial: int = 0, desc: str = ""):
@@ -86,12 +85,15 @@ def run_app(main) -> None:
     except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
         if os.environ.get("JAXRLHF_TRACEBACK"):
             raise
-        text = str(e.args[0]) if e.args else str(e)
-        text = text.replace("\\n", "\n").replace("\\", "")
-        text = " ".join(part.strip(" '\"") for part in text.splitlines() if part.strip())
-        print(f"error: bad command-line flag or config override: {text}", file=sys.stderr)
+        print(f"error: bad command-line flag or config override: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
     app.run(main, flags_parser=lambda _: remaining)  # parsed once: overrides cannot be defined twice
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if e.args else str(e)
+    text = text.replace("\\n", "\n").replace("\\", "")
+    return " ".join(part.strip(" '\"") for part in text.splitlines() if part.strip())
 
 
 def run_trainer(train, default_config: str) -> None:
@@ -100,12 +102,22 @@ def run_trainer(train, default_config: str) -> None:
     and absl allows a flag name once per process."""
     from ml_collections import config_flags
 
-    holder = config_flags.DEFINE_config_file("config", default_config,
-                                             "Path to a config file (plain Python returning a ConfigDict).")
+    try:  # ml_collections already applies the command line's overrides while defining the flag
+        holder = config_flags.DEFINE_config_file("config", default_config,
+                                                 "Path to a config file (plain Python returning a ConfigDict).")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if os.environ.get("JAXRLHF_TRACEBACK"):
+            raise
+        print(f"error: bad command-line flag or config override: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
 
     def main(argv):
         del argv
         with cli_errors():
-            train(holder.value)
+            try:  # overrides are applied here, when the config is first read
+                config = holder.value
+            except (AttributeError, KeyError, TypeError) as e:
+                raise ValueError(f"bad config override: {_one_line(e)}") from None
+            train(config)
 
     run_app(main)

@@ -17,7 +17,8 @@ from flax import nnx
 from jaxrlhf.data.tokenize import TextEncoder
 from jaxrlhf.rl.prompts import Prompt
 from jaxrlhf.rl.sampling import SamplingConfig, decode
-from jaxrlhf.rm.evaluate import _host, to_global
+from jaxrlhf.infra.multihost import to_host
+from jaxrlhf.rm.evaluate import to_global
 
 
 def make_sample_fn(actor_def, cfg: SamplingConfig):
@@ -49,7 +50,7 @@ def rm_response_text(decoded: str) -> str:
 
 def local_rows(x: jax.Array) -> np.ndarray:
     """This process's rows of a global batch array, on the host."""
-    full = _host(x)
+    full = to_host(x)
     n = full.shape[0] // jax.process_count()
     return full[jax.process_index() * n:(jax.process_index() + 1) * n]
 

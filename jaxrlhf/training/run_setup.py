@@ -6,6 +6,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxrlhf.infra import sharding as shd
@@ -13,6 +14,7 @@ from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.infra.runtime import dtype_of, setup_runtime
 from jaxrlhf.models.hub import LoadedModel, from_pretrained
 from jaxrlhf.models.layers import LoRAConfig
+from jaxrlhf.training.optim import init_opt_state
 
 
 def start_run(config) -> tuple[Path, jax.sharding.Mesh]:
@@ -40,7 +42,17 @@ def load_model(config, mesh, task: str) -> LoadedModel:
 
 
 def init_train_state(trainable, optimizer: optax.GradientTransformation) -> dict:
-    return {"params": trainable, "opt_state": jax.jit(optimizer.init)(trainable), "step": jnp.zeros((), jnp.int32)}
+    return {"params": trainable, "opt_state": init_opt_state(optimizer, trainable), "step": _zero_step(trainable)}
+
+
+def _zero_step(params) -> jax.Array:
+    """Step 0 replicated on the parameters' mesh. A bare `jnp.zeros` sits on one device: a checkpoint then
+    restores it there, and the next step refuses to mix it with arrays on the whole mesh."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves or not isinstance(getattr(leaves[0], "sharding", None), jax.sharding.NamedSharding):
+        return jnp.zeros((), jnp.int32)
+    return jax.make_array_from_callback((), shd.replicated(leaves[0].sharding.mesh),
+                                        lambda _: np.zeros((), np.int32))
 
 
 def open_checkpoints(config, workdir: Path, state: dict) -> tuple[Checkpointer, dict, int]:
