@@ -1,0 +1,484 @@
+"""PPO benchmark: the wall time of one PPO iteration, jaxrlhf `train_ppo.train` vs TRL's PPOTrainer, in one run.
+
+    python -m jaxrlhf.assets fetch smollm2
+    pip install --no-deps --target /tmp/trl112 trl==1.12.0 accelerate    # TRL's side only; see below
+    python scripts/bench_ppo.py                                          # full job, writes docs/benchmarks.md
+    python scripts/bench_ppo.py --new 4 --iters 1 --out ''               # smoke test
+
+TRL removed PPO after 1.12.0, so its side runs TRL 1.12.0's `trl.experimental.ppo.PPOTrainer`, imported
+from `--trl_path` (a `pip install --no-deps --target` folder, put on `sys.path` of the TRL subprocess only;
+the main environment is not touched). The installed transformers 5 is used as it is. The one missing
+dependency is `accelerate` (TRL's trainer and `transformers.Trainer` import it; jaxrlhf does not need it):
+it goes into the same folder with `--no-deps` (its own dependencies, torch, psutil, pyyaml, safetensors,
+huggingface_hub, are installed already).
+
+The job, identical on both sides:
+
+- policy SmolLM2-135M-Instruct (the asset fetcher's HF directory), full fine-tuning, float32; frozen
+  reference policy = the same weights;
+- reward model and critic: SmolLM2-135M as a sequence classifier with one label (`score.weight`,
+  initialised once with a fixed seed and saved as an HF directory, `--rm_dir`); both sides read the reward
+  at the last real token and the critic starts from the reward model (jaxrlhf: `critic.init=reward_model`);
+- each iteration: `--prompts` HH-RLHF harmless prompts (jaxrlhf's prompt set: chat template, at most
+  `--prompt_len` tokens, left-padded to exactly `--prompt_len`; TRL gets the same token ids), exactly
+  `--new` sampled tokens per prompt at `--temperature` (no stop token on either side: jaxrlhf's
+  `sampling_config` is wrapped to drop its EOS stop ids; TRL runs with `stop_token=None` and the policy's
+  `generation_config.eos_token_id=None`, its own setting for that), then `--epochs` PPO epochs of shuffled
+  minibatches of `--minibatch` sequences, one optimiser step per minibatch, AdamW at `--lr` (constant)
+  for actor and critic on both sides.
+
+What each side computes per iteration is listed in the doc section (`render`).
+
+Timing: each side runs in its own subprocess, one after the other (jaxrlhf first). jaxrlhf: `train(config)`
+from `jaxrlhf.train_ppo`, `ppo/iteration_seconds` from its metrics.jsonl (sampling through the last
+minibatch update, synchronised by the metrics read-back). TRL: the time between consecutive
+`on_step_end` callbacks (the first from `on_train_begin`), which covers one whole iteration of its loop.
+The first iteration of each side is a warm-up (jaxrlhf compiles in it; its compile time is reported as the
+first iteration minus the median of the others) and is not in best / median. Generation time is measured
+on both sides by wrapping the sampling call (jaxrlhf's `make_sample_fn` result, blocked until ready, which
+the loop does anyway right after when it decodes the texts; TRL's `batch_generation`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout
+
+MARK_START = "<!-- bench_ppo:start (written by scripts/bench_ppo.py; rerun it rather than editing) -->"
+MARK_END = "<!-- bench_ppo:end -->"
+TITLE = "## PPO iteration: jaxrlhf vs TRL"
+TRL_VERSION = "1.12.0"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--policy", default="smollm2", help="asset alias or HF Llama-family directory")
+    p.add_argument("--rm_dir", default=str(Path.home() / ".cache" / "jaxrlhf" / "bench_ppo_rm"),
+                   help="HF dir of the policy weights as a 1-label sequence classifier (made once if missing)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per rollout")
+    p.add_argument("--prompt_len", type=int, default=64, help="prompt tokens after left padding")
+    p.add_argument("--new", type=int, default=32, help="tokens sampled per prompt")
+    p.add_argument("--minibatch", type=int, default=4, help="sequences per PPO minibatch (one optimiser step)")
+    p.add_argument("--epochs", type=int, default=2, help="PPO epochs over each rollout")
+    p.add_argument("--iters", type=int, default=3, help="timed iterations per side, after one warm-up")
+    p.add_argument("--lr", type=float, default=3e-6, help="actor and critic learning rate (constant)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on TRL's side")
+    p.add_argument("--trl_path", default="/tmp/trl112", help="folder with trl==1.12.0 (and accelerate)")
+    p.add_argument("--commit", default="", help="benchmark jaxrlhf as committed at this git revision (extracted with "
+                   "`git archive` into a temp folder) instead of the working tree")
+    p.add_argument("--skip_trl", action="store_true")
+    p.add_argument("--skip_jax", action="store_true")
+    p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update ('' : none)")
+    p.add_argument("--_worker", choices=("jax", "trl", "rm"), help=argparse.SUPPRESS)
+    p.add_argument("--_spec", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- shared job
+
+def policy_dir(name: str) -> str:
+    from jaxrlhf.models.hf_files import resolve_model_dir
+
+    return str(resolve_model_dir(name, None))
+
+
+def jax_config(args, workdir: str):
+    """ppo_defaults() set to the benchmark job; the TRL side reads the same numbers from `args`."""
+    from jaxrlhf.configs_base import ppo_defaults
+
+    c = ppo_defaults()
+    c.workdir = workdir
+    c.policy.name = args.policy
+    c.reward_model.path = args.rm_dir
+    c.critic.init = "reward_model"
+    c.data.max_prompt_length = args.prompt_len
+    c.data.pad_to_multiple = args.prompt_len  # every batch exactly prompt_len wide
+    c.sampling.max_new_tokens = args.new
+    c.sampling.temperature = args.temperature
+    c.ppo.rollout_batch_size = args.prompts
+    c.ppo.minibatch_size = args.minibatch
+    c.ppo.epochs = args.epochs
+    c.actor_optim.learning_rate = c.critic_optim.learning_rate = args.lr
+    c.train.iterations = args.iters + 1
+    c.train.checkpoint_every = 10 ** 9
+    c.train.sample_every = 0
+    c.train.export = False
+    return c
+
+
+def prompt_batches(args) -> list[dict]:
+    """The prompt batches jaxrlhf's train() draws for iterations 0..iters (same library call, same config)."""
+    from jaxrlhf.data.sources import load_table
+    from jaxrlhf.models.hub import load_tokenizer
+    from jaxrlhf.rl.prompts import build_prompt_set
+
+    c = jax_config(args, "")
+    tok = load_tokenizer(policy_dir(args.policy))
+    d = c.data
+    table = load_table(d.source, config=d.subset or None, split=d.split, max_rows=d.limit or None)
+    ps = build_prompt_set(table, tok, batch_size=args.prompts, max_prompt_length=d.max_prompt_length,
+                          pad_to_multiple=d.pad_to_multiple, seed=c.seed, use_chat_template=d.chat_template)
+    out = []
+    for it in range(args.iters + 1):
+        b = ps.batch(it)
+        assert b["ids_BxP"].shape == (args.prompts, args.prompt_len), b["ids_BxP"].shape
+        out.append({"ids": b["ids_BxP"].tolist(), "mask": b["mask_BxP"].tolist()})
+    return out
+
+
+# ----------------------------------------------------------------------------- workers
+
+def make_rm_dir(args) -> None:
+    """SmolLM2 weights + a seeded 1-label `score` head, saved as an HF sequence-classifier directory."""
+    import shutil
+
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    src = policy_dir(args.policy)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    model.config.pad_token_id = tok.pad_token_id
+    tmp = Path(args.rm_dir + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(args.rm_dir)
+    print(f"wrote {args.rm_dir} (score.weight {tuple(model.score.weight.shape)})", flush=True)
+
+
+def jax_worker(args, spec: dict) -> dict:
+    import jax
+
+    import jaxrlhf.train_ppo as tp
+
+    gen_times: list[float] = []
+    original_sampling, original_make = tp.sampling_config, tp.make_sample_fn
+
+    def no_stop_sampling(config, tokenizer):  # exactly `new` tokens per row, as on TRL's side
+        return dataclasses.replace(original_sampling(config, tokenizer), eos_ids=())
+
+    def timed_make(actor_def, cfg):
+        sample = original_make(actor_def, cfg)
+
+        def run(*a):
+            t = time.perf_counter()
+            out = jax.block_until_ready(sample(*a))
+            gen_times.append(time.perf_counter() - t)
+            return out
+        return run
+
+    tp.sampling_config, tp.make_sample_fn = no_stop_sampling, timed_make
+    print(f"jaxrlhf: {Path(tp.__file__).parent}", flush=True)
+    workdir = tempfile.mkdtemp(prefix="bench_ppo_jax_")
+    config = jax_config(args, workdir)
+    t = time.perf_counter()
+    tp.train(config)
+    total = time.perf_counter() - t
+    rows = [json.loads(line) for line in open(Path(workdir) / "metrics.jsonl")]
+    rows = [r for r in rows if "ppo/iteration_seconds" in r]
+    assert len(rows) == args.iters + 1, len(rows)
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    return dict(iteration=[r["ppo/iteration_seconds"] for r in rows], generate=gen_times,
+                response_length=[r["ppo/response_length"] for r in rows],
+                updates=[r["ppo/minibatch_updates"] for r in rows], total=total,
+                versions=f"jax {jax.__version__}, flax {__import__('flax').__version__}")
+
+
+def trl_worker(args, spec: dict) -> dict:
+    sys.path.insert(0, args.trl_path)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+    import transformers
+    from datasets import Dataset
+
+    torch.set_num_threads(args.threads)
+    import trl
+    import trl.experimental.ppo.ppo_trainer as ppo_mod
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    assert trl.__version__ == TRL_VERSION, (trl.__version__, trl.__file__)
+    src = policy_dir(args.policy)
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    # TRL finds padding as `ids == pad_token_id`; SmolLM2 pads with <|im_end|>, which is also in every chat
+    # prompt, so give it a pad id that never occurs in the text (the reward-model export does the same).
+    if tok.pad_token_id == tok.eos_token_id:
+        tok.pad_token = tok.unk_token
+    pad = tok.pad_token_id
+    batches = spec["batches"]
+    queries = [[i if m else pad for i, m in zip(ids_row, mask_row)]
+               for b in batches for ids_row, mask_row in zip(b["ids"], b["mask"])]
+    assert all(sum(1 for i in q if i == pad) == len(q) - sum(m) for q, m in
+               zip(queries, [m for b in batches for m in b["mask"]])), "pad id occurs inside a prompt"
+    dataset = Dataset.from_dict({"input_ids": queries})
+
+    kw = dict(dtype=torch.float32)
+    policy = transformers.AutoModelForCausalLM.from_pretrained(src, **kw)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(src, **kw)
+    reward = transformers.AutoModelForSequenceClassification.from_pretrained(args.rm_dir, num_labels=1, **kw)
+    value = transformers.AutoModelForSequenceClassification.from_pretrained(args.rm_dir, num_labels=1, **kw)
+    for m in (policy, ref, reward, value):
+        m.config.pad_token_id = pad
+    policy.generation_config.pad_token_id = pad
+    policy.config.eos_token_id = None  # no early stop: exactly `new` tokens per row (as jaxrlhf's side)
+
+    out_dir = tempfile.mkdtemp(prefix="bench_ppo_trl_")
+    cfg = PPOConfig(
+        output_dir=out_dir, per_device_train_batch_size=args.prompts, gradient_accumulation_steps=1,
+        num_mini_batches=args.prompts // args.minibatch, num_ppo_epochs=args.epochs,
+        local_rollout_forward_batch_size=args.prompts, response_length=args.new, temperature=args.temperature,
+        stop_token=None, missing_eos_penalty=None, learning_rate=args.lr, lr_scheduler_type="constant",
+        weight_decay=0.0, total_episodes=args.prompts * (args.iters + 1), num_sample_generations=0, vf_coef=1.0,
+        kl_coef=0.05, kl_estimator="k1", whiten_rewards=False, bf16=False, fp16=False, use_cpu=True,
+        report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+
+    gen_times, lengths, logs = [], [], []
+    original_generation = ppo_mod.batch_generation
+
+    def timed_generation(model, q, *a, **k):
+        t = time.perf_counter()
+        out = original_generation(model, q, *a, **k)
+        gen_times.append(time.perf_counter() - t)
+        lengths.append(out[0].shape[1] - q.shape[1])
+        return out
+
+    ppo_mod.batch_generation = timed_generation
+    marks: list[float] = []
+
+    class Clock(transformers.TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            marks.append(time.perf_counter())
+
+        def on_log(self, _args, _state, _control, logs_=None, **k):
+            logs.append(dict(k.get("logs") or logs_ or {}))
+
+    trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
+                         value_model=value, train_dataset=dataset, eval_dataset=dataset, callbacks=[Clock()])
+    t = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - t
+    its = [b - a for a, b in zip(marks, marks[1:])]
+    assert len(its) == args.iters + 1, (len(its), marks)
+    eos = [lg.get("val/num_eos_tokens") for lg in logs if "val/num_eos_tokens" in lg]
+    return dict(iteration=its, generate=gen_times, response_length=lengths, eos_tokens_sampled=eos, total=total,
+                updates=[args.epochs * (args.prompts // args.minibatch)] * len(its),
+                versions=f"trl {trl.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
+                         f"accelerate {__import__('accelerate').__version__}")
+
+
+# ----------------------------------------------------------------------------- host
+
+def run_worker(kind: str, argv: list[str], spec: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        cmd = [sys.executable, __file__, *argv, "--_worker", kind, "--_spec", str(spec_file)]
+        load = loadavg()
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=str(REPO))
+        if proc.returncode:
+            raise SystemExit(f"{kind} worker failed (exit {proc.returncode}): {' '.join(cmd)}")
+        result = json.loads((Path(tmp) / "result.json").read_text()) if kind != "rm" else {}
+        result.update(wall=time.perf_counter() - t, load_before=load, load_after=loadavg())
+        return result
+
+
+def loadavg() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def use_commit(rev: str) -> str:
+    """Extracts jaxrlhf/ at `rev` into a temp folder and imports jaxrlhf from there; returns the folder."""
+    import io
+    import tarfile
+
+    data = subprocess.run(["git", "archive", rev, "jaxrlhf"], cwd=REPO, capture_output=True, check=True).stdout
+    dest = tempfile.mkdtemp(prefix="bench_ppo_src_")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest)
+    return dest
+
+
+def git_state(rev: str = "") -> str:
+    if rev:
+        full = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True)
+        return f"commit {full.stdout.strip() or rev} (`--commit`: the committed files, not the working tree)"
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "jaxrlhf"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return f"commit {head}" + (" with uncommitted changes in jaxrlhf/" if dirty else "")
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def summary(r: dict) -> dict:
+    timed = r["iteration"][1:]
+    gen = r["generate"][1:]
+    s = dict(best=min(timed), median=statistics.median(timed), first=r["iteration"][0], timed=timed,
+             gen_median=statistics.median(gen) if gen else float("nan"),
+             length=statistics.mean(r["response_length"]))
+    rest = [i - g for i, g in zip(timed, gen)]  # scoring, log-probs/values, GAE and the updates
+    s["rest_median"] = statistics.median(rest) if rest else float("nan")
+    s["compile"] = max(s["first"] - s["median"], 0.0)
+    return s
+
+
+def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command: str) -> str:
+    a = args
+    n_mb = a.prompts // a.minibatch
+    S = a.prompt_len + a.new
+    js, ts = summary(jx), summary(tr)
+    lines = [
+        MARK_START, TITLE, "",
+        f"One PPO iteration (rollout + scoring + update), SmolLM2-135M-Instruct policy, reward model and critic "
+        f"SmolLM2-135M with a 1-label `score` head (the same seeded HF directory on both sides; the critic starts "
+        f"from the reward model), full fine-tuning, float32: {a.prompts} HH-RLHF harmless prompts per rollout "
+        f"(chat template, left-padded to {a.prompt_len} tokens, the same token ids on both sides), exactly "
+        f"{a.new} sampled tokens per prompt at temperature {a.temperature:g} (no early stop on either side), "
+        f"then {a.epochs} PPO epoch(s) of {n_mb} shuffled minibatches of {a.minibatch} sequences, one AdamW step "
+        f"per minibatch for actor and critic (lr {a.lr:g}, constant). Seconds per iteration after one warm-up "
+        f"iteration: best and median of {a.iters} per side.", "",
+        "| side | best s/iter | median s/iter | speed-up (best) | speed-up (median) | generation s (median) "
+        "| rest of the iteration s (median) | warm-up iter s | compile s | mean response tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| jaxrlhf `train_ppo.train` | {js['best']:.1f} | {js['median']:.1f} | {ts['best'] / js['best']:.2f}x | "
+        f"{ts['median'] / js['median']:.2f}x | {js['gen_median']:.1f} | {js['rest_median']:.1f} | {js['first']:.1f} | {js['compile']:.1f} | "
+        f"{js['length']:.1f} |",
+        f"| TRL {TRL_VERSION} `PPOTrainer` | {ts['best']:.1f} | {ts['median']:.1f} | 1.00x | 1.00x | "
+        f"{ts['gen_median']:.1f} | {ts['rest_median']:.1f} | {ts['first']:.1f} | n/a | {ts['length']:.1f} |",
+        "",
+        f"All timed iterations (s): jaxrlhf {', '.join(f'{x:.1f}' for x in js['timed'])}; "
+        f"TRL {', '.join(f'{x:.1f}' for x in ts['timed'])}. Speed-up = TRL seconds / jaxrlhf seconds. "
+        "jaxrlhf's compile s = its warm-up iteration minus its median iteration. Rest of the iteration = "
+        "iteration minus its generation call: reward-model scoring, the log-prob/value passes, GAE and the "
+        "minibatch updates.", "",
+        "    " + command, "",
+        "What each side runs per iteration:", "",
+        f"- jaxrlhf (`jaxrlhf.train_ppo.train`, config from `ppo_defaults()`): one jitted sampling call ({a.new} "
+        f"decode steps with a KV cache, batch {a.prompts}); the reward model on the {S}-token sequences (same "
+        "vocabulary: the sampled ids go straight in, no re-tokenising); one jitted experience step with three "
+        "more forward passes (actor log-probs recomputed at the sampling temperature, reference log-probs, "
+        "critic values; log-probs in chunks), reward shaping (running reward normalisation, k1 KL penalty) and "
+        f"GAE; then {a.epochs * n_mb} jitted updates, each a forward+backward of the actor and of the critic on "
+        f"{a.minibatch} sequences, global-norm clipping at 1.0 and an AdamW step for each. Time from its "
+        "metrics.jsonl (`ppo/iteration_seconds`). Its only change for the benchmark: `sampling_config` is "
+        "wrapped to drop the EOS stop id, so that every row has exactly the tokens TRL's rows have.",
+        f"- TRL (`trl.experimental.ppo.PPOTrainer.train`, 1.12.0): `model.generate` (transformers, KV cache, "
+        f"batch {a.prompts}) returning the step scores, from which it takes the policy's log-probs (no policy "
+        "forward pass afterwards); forward passes of the reference policy, of the value model and of the "
+        "reward model; k1 KL penalty, GAE (a Python loop over tokens) and advantage whitening (no reward "
+        f"normalisation); then {a.epochs * n_mb} minibatch steps, each one forward+backward of policy and value "
+        f"model together ({a.minibatch} sequences) and one AdamW step over both (no gradient clipping). "
+        "Time between its `on_step_end` callbacks; per iteration it also logs metrics (host syncs), calls "
+        "`gc.collect()` and runs its callbacks.",
+        "- So jaxrlhf does one forward pass more per rollout (the actor's log-probs, which TRL reads from the "
+        "generation scores) and clips gradients, and it updates actor and critic as two separate "
+        "forward+backward passes where TRL runs one wrapper module; both whiten advantages, both sample "
+        "without top-k/top-p, neither checkpoints inside the timed iterations.", "",
+        f"Machine: {os.cpu_count()} CPUs ({cpu_name()}); jaxrlhf's XLA uses all cores, torch threads {a.threads}. "
+        f"Load average (1/5/15 min) {load_before} before and {load_after} after the run; jaxrlhf ran "
+        f"first ({jx['load_before']} -> {jx['load_after']}), then TRL ({tr['load_before']} -> {tr['load_after']})"
+        f"{' (the machine was busy: other jobs share these cores)' if float(load_before.split()[0]) > 1.0 else ''}. "
+        f"{jx['versions']}; {tr['versions']}; jaxrlhf at {git_state(a.commit)}. "
+        f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.", "",
+        "TRL 1.12.0 is installed with `pip install --no-deps --target` into its own folder, put on `sys.path` in "
+        "the TRL subprocess only, with `accelerate` (which TRL and `transformers.Trainer` need) in the same "
+        "folder; TRL gets `pad_token = <|endoftext|>` because it finds padding by `ids == pad_token_id` and "
+        "SmolLM2's pad token `<|im_end|>` occurs in every chat prompt.",
+        MARK_END]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    start, end = text.find(MARK_START.split(" (")[0]), text.find(MARK_END)
+    if start >= 0 and end > start:
+        text = text[:start] + section.rstrip("\n") + text[end + len(MARK_END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args._worker:
+        spec = json.loads(Path(args._spec).read_text())
+        if spec.get("src"):
+            sys.path.insert(0, spec["src"])
+        if args._worker == "rm":
+            make_rm_dir(args)
+            return 0
+        result = (jax_worker if args._worker == "jax" else trl_worker)(args, spec)
+        (Path(args._spec).parent / "result.json").write_text(json.dumps(result))
+        return 0
+    if args.prompts % args.minibatch:
+        sys.exit("--prompts must be a multiple of --minibatch")
+    load_before = loadavg()
+    src = use_commit(args.commit) if args.commit else ""
+    if src:
+        sys.path.insert(0, src)
+        print(f"jaxrlhf from {args.commit} ({src})", flush=True)
+    if not (Path(args.rm_dir) / "config.json").is_file():
+        run_worker("rm", argv, {"src": src})
+    spec = {"batches": prompt_batches(args), "src": src}
+    print(f"prompts: {args.prompts} x {args.prompt_len} per iteration, {args.new} new tokens, "
+          f"{args.iters} timed iterations after a warm-up; load {load_before}", flush=True)
+    results = {}
+    for kind, skip in (("jax", args.skip_jax), ("trl", args.skip_trl)):
+        if not skip:
+            results[kind] = run_worker(kind, argv, spec)
+            s = summary(results[kind])
+            print(f"{kind}: iterations {', '.join(f'{x:.2f}' for x in results[kind]['iteration'])} s "
+                  f"(generation {', '.join(f'{x:.2f}' for x in results[kind]['generate'])} s), "
+                  f"best {s['best']:.2f}, median {s['median']:.2f}, mean response {s['length']:.1f} tokens; "
+                  f"load {results[kind]['load_before']} -> {results[kind]['load_after']}", flush=True)
+    if len(results) < 2:
+        return 0
+    Path(tempfile.gettempdir(), "bench_ppo_results.json").write_text(json.dumps(results))
+    command = "python scripts/bench_ppo.py" + "".join(f" {x}" for x in argv)
+    section = render(args, results["jax"], results["trl"], load_before, loadavg(), command)
+    print(section)
+    if args.out:
+        write_section(Path(args.out), section)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
