@@ -170,6 +170,7 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "limit": 0,
         "on_invalid": "error",               # error | skip
         "max_prompt_length": 128,            # longer prompts are dropped (counted)
+        "eval_prompts": 32,                  # held out: fresh rollouts scored every train.eval_every iterations
         "pad_to_multiple": 32,
         "chat_template": True,               # render prompts with the policy tokenizer's chat template
         "system": "",                        # system message for the template ("" keeps the template's own)
@@ -224,6 +225,7 @@ def ppo_defaults() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict({
         "iterations": 20,
         "log_every": 1,
+        "eval_every": 5,                     # iterations between held-out evaluations (0: never)
         "sample_every": 5,                   # iterations between sample tables (0: never)
         "samples_shown": 4,
         "checkpoint_every": 10,

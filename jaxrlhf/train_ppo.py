@@ -20,6 +20,7 @@ from flax import nnx
 from jaxrlhf.data.sources import load_table
 from jaxrlhf.infra import preemption
 from jaxrlhf.infra.metrics import MetricsWriter
+from jaxrlhf.infra.multihost import to_host
 from jaxrlhf.infra.sharding import replicated
 from jaxrlhf.infra.runtime import progress, run_trainer
 from jaxrlhf.models.export import export_hf
@@ -84,6 +85,7 @@ def train(config) -> dict:
                                max_prompt_length=d.max_prompt_length, pad_to_multiple=d.pad_to_multiple,
                                seed=config.seed, on_invalid="raise" if d.on_invalid == "error" else d.on_invalid,
                                use_chat_template=d.chat_template, system=d.system or None)
+    prompts, eval_prompts = prompts.hold_out(d.eval_prompts)
     p = config.ppo
     if p.rollout_batch_size % p.minibatch_size:
         raise ValueError(f"ppo.rollout_batch_size={p.rollout_batch_size} must be a multiple of "
@@ -103,7 +105,8 @@ def train(config) -> dict:
     for key in ("step", "kl_coef", "moments"):
         state[key] = jax.device_put(state[key], replicated(mesh))
     print(f"actor {models.actor.model_dir}, critic from {models.critic_source}, reward model "
-          f"{config.reward_model.path} ({models.reward.hf_config['model_type']}); prompts: {prompts.report}")
+          f"{config.reward_model.path} ({models.reward.hf_config['model_type']}); prompts: {len(prompts.prompts)} "
+          f"for rollouts, {len(eval_prompts.prompts) if eval_prompts else 0} held out ({prompts.report})")
 
     ckpt, state, start = open_checkpoints(config, workdir, state)
 
@@ -122,6 +125,27 @@ def train(config) -> dict:
 
     writer = MetricsWriter(workdir)
     base_key = jax.random.key(config.seed)
+
+    def evaluate(step: int) -> None:
+        """Fresh rollouts on the held-out prompts, same keys every time: the curve to watch."""
+        if eval_prompts is None:
+            return
+        scores, lengths, ended = [], [], []
+        for k in range(eval_prompts.batches_per_epoch):
+            b = eval_prompts.batch(k, jax.process_index(), jax.process_count())
+            arrays = to_global({"ids": b["ids_BxP"], "mask": b["mask_BxP"]}, mesh)
+            roll = sample((state["actor"]["params"], actor_frozen), arrays["ids"], arrays["mask"],
+                          jax.random.fold_in(jax.random.fold_in(base_key, 2**31 - 1), k))  # no iteration uses it
+            scores.append(to_host(scorer.score(roll, b["prompts"])))
+            lengths.append(to_host(roll["response_mask_BxN"]).sum(-1))
+            ended.append(to_host(roll["ended_B"]))
+        scores = np.concatenate(scores)
+        writer.write(step, {"score_mean": float(scores.mean()), "score_std": float(scores.std()),
+                            "response_length": float(np.concatenate(lengths).mean()),
+                            "ended_frac": float(np.concatenate(ended).mean()), "n": len(scores)}, prefix="eval/")
+
+    if start == 0 and config.train.eval_every:
+        evaluate(0)
     preemption.install_sigterm_handler()
     guard = NonFiniteGuard(config.train.on_nonfinite)
     bar = progress(total=iterations, initial=start, desc="train_ppo")
@@ -181,6 +205,8 @@ def train(config) -> dict:
                         f.write(json.dumps(dict(row, iteration=done)) + "\n")
                 bar.write(f"iteration {done} samples:\n" + "\n".join(
                     f"  [{r['score']:+.3f}] {r['prompt'][-60:]!r} -> {r['response'][:100]!r}" for r in rows))
+        if config.train.eval_every and (done % config.train.eval_every == 0 or done == iterations):
+            evaluate(done)
         stopping = preemption.should_stop_everywhere(done, 1) or done == config.train.stop_after
         if ckpt.should_save(done) or done == iterations or stopping:
             ckpt.save(done, state, {"iteration": done})

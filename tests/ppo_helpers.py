@@ -21,7 +21,7 @@ def make_tiny_rm_export(root: Path) -> Path:
     return root / "rm_work" / "export"
 
 
-def write_prompts(path: Path, n: int = 32) -> Path:
+def write_prompts(path: Path, n: int = 48) -> Path:
     import random
 
     rng = random.Random(0)
@@ -43,6 +43,7 @@ def tiny_ppo_config(policy_dir: Path, rm_dir: Path, prompts: Path, workdir: Path
     config.critic.init = "reward_model"
     config.data.source = str(prompts)
     config.data.max_prompt_length = 24
+    config.data.eval_prompts = 8
     config.data.pad_to_multiple = 8
     config.sampling.max_new_tokens = 8
     config.ppo.rollout_batch_size = 8
@@ -53,5 +54,6 @@ def tiny_ppo_config(policy_dir: Path, rm_dir: Path, prompts: Path, workdir: Path
     config.train.iterations = 4
     config.train.checkpoint_every = 2
     config.train.sample_every = 0
+    config.train.eval_every = 0
     config.train.export = False
     return config

@@ -122,6 +122,7 @@ class PromptSet:
     batch_size: int
     pad_to_multiple: int = 32
     seed: int = 0
+    shuffle: bool = True  # False: batches in order (a fixed evaluation set)
 
     def __post_init__(self):
         if len(self.prompts) < self.batch_size:
@@ -135,7 +136,8 @@ class PromptSet:
     def batch_rows(self, index: int) -> np.ndarray:
         """Rows of global batch `index`: epoch e = index // batches_per_epoch is a permutation seeded by e."""
         epoch, k = divmod(index, self.batches_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
+        order = (np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts)) if self.shuffle
+                 else np.arange(len(self.prompts)))
         return order[k * self.batch_size:(k + 1) * self.batch_size]
 
     def batch(self, index: int, process_index: int = 0, process_count: int = 1) -> dict:
@@ -149,6 +151,18 @@ class PromptSet:
         local = np.array_split(rows, process_count)[process_index]
         ids, mask = left_pad([self.ids[r] for r in local], self.pad_id, length=width)
         return {"ids_BxP": ids, "mask_BxP": mask, "prompts": [self.prompts[r] for r in local]}
+
+    def hold_out(self, n: int) -> tuple["PromptSet", "PromptSet | None"]:
+        """(training set, evaluation set of `n` prompts rounded down to whole batches, in a fixed order).
+
+        The split is seeded, so a resumed run holds out the same prompts."""
+        n = n // self.batch_size * self.batch_size
+        if n <= 0:
+            return self, None
+        order = np.random.default_rng([self.seed, 7919]).permutation(len(self.prompts))
+        part = lambda rows, shuffle: dataclasses.replace(
+            self, prompts=[self.prompts[r] for r in rows], ids=[self.ids[r] for r in rows], shuffle=shuffle)
+        return part(order[n:], True), part(order[:n], False)
 
     def batches(self, start: int = 0) -> Iterator[dict]:
         index = start
