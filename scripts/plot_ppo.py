@@ -2,7 +2,7 @@
 
     python scripts/plot_ppo.py workdir/ppo --out docs/ppo_curves.png
 
-Also prints a markdown table of the first and last iterations (for docs/benchmarks.md).
+Also prints a markdown table of the first and last iterations and the held-out scores (for docs/).
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ PANELS = (("ppo/score_mean", "RM score of fresh rollouts (raw)"), ("ppo/kl_k1_pe
           ("ppo/response_length", "response length (tokens)"), ("ppo/value_loss", "value loss"))
 
 
-def load(workdir: Path) -> list[dict]:
+def load(workdir: Path, key: str = "ppo/score_mean") -> list[dict]:
+    """Records holding `key` in step order (a resumed run may log a step twice: the last one wins)."""
     rows = {}
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        if "ppo/score_mean" in r:
-            rows[r["step"]] = r  # a resumed run may log a step twice: keep the last
+        if key in r:
+            rows[r["step"]] = r
     return [rows[k] for k in sorted(rows)]
 
 
-def plot(rows: list[dict], out: Path, title: str) -> None:
+def plot(rows: list[dict], out: Path, title: str, evals: list[dict] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,6 +43,9 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
             ax.plot(steps[k - 1:], np.convolve(y, np.ones(k) / k, mode="valid"), "-", lw=2, label=f"mean of {k}")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("iteration")
+    if evals:
+        axes[0].plot([r["step"] for r in evals], [r["eval/score_mean"] for r in evals], "s-", color="k",
+                     label=f"held-out prompts (n={int(evals[0].get('eval/n', 0))})")
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -68,8 +72,11 @@ def main() -> None:
     rows = load(args.workdir)
     if not rows:
         raise SystemExit(f"{args.workdir / 'metrics.jsonl'}: no PPO iterations logged")
-    plot(rows, args.out, args.title)
+    evals = load(args.workdir, "eval/score_mean")
+    plot(rows, args.out, args.title, evals)
     print(table(rows))
+    if evals:
+        print("held-out score by iteration: " + ", ".join(f"{r['step']}: {r['eval/score_mean']:.3f}" for r in evals))
     print(f"wrote {args.out}")
 
 
