@@ -8,14 +8,30 @@ shardings say where each array goes, which also reshards onto a different mesh.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 
+_OPEN: "weakref.WeakSet[Checkpointer]" = weakref.WeakSet()
+
+
+def finish_pending_saves() -> None:
+    """Completes every in-flight asynchronous save. Called before a program ends on an error: Orbax's
+    background writer otherwise dies with the interpreter (a half-written, never-restored folder) and
+    prints its own traceback over the one-line message."""
+    for ckpt in list(_OPEN):
+        try:
+            ckpt.close()
+        except Exception:  # already closed, or the error being reported came from here
+            pass
+
+
 class Checkpointer:
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, save_every: int = 1000):
+        _OPEN.add(self)
         self.save_every = save_every
         self._manager = ocp.CheckpointManager(
             os.path.abspath(directory),

@@ -67,6 +67,9 @@ def cli_errors():
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
         # ml_collections spreads "cannot load the config file" over several lines: keep them all.
         message = " ".join(lines)[:400] if isinstance(e, OSError) else (lines[0] if lines else type(e).__name__)
+        from jaxrlhf.infra.checkpoint import finish_pending_saves
+
+        finish_pending_saves()
         _close_progress_bars()  # else the message lands inside a half-drawn bar line
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrlhf.infra import preemption
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.infra.runtime import dtype_of, setup_runtime
@@ -20,6 +21,7 @@ from jaxrlhf.training.optim import init_opt_state
 def start_run(config) -> tuple[Path, jax.sharding.Mesh]:
     """Multi-host setup, the workdir (with run_config.json, so tools can rebuild the model) and the mesh."""
     setup_runtime(config)
+    preemption.install_sigterm_handler()  # from the start: a SIGTERM while loading stops after the first step
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
