@@ -25,7 +25,7 @@ from jaxrlhf.infra.sharding import replicated
 from jaxrlhf.infra.runtime import progress, run_trainer
 from jaxrlhf.models.export import export_hf
 from jaxrlhf.ops import whitening
-from jaxrlhf.ops.kl import AdaptiveKLController, FixedKLController
+from jaxrlhf.ops.kl import AdaptiveKLController, FixedKLController, KLControllerState
 from jaxrlhf.rl.experience import AdvantageConfig, make_experience_fn
 from jaxrlhf.rl.models import load_ppo_models
 from jaxrlhf.rl.ppo_step import PPOLossConfig, make_update_step
@@ -95,7 +95,7 @@ def train(config) -> dict:
     actor_opt, _ = make_optimizer(config.actor_optim, iterations * updates_per_iter)
     critic_opt, _ = make_optimizer(config.critic_optim, iterations * updates_per_iter)
     (actor_def, actor_params, actor_frozen), (critic_def, critic_params, critic_frozen), \
-        (ref_def, ref_state), (_, _) = models.split(config.policy.train_mode, config.critic.train_mode)
+        (ref_def, ref_state) = models.split(config.policy.train_mode, config.critic.train_mode)
     controller = kl_controller(config.kl)
     state = {"actor": {"params": actor_params, "opt_state": init_opt_state(actor_opt, actor_params)},
              "critic": {"params": critic_params, "opt_state": init_opt_state(critic_opt, critic_params)},
@@ -184,8 +184,8 @@ def train(config) -> dict:
             if stopped_early:
                 break
         guard.check(it + 1, ckpt.latest_step())
-        n_seq_kl = exp_metrics["kl_k1_per_seq"]
-        state["kl_coef"] = controller.update(type(controller.init())(state["kl_coef"]), n_seq_kl, B).coef
+        kl_state = controller.update(KLControllerState(state["kl_coef"]), exp_metrics["kl_k1_per_seq"], B)
+        state["kl_coef"] = kl_state.coef
 
         done = it + 1
         logged = {k: float(v) for k, v in jax.device_get(exp_metrics).items()}

@@ -13,21 +13,14 @@ from typing import Any
 
 from flax import nnx
 
-from jaxrlhf.infra.runtime import dtype_of
 from jaxrlhf.models.hf_files import is_hf_dir
-from jaxrlhf.models.hub import LoadedModel, from_pretrained, load_tokenizer
+from jaxrlhf.models.hub import LoadedModel, load_tokenizer
 from jaxrlhf.rl.rollout import same_vocabulary
 from jaxrlhf.rm.load import load_trained_rm
-from jaxrlhf.training.run_setup import lora_from_config
+from jaxrlhf.training.run_setup import load_block
 from jaxrlhf.training.trainable import split_trainable
 
 CRITIC_INITS = ("reward_model", "actor")
-
-
-def _load(name: str, task: str, model_cfg, mesh, seed: int, lora: bool) -> LoadedModel:
-    return from_pretrained(name, task, mesh=mesh, dtype=dtype_of(model_cfg.dtype),
-                           param_dtype=dtype_of(model_cfg.param_dtype), scan_layers=model_cfg.scan_layers,
-                           remat=model_cfg.remat, lora=lora_from_config(model_cfg) if lora else None, seed=seed)
 
 
 @dataclasses.dataclass
@@ -42,18 +35,19 @@ class PPOModels:
     critic_source: str
 
     def split(self, actor_mode: str, critic_mode: str):
-        """(graphdef, trainable, frozen) of actor and critic; (graphdef, state) of the frozen two."""
+        """(graphdef, trainable, frozen) of actor and critic; (graphdef, state) of the frozen reference.
+        (The reward model is split by the `RewardScorer` that runs it.)"""
         return (split_trainable(self.actor.model, actor_mode), split_trainable(self.critic.model, critic_mode),
-                nnx.split(self.reference.model), nnx.split(self.reward.model))
+                nnx.split(self.reference.model))
 
 
 def load_ppo_models(config, mesh) -> PPOModels:
     if config.critic.init not in CRITIC_INITS:
         raise ValueError(f"critic.init must be one of {CRITIC_INITS}, got {config.critic.init!r}")
-    actor = _load(config.policy.name, "causal_lm", config.policy, mesh, config.seed, lora=True)
+    actor = load_block(config.policy, config.policy.name, "causal_lm", mesh, config.seed)
     tokenizer = load_tokenizer(actor.model_dir)
-    reference = _load(config.reference or config.policy.name, "causal_lm", config.policy, mesh, config.seed,
-                      lora=False)
+    reference = load_block(config.policy, config.reference or config.policy.name, "causal_lm", mesh, config.seed,
+                           lora=False)
     reward, rm_tokenizer, rm_stats = load_trained_rm(config.reward_model.path, mesh)
     if config.critic.init == "reward_model":
         rm_dir = Path(config.critic.name or config.reward_model.path)
@@ -67,5 +61,5 @@ def load_ppo_models(config, mesh) -> PPOModels:
         critic_source = str(rm_dir)
     else:
         critic_source = config.critic.name or config.policy.name
-    critic = _load(critic_source, "value", config.critic, mesh, config.seed + 1, lora=True)
+    critic = load_block(config.critic, critic_source, "value", mesh, config.seed + 1)
     return PPOModels(actor, reference, reward, critic, tokenizer, rm_tokenizer, rm_stats, critic_source)

@@ -36,11 +36,17 @@ def lora_from_config(model_cfg) -> LoRAConfig | None:
                       targets=model_cfg.lora_targets)
 
 
+def load_block(model_cfg, name: str, task: str, mesh, seed: int, lora: bool = True) -> LoadedModel:
+    """`name` loaded as a `task` model onto `mesh` with the dtypes and layer options of a model block;
+    LoRA adapters added when the block's train_mode is lora and `lora` is on."""
+    return from_pretrained(name, task, mesh=mesh, dtype=dtype_of(model_cfg.dtype),
+                           param_dtype=dtype_of(model_cfg.param_dtype), scan_layers=model_cfg.scan_layers,
+                           remat=model_cfg.remat, lora=lora_from_config(model_cfg) if lora else None, seed=seed)
+
+
 def load_model(config, mesh, task: str) -> LoadedModel:
     """`config.model` loaded as a `task` model onto `mesh` (LoRA adapters added when train_mode is lora)."""
-    m = config.model
-    return from_pretrained(m.name, task, mesh=mesh, dtype=dtype_of(m.dtype), param_dtype=dtype_of(m.param_dtype),
-                           scan_layers=m.scan_layers, remat=m.remat, lora=lora_from_config(m), seed=config.seed)
+    return load_block(config.model, config.model.name, task, mesh, config.seed)
 
 
 def init_train_state(trainable, optimizer: optax.GradientTransformation) -> dict:
