@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from jaxrlhf.data.batching import pad_rows
 from jaxrlhf.data.tokenize import TextEncoder
 from jaxrlhf.infra.runtime import cli_errors, run_app
 from jaxrlhf.rm.load import load_trained_rm
@@ -57,12 +58,8 @@ def score_texts(model_path: str, pairs: list[tuple[str, str]], max_length: int =
         rows = range(start, min(start + batch_size, len(enc)))
         width = max(len(enc.sequence(i)) for i in rows)
         width = -(-width // 32) * 32  # few distinct shapes, few compilations
-        ids = np.full((batch_size, width), pad, np.int32)
-        mask = np.zeros((batch_size, width), np.int32)
-        for j, i in enumerate(rows):
-            seq = enc.sequence(i)
-            ids[j, :len(seq)], mask[j, :len(seq)] = seq, 1
-        mask[len(rows):, 0] = 1  # filler rows: one visible token keeps them finite
+        filler = [rows[0]] * (batch_size - len(rows))  # one shape for every batch; their rewards are dropped
+        ids, mask = pad_rows(enc, list(rows) + filler, width, pad)
         rewards.extend(np.asarray(forward(params, ids, mask))[:len(rows)].tolist())
     out = []
     for (prompt, response), r in zip(pairs, rewards):

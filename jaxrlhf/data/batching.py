@@ -29,6 +29,18 @@ from jaxrlhf.data.tokenize import Encoded, ListData, PairData, RatedData
 PADDING_SIDES = ("right", "left")
 
 
+def pad_rows(enc: Encoded, rows, width: int, pad_id: int, side: str = "right") -> tuple[np.ndarray, np.ndarray]:
+    """(ids_BxT, mask_BxT) int32 of sequences `rows` of `enc`, padded to `width` on `side`."""
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for j, i in enumerate(rows):
+        seq = enc.sequence(i)
+        sl = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[j, sl] = seq
+        mask[j, sl] = 1
+    return ids, mask
+
+
 class _Batcher:
     """Order, resumption and per-process slicing; subclasses turn row indices into arrays."""
 
@@ -129,14 +141,7 @@ class _Batcher:
         raise NotImplementedError
 
     def _fill(self, enc: Encoded, rows: np.ndarray, width: int, pad_id: int):
-        ids = np.full((len(rows), width), pad_id, np.int32)
-        mask = np.zeros((len(rows), width), np.int32)
-        for j, i in enumerate(rows):
-            seq = enc.sequence(i)
-            sl = slice(0, len(seq)) if self.padding_side == "right" else slice(width - len(seq), width)
-            ids[j, sl] = seq
-            mask[j, sl] = 1
-        return ids, mask
+        return pad_rows(enc, rows, width, pad_id, self.padding_side)
 
 
 class PairBatcher(_Batcher):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxrlhf.data.batching import pad_rows
 from jaxrlhf.data.tokenize import TextEncoder
 from jaxrlhf.rl.prompts import Prompt
 from jaxrlhf.rl.sampling import SamplingConfig, decode
@@ -82,11 +83,7 @@ class RewardScorer:
         width = -(-int(enc.lengths.max()) // self.multiple) * self.multiple
         if jax.process_count() > 1:  # every process's local batch must have the same shape
             width = -(-self.encoder.max_length // self.multiple) * self.multiple
-        ids = np.full((len(enc), width), self.pad_id, np.int32)
-        mask = np.zeros((len(enc), width), np.int32)
-        for i in range(len(enc)):
-            seq = enc.sequence(i)
-            ids[i, :len(seq)], mask[i, :len(seq)] = seq, 1
+        ids, mask = pad_rows(enc, range(len(enc)), width, self.pad_id)
         batch = to_global({"ids": ids, "mask": mask}, self.mesh)
         return self._forward(self._state, batch["ids"], batch["mask"])
 
