@@ -56,6 +56,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
+from jaxrlhf.infra import host_memory  # noqa: E402 (light: no JAX import)
 
 MARK_START = "<!-- bench_ppo:start (written by scripts/bench_ppo.py; rerun it rather than editing) -->"
 MARK_END = "<!-- bench_ppo:end -->"
@@ -295,7 +296,9 @@ def run_worker(kind: str, argv: list[str], spec: dict) -> dict:
         cmd = [sys.executable, __file__, *argv, "--_worker", kind, "--_spec", str(spec_file)]
         load = loadavg()
         t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=str(REPO))
+        # jaxrlhf with the malloc tunable its entry points set (jaxrlhf.infra.host_memory); TRL as shipped
+        env = (host_memory.tuned_env(os.environ) if kind == "jax" else None) or dict(os.environ)
+        proc = subprocess.run(cmd, cwd=str(REPO), env=env)
         if proc.returncode:
             raise SystemExit(f"{kind} worker failed (exit {proc.returncode}): {' '.join(cmd)}")
         result = json.loads((Path(tmp) / "result.json").read_text()) if kind != "rm" else {}
@@ -409,7 +412,10 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         "- So jaxrlhf does one forward pass more per rollout (the actor's log-probs, which TRL reads from the "
         "generation scores) and clips gradients, and it updates actor and critic as two separate "
         "forward+backward passes where TRL runs one wrapper module; both whiten advantages, both sample "
-        "without top-k/top-p, neither checkpoints inside the timed iterations.", "",
+        "without top-k/top-p, neither checkpoints inside the timed iterations. jaxrlhf ran with "
+        f"`GLIBC_TUNABLES={host_memory.tuned_env(os.environ, glibc=True, thp=True)['GLIBC_TUNABLES']}` if the "
+        "machine supports it (what its command-line entry points set: `jaxrlhf/infra/host_memory.py`), TRL with "
+        "the machine's defaults.", "",
         f"Machine: {os.cpu_count()} CPUs ({cpu_name()}); jaxrlhf's XLA uses all cores, torch threads {a.threads}. "
         f"Load average (1/5/15 min) {load_before} before and {load_after} after the run; jaxrlhf ran "
         f"first ({jx['load_before']} -> {jx['load_after']}), then TRL ({tr['load_before']} -> {tr['load_after']})"

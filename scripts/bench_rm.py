@@ -46,6 +46,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
+from jaxrlhf.infra import host_memory  # noqa: E402 (light: no JAX import)
 
 TRL_REQUIREMENT = "trl==1.16.0"
 MARK_START = "<!-- bench_rm:start (written by scripts/bench_rm.py; rerun it rather than editing) -->"
@@ -274,7 +275,7 @@ def run_trl(args, config) -> dict:
     model = trainer.model.eval()
     scores = {"chosen": [], "rejected": [], "chosen_len": [], "rejected_len": []}
     with torch.no_grad():
-        for b in data.eval_batches():  # the held-out pairs, same ids and padding jaxrlhf evaluates
+        for b in data.held_out_batches():  # the held-out pairs, same ids and padding jaxrlhf evaluates
             keep = b["weight_B"] > 0
             for side in ("chosen", "rejected"):
                 logits = model(input_ids=torch.from_numpy(b[f"{side}_ids_BxT"]).long(),
@@ -356,7 +357,7 @@ def run_jax(args, config) -> dict:
     return {"backend": "jaxrlhf (JAX/Flax NNX)", **stats, "accuracy": summary["accuracy"], "n": summary["n"],
             "n_train": int(round(sum(pairs) / config.train.epochs)), "padding_efficiency": real / max(total, 1),
             "train_call_s": t_call, "jax_train_seconds": summary.get("train_seconds"),
-            "jax_pairs_per_s": summary.get("pairs_per_s"), "shapes": sorted(first_of_width),
+            "jax_pairs_per_s": summary.get("pairs_per_s"), "shapes": sorted(first_of_width), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "settings": settings_text(config, steps),
             "versions": {"jax": jax.__version__, "jaxlib": _version("jaxlib"), "flax": flax.__version__}}
 
@@ -435,7 +436,9 @@ def render(results: list[dict], args, argv: list[str], config) -> str:
                          f"{config.data.pad_to_multiple} ({len(r['shapes'])} shapes: {r['shapes']}, each compiled "
                          f"once); TRL batches are random and padded to their longest pair. `train()` itself "
                          f"reported {fmt(r.get('jax_train_seconds'))} s (includes the final checkpoint save) "
-                         f"and {fmt(r.get('jax_pairs_per_s'))} pairs/s after its first step.")
+                         f"and {fmt(r.get('jax_pairs_per_s'))} pairs/s after its first step. It ran with "
+                         f"`GLIBC_TUNABLES={r.get('glibc_tunables') or 'unset'}` (what its command-line entry "
+                         f"points set: `jaxrlhf/infra/host_memory.py`); TRL with the machine's defaults.")
         if "trl_train_runtime_s" in r:
             lines.append(f"- TRL's own `train_runtime`: {fmt(r['trl_train_runtime_s'])} s (includes dataloader "
                          f"and optimiser setup); torch ran {r.get('torch_threads')} threads.")
@@ -496,7 +499,10 @@ def main(argv=None) -> int:
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--model_dir", model_dir,  # last one wins
                "--_worker", name, "--_result", str(result_path)]
         print(f"== {name}: {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-        if subprocess.run(cmd).returncode == 0:
+        # jaxrlhf runs with the malloc tunable its own entry points set (jaxrlhf.infra.host_memory);
+        # TRL runs as its users run it (PyTorch's CPU step does not gain from the tunable).
+        env = (host_memory.tuned_env(os.environ) if name == "jax" else None) or dict(os.environ)
+        if subprocess.run(cmd, env=env).returncode == 0:
             results.append(json.loads(result_path.read_text()))
         else:
             failed.append(name)

@@ -9,6 +9,9 @@ from jaxrlhf.configs_base import rm_defaults
 def get_config():
     config = rm_defaults()
     config.model.name = "minilm"
+    # Six layers unrolled rather than scanned: 14% faster steps on this CPU (no per-layer slicing of
+    # stacked weights and gradients) for ~0.8 s more compile per padded length.
+    config.model.scan_layers = False
     config.data.source = "builtin:hh_rlhf_harmless"
     config.data.eval_size = 512
     config.data.max_length = 256

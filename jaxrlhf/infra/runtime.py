@@ -9,6 +9,8 @@ import sys
 import jax
 import jax.numpy as jnp
 
+from jaxrlhf.infra.host_memory import reexec_with_tuned_malloc
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -83,6 +85,7 @@ def run_app(main) -> None:
     """
     from absl import app, flags
 
+    reexec_with_tuned_malloc()
     try:
         remaining = flags.FLAGS(sys.argv)
     except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
@@ -105,6 +108,7 @@ def run_trainer(train, default_config: str) -> None:
     and absl allows a flag name once per process."""
     from ml_collections import config_flags
 
+    reexec_with_tuned_malloc()  # before any work: the new process starts over
     try:  # ml_collections already applies the command line's overrides while defining the flag
         holder = config_flags.DEFINE_config_file("config", default_config,
                                                  "Path to a config file (plain Python returning a ConfigDict).")

@@ -40,6 +40,10 @@ class RMData:
         batcher = batcher or _LOADERS[self.objective][1]
         return batcher(data, self.eval_batch_size, **dict(self.batcher_kwargs, shuffle=shuffle)).epoch(0)
 
+    def held_out_batches(self) -> Iterator[dict]:
+        """The held-out data in the batches `evaluate` scores (for scoring it with another framework)."""
+        return self._batches(self.held_out)
+
     def evaluate(self, pair_fn: Callable, reward_fn: Callable, mesh, *, sample: int = 0,
                  on_train: bool = False) -> tuple[dict, dict | None]:
         """(summary, pair scores or None) on the held-out data, or a sample of the training data.
