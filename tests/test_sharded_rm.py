@@ -1,5 +1,5 @@
 """RM training on 8 fake CPU devices under data-parallel, FSDP and tensor-parallel meshes gives the
-same losses as on one device."""
+same losses as on one device, also when a run resumes on a different mesh from another mesh's checkpoint."""
 
 import json
 import os
@@ -22,42 +22,61 @@ SCRIPT = textwrap.dedent("""
     cfg = tiny_rm_config({model!r}, {data!r}, {work!r})
     cfg.train.epochs = 1
     cfg.train.log_every = 1
-    cfg.train.checkpoint_every = 0
+    cfg.train.checkpoint_every = {checkpoint_every}
+    cfg.train.stop_after = {stop_after}
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = {mesh}
     print("DEVICES", len(jax.devices()))
     train(cfg)
 """)
 
 
-def run(tmp_path, name, mesh, devices, model, data):
+def run(tmp_path, name, mesh, devices, model, data, stop_after=0, checkpoint_every=0):
     work = tmp_path / name
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                HF_DATASETS_CACHE=str(tmp_path / "hf"))
     script = SCRIPT.format(root=str(Path(__file__).parents[1]), model=str(model), data=str(data), work=str(work),
-                           mesh=mesh)
+                           mesh=mesh, stop_after=stop_after, checkpoint_every=checkpoint_every)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"DEVICES {devices}" in out.stdout
+    if stop_after:
+        return None, None
     records = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    losses = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}  # a resume appends its steps
     final = json.loads((work / "eval.json").read_text())
-    return np.array(losses), final
+    return np.array([losses[k] for k in sorted(losses)]), final
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    """The one-device reference run, shared by the tests here."""
+    shared = tmp_path_factory.mktemp("sharded_rm_shared")
+    make_tiny_llama_dir(shared / "model")
+    write_separable_pairs(shared / "pairs.jsonl", 96)
+    losses, final = run(shared, "single", (1, 1, 1), 1, shared / "model", shared / "pairs.jsonl")
+    return shared, losses, final
 
 
 @pytest.mark.parametrize("name,mesh", [("data", (8, 1, 1)), ("fsdp", (1, 8, 1)), ("mixed", (2, 2, 2)),
                                        ("tensor", (1, 1, 8))])
-def test_sharded_training_matches_one_device(tmp_path_factory, name, mesh):
-    shared = tmp_path_factory.getbasetemp() / "sharded_rm_shared"
-    if not shared.exists():
-        shared.mkdir()
-        make_tiny_llama_dir(shared / "model")
-        write_separable_pairs(shared / "pairs.jsonl", 96)
-        run(shared, "single", (1, 1, 1), 1, shared / "model", shared / "pairs.jsonl")
-    single = [json.loads(l)["train/loss"] for l in (shared / "single" / "metrics.jsonl").read_text().splitlines()
-              if "train/loss" in l]
+def test_sharded_training_matches_one_device(tmp_path_factory, single_run, name, mesh):
+    shared, single, single_final = single_run
     tmp = tmp_path_factory.mktemp(name)
     losses, final = run(tmp, name, mesh, 8, shared / "model", shared / "pairs.jsonl")
     assert len(losses) == len(single) == 10
     np.testing.assert_allclose(losses, single, atol=1e-5)
-    single_final = json.loads((shared / "single" / "eval.json").read_text())
+    assert abs(final["mean_margin"] - single_final["mean_margin"]) < 1e-4
+
+
+def test_resume_on_a_different_mesh_reshards(tmp_path, single_run):
+    """Saved with parameters and optimiser state FSDP-sharded over 8 devices, restored tensor-parallel
+    over 4 and data-parallel over 2: the run goes on as if it had never stopped."""
+    shared, single, single_final = single_run
+    args = (shared / "model", shared / "pairs.jsonl")
+    run(tmp_path, "moved", (1, 8, 1), 8, *args, stop_after=4, checkpoint_every=2)
+    assert sorted(int(p.name) for p in (tmp_path / "moved" / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+    losses, final = run(tmp_path, "moved", (2, 1, 4), 8, *args)
+    logged = [l for l in (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines() if "train/loss" in l]
+    assert len(logged) == len(losses) == len(single) == 10  # steps 1-4 once: it resumed, did not start over
+    np.testing.assert_allclose(losses, single, atol=1e-5)
     assert abs(final["mean_margin"] - single_final["mean_margin"]) < 1e-4

@@ -121,6 +121,7 @@ SHARDED = textwrap.dedent("""
     cfg = tiny_ppo_config(Path({policy!r}), Path({rm!r}), Path({prompts!r}), Path({work!r}))
     cfg.train.iterations = 2
     cfg.train.checkpoint_every = 0
+    cfg.ppo.rollout_batch_size, cfg.ppo.minibatch_size = 16, 8  # minibatches divide over 8 devices
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = {mesh}
     print("DEVICES", len(jax.devices()))
     train(cfg)
@@ -140,10 +141,16 @@ def run_sharded(setup, tmp_path, name, mesh, devices):
     return records(work)
 
 
-def test_sharded_ppo_iterations_match_one_device(setup, tmp_path):
-    one = run_sharded(setup, tmp_path, "one", (1, 1, 1), 1)
-    mixed = run_sharded(setup, tmp_path, "mixed", (2, 2, 2), 8)
-    assert len(one) == len(mixed) == 2
+@pytest.fixture(scope="module")
+def one_device(setup, tmp_path_factory):
+    return run_sharded(setup, tmp_path_factory.mktemp("ppo_one"), "one", (1, 1, 1), 1)
+
+
+@pytest.mark.parametrize("name,mesh", [("mixed", (2, 2, 2)), ("data", (8, 1, 1)), ("fsdp", (1, 8, 1)),
+                                       ("tensor", (1, 1, 8))])
+def test_sharded_ppo_iterations_match_one_device(setup, one_device, tmp_path, name, mesh):
+    sharded = run_sharded(setup, tmp_path, name, mesh, 8)
+    assert len(one_device) == len(sharded) == 2
     for key in ("score_mean", "kl_per_seq", "policy_loss", "value_loss", "approx_kl", "response_length"):
-        for a, b in zip(one, mixed):
+        for a, b in zip(one_device, sharded):
             assert abs(a[f"ppo/{key}"] - b[f"ppo/{key}"]) < 1e-5, (key, a[f"ppo/{key}"], b[f"ppo/{key}"])
