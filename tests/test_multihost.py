@@ -34,11 +34,12 @@ WORKER = textwrap.dedent("""
         cfg[block][key] = value
 
     rows, saved = [], {{}}
-    to_global = train_rm.to_global
+    from jaxrlhf.training import loop as step_loop  # the training batches pass its to_global
+    to_global = step_loop.to_global
     def recording_to_global(batch, mesh):
         rows.append([hashlib.md5(r.tobytes()).hexdigest()[:10] for r in batch["chosen_ids_BxT"]])
         return to_global(batch, mesh)
-    train_rm.to_global = recording_to_global
+    step_loop.to_global = recording_to_global
     save = Checkpointer.save
     def recording_save(self, step, state, meta):
         save(self, step, state, meta)
