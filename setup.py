@@ -29,6 +29,7 @@ setup(
     ],
     extras_require={
         # torch only for the PyTorch reference models the tests compare against.
-        "test": ["torch==2.13.0", "pytest", "sentencepiece"],
+        # nbclient and ipykernel run the Colab notebook in tests/test_notebook.py.
+        "test": ["torch==2.13.0", "pytest", "sentencepiece", "nbclient", "ipykernel"],
     },
 )
