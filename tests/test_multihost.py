@@ -4,18 +4,15 @@ parameters, one checkpoint and one metrics file are written, a stopped run resum
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.multihost_helpers import gloo_available, run_processes
 from tests.rm_helpers import make_tiny_llama_dir, write_separable_pairs
 
-TIMEOUT_S = 300
 ROOT = str(Path(__file__).parents[1])
 
 # Runs train_rm.train in one process of a (possibly one-process) run, recording what the host loop hands
@@ -60,41 +57,12 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def gloo_available() -> bool:
-    from jax._src.lib import _jax
-
-    return hasattr(_jax, "make_gloo_tcp_collectives")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(shared: Path, work: Path, out: Path, processes: int, devices: int, **overrides) -> list[dict]:
     """Starts `processes` workers of one run, waits for all (killing the rest if one fails or hangs)."""
     out.mkdir(parents=True, exist_ok=True)
     script = WORKER.format(root=ROOT, model=str(shared / "model"), data=str(shared / "pairs.jsonl"), work=str(work),
                            out=str(out), overrides=overrides)
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               HF_DATASETS_CACHE=str(shared / "hf"), JAXRLHF_TRACEBACK="1")
-    if processes > 1:
-        env.update(JAXRLHF_COORDINATOR=f"127.0.0.1:{free_port()}", JAXRLHF_NUM_PROCESSES=str(processes))
-    procs = [subprocess.Popen([sys.executable, "-c", script], env=dict(env, JAXRLHF_PROCESS_ID=str(i)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(processes)]
-    outputs = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=TIMEOUT_S)
-            assert p.returncode == 0, f"process {len(outputs)} failed:\n{stderr[-4000:]}"
-            outputs.append(stdout)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+    outputs = run_processes(script, processes, devices, {"HF_DATASETS_CACHE": str(shared / "hf")})
     results = [json.loads(line[len("RESULT "):]) for o in outputs for line in o.splitlines()
                if line.startswith("RESULT ")]
     assert [r["process"] for r in results] == list(range(processes))
