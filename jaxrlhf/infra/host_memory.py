@@ -47,8 +47,11 @@ def reexec_with_tuned_malloc() -> None:
     """Replaces this process by itself with the tunable set, once; returns when there is nothing to do."""
     env = tuned_env(os.environ)
     argv = getattr(sys, "orig_argv", None)
-    if env is None or not argv:
+    if env is None or not argv or not sys.executable:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, argv, env)
+    try:
+        os.execve(sys.executable, argv, env)
+    except OSError:  # an embedded or unusual interpreter: run on untuned rather than fail
+        return
