@@ -56,6 +56,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
+from bench_sections import write_section  # noqa: E402 (beside this script)
 from jaxrlhf.infra import host_memory  # noqa: E402 (light: no JAX import)
 
 MARK_START = "<!-- bench_ppo:start (written by scripts/bench_ppo.py; rerun it rather than editing) -->"
@@ -297,7 +298,7 @@ def run_worker(kind: str, argv: list[str], spec: dict) -> dict:
         load = loadavg()
         t = time.perf_counter()
         # jaxrlhf with the malloc tunable its entry points set (jaxrlhf.infra.host_memory); TRL as shipped
-        env = (host_memory.tuned_env(os.environ) if kind == "jax" else None) or dict(os.environ)
+        env = host_memory.entry_point_env(os.environ) if kind == "jax" else dict(os.environ)
         proc = subprocess.run(cmd, cwd=str(REPO), env=env)
         if proc.returncode:
             raise SystemExit(f"{kind} worker failed (exit {proc.returncode}): {' '.join(cmd)}")
@@ -413,9 +414,8 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         "generation scores) and clips gradients, and it updates actor and critic as two separate "
         "forward+backward passes where TRL runs one wrapper module; both whiten advantages, both sample "
         "without top-k/top-p, neither checkpoints inside the timed iterations. jaxrlhf ran with "
-        f"`GLIBC_TUNABLES={host_memory.tuned_env(os.environ, glibc=True, thp=True)['GLIBC_TUNABLES']}` if the "
-        "machine supports it (what its command-line entry points set: `jaxrlhf/infra/host_memory.py`), TRL with "
-        "the machine's defaults.", "",
+        f"`GLIBC_TUNABLES={host_memory.entry_point_env(os.environ).get('GLIBC_TUNABLES') or 'unset'}` (what its "
+        "command-line entry points set: `jaxrlhf/infra/host_memory.py`), TRL with the machine's defaults.", "",
         f"Machine: {os.cpu_count()} CPUs ({cpu_name()}); jaxrlhf's XLA uses all cores, torch threads {a.threads}. "
         f"Load average (1/5/15 min) {load_before} before and {load_after} after the run; jaxrlhf ran "
         f"first ({jx['load_before']} -> {jx['load_after']}), then TRL ({tr['load_before']} -> {tr['load_after']})"
@@ -428,16 +428,6 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         "SmolLM2's pad token `<|im_end|>` occurs in every chat prompt.",
         MARK_END]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start, end = text.find(MARK_START.split(" (")[0]), text.find(MARK_END)
-    if start >= 0 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(MARK_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main(argv=None) -> int:
@@ -481,7 +471,7 @@ def main(argv=None) -> int:
     section = render(args, results["jax"], results["trl"], load_before, loadavg(), command)
     print(section)
     if args.out:
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), section, MARK_START, MARK_END)
         print(f"wrote {args.out}")
     return 0
 

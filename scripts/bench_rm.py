@@ -46,6 +46,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
+from bench_sections import write_section  # noqa: E402 (beside this script)
 from jaxrlhf.infra import host_memory  # noqa: E402 (light: no JAX import)
 
 TRL_REQUIREMENT = "trl==1.16.0"
@@ -456,18 +457,6 @@ def render(results: list[dict], args, argv: list[str], config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start, end = text.find(MARK_START.split(" (")[0]), text.find(MARK_END)
-    if start >= 0 and end > start:
-        tail = text[end + len(MARK_END):].strip("\n")
-        text = text[:start] + section + ("\n" + tail + "\n" if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def ensure_trl(install: bool) -> None:
     if importlib.util.find_spec("trl") is not None:
         return
@@ -501,7 +490,7 @@ def main(argv=None) -> int:
         print(f"== {name}: {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
         # jaxrlhf runs with the malloc tunable its own entry points set (jaxrlhf.infra.host_memory);
         # TRL runs as its users run it (PyTorch's CPU step does not gain from the tunable).
-        env = (host_memory.tuned_env(os.environ) if name == "jax" else None) or dict(os.environ)
+        env = host_memory.entry_point_env(os.environ) if name == "jax" else dict(os.environ)
         if subprocess.run(cmd, env=env).returncode == 0:
             results.append(json.loads(result_path.read_text()))
         else:
@@ -515,7 +504,7 @@ def main(argv=None) -> int:
         print(f"not writing {args.out or 'a file'}: {', '.join(failed)} failed")
         return 1
     if args.out:
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), section, MARK_START, MARK_END)
         print(f"wrote {args.out}")
     return 0
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
+from bench_sections import write_section  # noqa: E402 (beside this script)
 MARK_START = "<!-- bench_rm_step:start (written by scripts/bench_rm_step.py; rerun it rather than editing) -->"
 MARK_END = "<!-- bench_rm_step:end -->"
 TUNABLE = "glibc.malloc.hugetlb=1"
@@ -161,16 +162,6 @@ def render(rows, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_START in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + section + rest.split(MARK_END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -185,7 +176,7 @@ def main(argv=None) -> int:
     section = render(rows, args)
     print("\n" + section)
     if args.out:
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), section, MARK_START, MARK_END)
         print(f"wrote {args.out}")
     return 0
 

@@ -38,6 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
+from bench_sections import write_section  # noqa: E402 (beside this script)
 
 MARK_START = "<!-- bench_rollout:start (written by scripts/bench_rollout.py; rerun it rather than editing) -->"
 MARK_END = "<!-- bench_rollout:end -->"
@@ -208,17 +209,6 @@ def render(args, rows, mach, load_before, vers, command) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start, end = text.find(MARK_START.split(" (")[0]), text.find(MARK_END)
-    if start >= 0 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(MARK_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     load_before = machine()["load"]
@@ -246,7 +236,7 @@ def main(argv=None) -> int:
     section = render(args, rows, machine(), load_before, versions(), command)
     print(section)
     if args.out:
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), section, MARK_START, MARK_END)
         print(f"wrote {args.out}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -44,3 +45,14 @@ def run_processes(script: str, processes: int, devices: int, env: dict) -> list[
                 p.kill()
                 p.communicate()
     return outputs
+
+
+def run_results(script: str, processes: int, devices: int, env: dict) -> list[dict]:
+    """The `RESULT {json}` line each worker prints, checked to come from processes 0..n-1 of one run over
+    processes x devices devices."""
+    outputs = run_processes(script, processes, devices, env)
+    results = [json.loads(line[len("RESULT "):]) for o in outputs for line in o.splitlines()
+               if line.startswith("RESULT ")]
+    assert [r["process"] for r in results] == list(range(processes))
+    assert all(r["processes"] == processes and r["devices"] == processes * devices for r in results)
+    return results

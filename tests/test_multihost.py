@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.multihost_helpers import gloo_available, run_processes
+from tests.multihost_helpers import gloo_available, run_results
 from tests.rm_helpers import make_tiny_llama_dir, write_separable_pairs
 
 ROOT = str(Path(__file__).parents[1])
@@ -62,12 +62,7 @@ def launch(shared: Path, work: Path, out: Path, processes: int, devices: int, **
     out.mkdir(parents=True, exist_ok=True)
     script = WORKER.format(root=ROOT, model=str(shared / "model"), data=str(shared / "pairs.jsonl"), work=str(work),
                            out=str(out), overrides=overrides)
-    outputs = run_processes(script, processes, devices, {"HF_DATASETS_CACHE": str(shared / "hf")})
-    results = [json.loads(line[len("RESULT "):]) for o in outputs for line in o.splitlines()
-               if line.startswith("RESULT ")]
-    assert [r["process"] for r in results] == list(range(processes))
-    assert all(r["processes"] == processes and r["devices"] == processes * devices for r in results)
-    return results
+    return run_results(script, processes, devices, {"HF_DATASETS_CACHE": str(shared / "hf")})
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,11 @@ def tuned_env(environ: Mapping[str, str], *, glibc: bool | None = None, thp: boo
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [current, f"{TUNABLE}=1"]))}
 
 
+def entry_point_env(environ: Mapping[str, str]) -> dict:
+    """The environment a jaxrlhf entry point runs in when started with `environ`."""
+    return tuned_env(environ) or dict(environ)
+
+
 def reexec_with_tuned_malloc() -> None:
     """Replaces this process by itself with the tunable set, once; returns when there is nothing to do."""
     env = tuned_env(os.environ)

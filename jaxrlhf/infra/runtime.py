@@ -85,7 +85,7 @@ def run_app(main) -> None:
     """
     from absl import app, flags
 
-    reexec_with_tuned_malloc()
+    reexec_with_tuned_malloc()  # before any work: the new process starts over (trainers come through here too)
     try:
         remaining = flags.FLAGS(sys.argv)
     except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
@@ -108,7 +108,6 @@ def run_trainer(train, default_config: str) -> None:
     and absl allows a flag name once per process."""
     from ml_collections import config_flags
 
-    reexec_with_tuned_malloc()  # before any work: the new process starts over
     try:  # ml_collections already applies the command line's overrides while defining the flag
         holder = config_flags.DEFINE_config_file("config", default_config,
                                                  "Path to a config file (plain Python returning a ConfigDict).")
