@@ -24,6 +24,8 @@ def test_notebook_runs_on_cpu(tmp_path):
     (tmp_path / "configs").symlink_to(REPO / "configs")
     env_before = dict(os.environ)
     os.environ["HF_DATASETS_CACHE"] = str(tmp_path / "hf")
+    # IPython runs `!` lines in $SHELL, else sh: CI has no SHELL, and dash's echo expands "\n".
+    os.environ["SHELL"] = "/bin/sh"
     try:
         nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                 resources={"metadata": {"path": str(tmp_path)}}).execute()
@@ -36,4 +38,5 @@ def test_notebook_runs_on_cpu(tmp_path):
     outputs = {i: [o for o in c.get("outputs", [])] for i, c in enumerate(nb.cells) if c.cell_type == "code"}
     assert not any(o.get("output_type") == "error" for outs in outputs.values() for o in outs)
     score_out = "".join(o.get("text", "") for o in outputs[max(outputs)] if o.get("output_type") == "stream")
-    assert "reward" in score_out, score_out[-2000:]
+    scores = [json.loads(line) for line in score_out.splitlines() if line.startswith("{")]
+    assert len(scores) == 2 and all(isinstance(s["reward"], float) for s in scores), score_out[-2000:]
