@@ -21,7 +21,7 @@ from jaxrlhf.data.sources import load_table
 from jaxrlhf.infra import preemption
 from jaxrlhf.infra.metrics import MetricsWriter
 from jaxrlhf.infra.multihost import to_host
-from jaxrlhf.infra.sharding import replicated
+from jaxrlhf.infra.sharding import batch_sharding, replicated
 from jaxrlhf.infra.runtime import progress, run_trainer
 from jaxrlhf.models.export import export_hf
 from jaxrlhf.ops import whitening
@@ -121,7 +121,16 @@ def train(config) -> dict:
                                                shaping=shaping, advantages=advantages, chunk_size=p.logprob_chunk))
     loss_cfg = PPOLossConfig(p.clip_eps, p.value_clip_eps, p.vf_coef, p.entropy_coef, sampling.temperature,
                              p.logprob_chunk)
-    update = jax.jit(make_update_step(actor_def, critic_def, actor_opt, critic_opt, loss_cfg), donate_argnums=(0,))
+    update_step = make_update_step(actor_def, critic_def, actor_opt, critic_opt, loss_cfg)
+
+    def update_rows(state, actor_frozen, critic_frozen, exp, idx_M):
+        """One update on the rows idx_M of the experience, gathered inside the jitted program: eager gathers
+        of sharded arrays, several in flight at once, deadlocked two CPU processes in their collectives."""
+        mb = jax.tree_util.tree_map(
+            lambda x: jax.lax.with_sharding_constraint(x[idx_M], batch_sharding(mesh, x.ndim)), exp)
+        return update_step(state, actor_frozen, critic_frozen, mb)
+
+    update = jax.jit(update_rows, donate_argnums=(0,))
 
     writer = MetricsWriter(workdir)
     base_key = jax.random.key(config.seed)
@@ -173,9 +182,8 @@ def train(config) -> dict:
         for _ in range(p.epochs):
             perm = order_rng.permutation(B)
             for k in range(0, B, p.minibatch_size):
-                idx = jnp.asarray(perm[k:k + p.minibatch_size])
-                mb = jax.tree_util.tree_map(lambda x: x[idx], exp)
-                state, m = update(state, actor_frozen, critic_frozen, mb)
+                idx_M = jax.device_put(perm[k:k + p.minibatch_size].astype(np.int32), replicated(mesh))
+                state, m = update(state, actor_frozen, critic_frozen, exp, idx_M)
                 update_metrics.append(m)
                 guard.add(m["nonfinite"])
                 if p.max_approx_kl > 0 and float(m["approx_kl"]) > p.max_approx_kl:
