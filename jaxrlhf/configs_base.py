@@ -64,6 +64,8 @@ def rm_defaults() -> ml_collections.ConfigDict:
         "split": "train",
         "eval_source": "",          # separate held-out file; empty: hold out eval_size from source
         "eval_size": 512,           # pairs held out (split by prompt) when eval_source is empty
+        "split_seed": 0,            # draws the held-out split; apart from `seed` (init, order), so runs
+                                    # with different seeds are scored on the same pairs
         "format": "auto",           # auto | explicit | hh | chat | ranked | ratings
         "ranked_mode": "pairs",     # ranked lists: pairs | plackett_luce
         "ratings_mode": "pairs",    # scalar ratings: pairs | regression
@@ -71,6 +73,7 @@ def rm_defaults() -> ml_collections.ConfigDict:
         "batch_size": 16,           # pairs per step (global, over all hosts)
         "eval_batch_size": 32,
         "pad_to_multiple": 32,
+        "bucket_window": 64,        # batches whose rows are sorted by length together (0: random batches)
         "padding_side": "right",
         "append_eos": True,         # decoders: end each sequence with EOS, where the reward is read
         "on_invalid": "error",      # error | skip
@@ -115,11 +118,13 @@ def sft_defaults() -> ml_collections.ConfigDict:
         "split": "train",
         "eval_source": "",          # separate held-out file; empty: hold out eval_size from source
         "eval_size": 64,            # rows held out (split by prompt) when eval_source is empty
+        "split_seed": 0,            # draws the held-out split; apart from `seed` (init, order)
         "format": "auto",           # auto | prompt_response | hh | chat
         "max_length": 256,          # too long: the prompt is cut from the left, then the response start
         "batch_size": 8,            # sequences per step (global, over all hosts)
         "eval_batch_size": 16,
         "pad_to_multiple": 32,
+        "bucket_window": 64,        # batches whose rows are sorted by length together (0: random batches)
         "padding_side": "right",
         "append_eos": True,         # the model learns to end its answer
         "on_invalid": "error",      # error | skip

@@ -152,7 +152,7 @@ def load_data(config):
     tok = load_tokenizer(config.model.name)
     data = rm_data.prepare(config, tok, is_decoder=model_type not in ENCODERS)
     parsed = load_records(config.data.source, tokenizer=tok, **rm_data._load_kwargs(config.data))
-    train_recs, held_recs = split_by_prompt(parsed.records, config.data.eval_size, config.seed)
+    train_recs, held_recs = split_by_prompt(parsed.records, config.data.eval_size, config.data.split_seed)
     assert len(train_recs) == len(data.train) and len(held_recs) == len(data.held_out)
     return tok, data, train_recs, held_recs
 

@@ -236,3 +236,27 @@ def test_train_rm_bad_config_is_one_line_error(tmp_path, args, expected):
     lines = out.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and expected in lines[-1]
     assert "Traceback" not in out.stderr
+
+
+def test_seed_changes_order_not_the_held_out_split(setup, tmp_path, monkeypatch):
+    """`seed` draws init and batch order; `data.split_seed` alone draws the held-out pairs, so runs with
+    different seeds are scored on the same pairs; `data.bucket_window` reaches the training batcher."""
+    from jaxrlhf.models.hub import load_tokenizer
+    from jaxrlhf.rm.data import prepare
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    model_dir, data, _ = setup
+    tokenizer = load_tokenizer(model_dir)
+
+    def prepared(seed, split_seed, bucket_window=64):
+        config = tiny_rm_config(model_dir, data, tmp_path / "work")
+        config.seed, config.data.split_seed, config.data.bucket_window = seed, split_seed, bucket_window
+        return prepare(config, tokenizer, is_decoder=True)
+
+    base, other_seed, other_split = prepared(0, 0), prepared(1, 0), prepared(0, 1)
+    held = lambda d: d.held_out.chosen.ids.tolist()
+    assert held(other_seed) == held(base)
+    assert held(other_split) != held(base)
+    assert not np.array_equal(other_seed.train_batcher.plan(0), base.train_batcher.plan(0))
+    unsorted = prepared(0, 0, bucket_window=0).train_batcher.plan(0)  # same permutation, no length sort
+    assert not np.array_equal(unsorted, base.train_batcher.plan(0))

@@ -110,17 +110,18 @@ def prepare(config, tokenizer, *, is_decoder: bool) -> RMData:
     if objective != "pairs":
         common.pop("format")  # the list / rating loaders pick their format
     held_out = 0 if d.eval_source else d.eval_size
-    train, held, report = load(d.source, tokenizer, d.max_length, held_out=held_out, seed=config.seed, **common)
+    train, held, report = load(d.source, tokenizer, d.max_length, held_out=held_out, seed=d.split_seed, **common)
     eval_source, eval_held = (d.eval_source, 0) if d.eval_source else (d.source, held_out)
     if d.eval_source:
         held, _, _ = load(d.eval_source, tokenizer, d.max_length, **common)
     held_lists = None
     if objective == "pairs" and _is_ranked(eval_source, d):
         kw = {k: v for k, v in common.items() if k != "format"}
-        lists = load_list_data(eval_source, tokenizer, d.max_length, held_out=eval_held, seed=config.seed, **kw)
+        lists = load_list_data(eval_source, tokenizer, d.max_length, held_out=eval_held, seed=d.split_seed, **kw)
         held_lists = lists[1] if eval_held else lists[0]
     procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
     batcher_kwargs = dict(pad_to_multiple=d.pad_to_multiple, padding_side=d.padding_side, **procs)
-    train_batcher = batcher_cls(train, d.batch_size, seed=config.seed, **batcher_kwargs)
+    train_batcher = batcher_cls(train, d.batch_size, seed=config.seed, bucket_window=d.bucket_window,
+                                **batcher_kwargs)
     eval_bs = max(d.eval_batch_size // procs["process_count"], 1) * procs["process_count"]
     return RMData(objective, train, held, held_lists, report, train_batcher, eval_bs, batcher_kwargs)

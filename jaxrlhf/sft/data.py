@@ -182,7 +182,7 @@ def prepare(config, tokenizer) -> SFTDataset:
     if d.eval_source:
         train, held = examples, _load(d.eval_source, d, tokenizer, on_invalid)[0]
     elif d.eval_size:
-        train, held = split_by_prompt(examples, d.eval_size, config.seed)
+        train, held = split_by_prompt(examples, d.eval_size, d.split_seed)
     else:
         train, held = examples, []
     if not train:
@@ -192,6 +192,7 @@ def prepare(config, tokenizer) -> SFTDataset:
     report.notes["truncated"] += int(train_data.seqs.truncated.sum())
     procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
     batcher_kwargs = dict(pad_to_multiple=d.pad_to_multiple, padding_side=d.padding_side, **procs)
-    train_batcher = SFTBatcher(train_data, d.batch_size, seed=config.seed, **batcher_kwargs)
+    train_batcher = SFTBatcher(train_data, d.batch_size, seed=config.seed, bucket_window=d.bucket_window,
+                                 **batcher_kwargs)
     eval_bs = max(d.eval_batch_size // procs["process_count"], 1) * procs["process_count"]
     return SFTDataset(train_data, held_data, report, train_batcher, eval_bs, batcher_kwargs)
