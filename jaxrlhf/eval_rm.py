@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from jaxrlhf.data import ListBatcher, PairBatcher, load_list_data, load_pair_data, load_records
 from jaxrlhf.infra import sharding as shd

@@ -15,7 +15,7 @@ import sys
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from jaxrlhf.data.batching import pad_rows
 from jaxrlhf.data.tokenize import TextEncoder

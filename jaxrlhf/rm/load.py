@@ -28,7 +28,6 @@ def load_trained_rm(path: str, mesh=None) -> tuple[LoadedModel, object, dict]:
         raise WeightLoadError(f"{p}: neither an exported model (config.json) nor a train_rm workdir "
                               f"(run_config.json + checkpoints/)")
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from jaxrlhf.infra import sharding as shd
