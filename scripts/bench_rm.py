@@ -68,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_length", type=int, default=None, help="default 256")
     p.add_argument("--batch_size", type=int, default=None, help="pairs per step (default 16)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: configs/rm.py)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="init and order seed of both sides (default 0); the held-out split stays data.split_seed")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (and pinned CPUs) for each side")
     p.add_argument("--model_dir", default="", help="HF directory of MiniLM (default: the 'minilm' asset)")
     p.add_argument("--skip_trl", action="store_true")
@@ -101,6 +103,8 @@ def job_config(args, model_dir: str):
         config.data.batch_size = args.batch_size
     if args.lr is not None:
         config.optim.learning_rate = args.lr
+    if args.seed is not None:
+        config.seed = args.seed
     # `data.limit` counts source rows before the split: ask for the training pairs plus the held-out ones.
     config.data.limit = args.limit + config.data.eval_size if args.limit else 0
     return config
