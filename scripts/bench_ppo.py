@@ -470,9 +470,7 @@ def main(argv=None) -> int:
     command = "python scripts/bench_ppo.py" + "".join(f" {x}" for x in argv)
     section = render(args, results["jax"], results["trl"], load_before, loadavg(), command)
     print(section)
-    if args.out:
-        write_section(Path(args.out), section, MARK_START, MARK_END)
-        print(f"wrote {args.out}")
+    write_section(args.out, section, MARK_START, MARK_END)
     return 0
 
 

@@ -507,9 +507,7 @@ def main(argv=None) -> int:
     if failed:
         print(f"not writing {args.out or 'a file'}: {', '.join(failed)} failed")
         return 1
-    if args.out:
-        write_section(Path(args.out), section, MARK_START, MARK_END)
-        print(f"wrote {args.out}")
+    write_section(args.out, section, MARK_START, MARK_END)
     return 0
 
 

@@ -175,9 +175,7 @@ def main(argv=None) -> int:
         print(f"{label}: {rows[-1]['median_s']:.2f} s/step, {rows[-1]['faults']:,} faults/step", flush=True)
     section = render(rows, args)
     print("\n" + section)
-    if args.out:
-        write_section(Path(args.out), section, MARK_START, MARK_END)
-        print(f"wrote {args.out}")
+    write_section(args.out, section, MARK_START, MARK_END)
     return 0
 
 

@@ -234,9 +234,7 @@ def main(argv=None) -> int:
     command = "python scripts/bench_rollout.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     section = render(args, rows, machine(), load_before, versions(), command)
     print(section)
-    if args.out:
-        write_section(Path(args.out), section, MARK_START, MARK_END)
-        print(f"wrote {args.out}")
+    write_section(args.out, section, MARK_START, MARK_END)
     return 0
 
 
