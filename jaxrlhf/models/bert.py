@@ -20,8 +20,10 @@ head's `dense` layer, so `weight_specs(cfg, "reward")` maps `bert.pooler.dense` 
 pretrained pooler. Exporting task "backbone" therefore writes no pooler (transformers re-initialises it).
 
 LoRA layer names (for `LoRAConfig.targets`): "attn.query", "attn.key", "attn.value", "attn.out",
-"mlp.intermediate", "mlp.output". Dropout: only LoRA dropout is applied (keys from `dropout_rng`,
-split per layer through the scan); hidden and attention-probability dropout are omitted.
+"mlp.intermediate", "mlp.output". Dropout (training only, when a `dropout_rng` is given): LoRA dropout,
+and, at `Backbone(dropout=rate)`, BERT's hidden dropout (embeddings, attention output, MLP output) and
+attention-probability dropout, one rate for all (off by default: RLHF code usually trains without it).
+The checkpoint's own `hidden_dropout_prob` / `attention_probs_dropout_prob` are kept for export only.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ from flax import nnx
 
 from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_linear_specs, stacked_specs
 from jaxrlhf.models.layers import (Embed, LayerNorm, Linear, LoRAConfig, activation, apply_stacked, create_stacked,
-                                   check_lora_targets, dot_product_attention, lora_for, split_keys)
+                                   check_dropout_rate, check_lora_targets, dot_product_attention, dropout,
+                                   lora_for, split_keys)
 
 MODEL_TYPES = ("bert", "roberta")
 IS_DECODER = False
+HAS_DROPOUT = True  # Backbone(dropout=rate): hidden and attention dropout while training
 POOLING = "first"
 # The module-level default; a RoBERTa config's own prefix is `Config.hf_base_prefix` ("roberta.").
 HF_BASE_PREFIX = "bert."
@@ -67,7 +71,7 @@ class Config:
     pad_token_id: int | None = 0
     bos_token_id: int | None = None
     eos_token_id: int | None = None
-    # Not applied here (see the module docstring); kept so an export round-trips the original values.
+    # Not read by the model (its rate is `Backbone(dropout=)`); kept so an export round-trips them.
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     classifier_dropout: float | None = None
@@ -140,9 +144,10 @@ class Config:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dropout_rate: float, **kw):
         E = cfg.hidden_size
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.dropout_rate = dropout_rate
         self.query = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.query"), **kw)
         self.key = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.key"), **kw)
         self.value = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.value"), **kw)
@@ -150,34 +155,36 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxTxE, mask_BxTxS, rng):
         B, T, E = x_BxTxE.shape
-        r = split_keys(rng, 4)
+        r = split_keys(rng, 6)
         q, k, v = (proj(x_BxTxE, key).reshape(B, T, self.num_heads, self.head_dim)
                    for proj, key in zip((self.query, self.key, self.value), r))
-        out = dot_product_attention(q, k, v, mask_BxTxS)
-        return self.out(out.reshape(B, T, E), r[3])
+        out = dot_product_attention(q, k, v, mask_BxTxS, dropout_rate=self.dropout_rate, dropout_rng=r[4])
+        return dropout(self.out(out.reshape(B, T, E), r[3]), self.dropout_rate, r[5])
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dropout_rate: float, **kw):
         self.act = activation(cfg.hidden_act)
+        self.dropout_rate = dropout_rate
         self.intermediate = Linear(cfg.hidden_size, cfg.intermediate_size, rngs=rngs,
                                    lora=lora_for(lora, "mlp.intermediate"), **kw)
         self.output = Linear(cfg.intermediate_size, cfg.hidden_size, rngs=rngs, lora=lora_for(lora, "mlp.output"),
                              **kw)
 
     def __call__(self, x_BxTxE, rng):
-        r = split_keys(rng, 2)
-        return self.output(self.act(self.intermediate(x_BxTxE, r[0])), r[1])
+        r = split_keys(rng, 3)
+        return dropout(self.output(self.act(self.intermediate(x_BxTxE, r[0])), r[1]), self.dropout_rate, r[2])
 
 
 class Block(nnx.Module):
     """Post-LayerNorm: h = LN(h + attn(h)); h = LN(h + mlp(h))."""
 
-    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dtype, param_dtype):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dropout_rate: float, dtype,
+                 param_dtype):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
-        self.attn = Attention(cfg, rngs=rngs, lora=lora, **kw)
+        self.attn = Attention(cfg, rngs=rngs, lora=lora, dropout_rate=dropout_rate, **kw)
         self.attn_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
-        self.mlp = MLP(cfg, rngs=rngs, lora=lora, **kw)
+        self.mlp = MLP(cfg, rngs=rngs, lora=lora, dropout_rate=dropout_rate, **kw)
         self.mlp_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
 
     def __call__(self, h_BxTxE, mask_BxTxS, rng):
@@ -199,9 +206,10 @@ class Backbone(nnx.Module):
     """Embeddings + LayerNorm, scanned post-LN blocks. `__call__` returns (hidden_BxTxE, None)."""
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None):
+                 scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None, dropout: float = 0.0):
         check_lora_targets(lora, LORA_LAYER_NAMES, cfg.model_type)
         self.cfg = cfg
+        self.dropout_rate = check_dropout_rate(dropout)
         self.hidden_size = cfg.hidden_size
         self.dtype = dtype
         self.scan_layers, self.remat = scan_layers, remat
@@ -210,7 +218,8 @@ class Backbone(nnx.Module):
         self.position_embed = Embed(cfg.max_position_embeddings, cfg.hidden_size, rngs=rngs, **kw)
         self.token_type_embed = Embed(cfg.type_vocab_size, cfg.hidden_size, rngs=rngs, **kw)
         self.embed_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
-        self.layers = create_stacked(lambda r: Block(cfg, rngs=r, lora=lora, **kw), cfg.num_hidden_layers, rngs)
+        self.layers = create_stacked(lambda r: Block(cfg, rngs=r, lora=lora, dropout_rate=self.dropout_rate, **kw),
+                                     cfg.num_hidden_layers, rngs)
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, dropout_rng=None,
                  token_type_ids_BxT=None):
@@ -222,11 +231,14 @@ class Backbone(nnx.Module):
         if token_type_ids_BxT is None:
             token_type_ids_BxT = jnp.zeros_like(input_ids_BxT)
         h = self.embed(input_ids_BxT) + self.token_type_embed(token_type_ids_BxT) + self.position_embed(positions_BxT)
-        h = self.embed_norm(h)
         B, T = attention_mask_BxT.shape
         # Bidirectional: every query sees every real key.
         mask_BxTxS = jnp.broadcast_to((attention_mask_BxT > 0)[:, None, :], (B, T, T))
-        xs = {} if dropout_rng is None else {"rng": jax.random.split(dropout_rng, cfg.num_hidden_layers)}
+        xs = {}
+        if dropout_rng is not None:  # one key per layer, the last for the embeddings
+            keys = jax.random.split(dropout_rng, cfg.num_hidden_layers + 1)
+            xs["rng"], dropout_rng = keys[:-1], keys[-1]
+        h = dropout(self.embed_norm(h), self.dropout_rate, dropout_rng)
 
         def body(layer, h, x):
             return layer(h, mask_BxTxS, x.get("rng")), None

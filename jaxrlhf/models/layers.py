@@ -50,6 +50,22 @@ def split_keys(rng: jax.Array | None, n: int) -> list:
     return [None] * n if rng is None else list(jax.random.split(rng, n))
 
 
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zero each element with probability `rate`, scale the rest by 1 / (1 - rate), so the
+    expectation is unchanged. Identity when `rate` is 0 or `rng` is None (evaluation)."""
+    if rate <= 0.0 or rng is None:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def check_dropout_rate(rate: float) -> float:
+    rate = float(rate)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    return rate
+
+
 def _normal(rngs: nnx.Rngs, shape, std, dtype):
     return std * jax.random.normal(rngs.params(), shape, dtype)
 
@@ -70,7 +86,7 @@ class Linear(nnx.Module):
             _normal(rngs, (in_features, lora.rank), 1.0 / math.sqrt(in_features), param_dtype)))
         self.lora_b = nnx.data(None if lora is None else LoRAParam(jnp.zeros((lora.rank, out_features), param_dtype)))
         self.lora_scale = 0.0 if lora is None else lora.alpha / lora.rank
-        self.lora_dropout = 0.0 if lora is None else float(lora.dropout)
+        self.lora_dropout = 0.0 if lora is None else check_dropout_rate(lora.dropout)
 
     def merge_lora(self) -> None:
         """Fold the adapter into the kernel (for export) and drop it."""
@@ -85,10 +101,7 @@ class Linear(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         if self.lora_a is not None:
-            xa = x
-            if self.lora_dropout > 0.0 and dropout_rng is not None:
-                keep = jax.random.bernoulli(dropout_rng, 1.0 - self.lora_dropout, x.shape)
-                xa = jnp.where(keep, x / (1.0 - self.lora_dropout), 0.0).astype(self.dtype)
+            xa = dropout(x, self.lora_dropout, dropout_rng)
             y = y + self.lora_scale * ((xa @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype))
         return y
 
@@ -149,11 +162,13 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 def dot_product_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
-                          mask_BxTxS: jax.Array) -> jax.Array:
+                          mask_BxTxS: jax.Array, *, dropout_rate: float = 0.0,
+                          dropout_rng: jax.Array | None = None) -> jax.Array:
     """Softmax attention with grouped-query heads (H query heads share K key/value heads).
 
     Logits and softmax run in float32. A query row with no visible key (a left-pad position)
-    gets uniform weights instead of NaN; callers ignore those rows.
+    gets uniform weights instead of NaN; callers ignore those rows. With a `dropout_rng`, the
+    attention probabilities are dropped at `dropout_rate` (BERT's attention dropout).
     """
     B, T, H, D = q_BxTxHxD.shape
     K = k_BxSxKxD.shape[2]
@@ -161,7 +176,7 @@ def dot_product_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD:
     logits = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, k_BxSxKxD,
                         preferred_element_type=jnp.float32) / math.sqrt(D)
     logits = jnp.where(mask_BxTxS[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v_BxSxKxD.dtype)
+    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, dropout_rng).astype(v_BxSxKxD.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
     return out.reshape(B, T, H, D)
 

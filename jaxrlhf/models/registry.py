@@ -40,18 +40,26 @@ def family_for(model_type: str) -> ModuleType:
 
 def build_model(family: ModuleType, cfg: Any, task: str, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
                 param_dtype: Any = jnp.float32, scan_layers: bool = True, remat: bool = False,
-                lora: LoRAConfig | None = None) -> nnx.Module:
-    """A randomly initialised model of `family` for `task` (weights are loaded afterwards)."""
+                lora: LoRAConfig | None = None, dropout: float = 0.0) -> nnx.Module:
+    """A randomly initialised model of `family` for `task` (weights are loaded afterwards). `dropout`: the
+    hidden/attention dropout rate while training, for families that have it (BERT); 0 elsewhere."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     kw = dict(dtype=dtype, param_dtype=param_dtype)
+    if getattr(family, "HAS_DROPOUT", False):
+        kw["dropout"] = dropout
+    elif dropout:
+        raise ValueError(f"dropout={dropout}: hidden/attention dropout is implemented for the BERT family only, "
+                         f"not {family.__name__.rsplit('.', 1)[-1]} (LoRA dropout is lora_dropout)")
     backbone = family.Backbone(cfg, rngs=rngs, scan_layers=scan_layers, remat=remat, lora=lora, **kw)
     if task == "backbone":
         return backbone
     if task == "causal_lm":
         if not family.IS_DECODER:
             raise UnknownArchitectureError(f"{family.__name__} is an encoder: it has no causal LM head")
-        return CausalLM(backbone, vocab_size=cfg.vocab_size, tie_embeddings=cfg.tie_word_embeddings, rngs=rngs, **kw)
+        return CausalLM(backbone, vocab_size=cfg.vocab_size, tie_embeddings=cfg.tie_word_embeddings, rngs=rngs,
+                        dtype=dtype, param_dtype=param_dtype)
     if task == "reward":
-        return RewardModel(backbone, head=family.REWARD_HEAD, pooling=family.POOLING, rngs=rngs, **kw)
-    return ValueModel(backbone, head=family.REWARD_HEAD, rngs=rngs, **kw)
+        return RewardModel(backbone, head=family.REWARD_HEAD, pooling=family.POOLING, rngs=rngs, dtype=dtype,
+                           param_dtype=param_dtype)
+    return ValueModel(backbone, head=family.REWARD_HEAD, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
