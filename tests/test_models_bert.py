@@ -23,7 +23,7 @@ from flax import nnx
 
 from jaxrlhf import assets
 from jaxrlhf.models import bert, registry
-from jaxrlhf.models.layers import Linear, LoRAConfig, LoRAParam
+from jaxrlhf.models.layers import Linear, LoRAConfig, LoRAParam, keep_mask
 
 V = 101
 TOL = 1e-4
@@ -265,30 +265,35 @@ def test_lora_adapts_named_layers_starts_at_base_and_threads_dropout_keys_throug
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
-def _our_dropout_keep_masks(rng, cfg: bert.Config, rate: float, B: int, T: int) -> list[np.ndarray]:
+def _our_dropout_keep_masks(rng, cfg: bert.Config, rate: float, attention: bool, B: int, T: int) -> list[np.ndarray]:
     """Our keep masks in PyTorch's call order (embeddings; per layer: attention probabilities, attention
     output, MLP output), drawn from the key scheme of `bert.Backbone` (per-layer keys, the last for the
     embeddings; in a layer: attention, MLP; attention's 5th and 6th subkeys, MLP's 3rd)."""
     E, H = cfg.hidden_size, cfg.num_attention_heads
     keys = jax.random.split(rng, cfg.num_hidden_layers + 1)
-    draw = lambda k, shape: np.asarray(jax.random.bernoulli(k, 1.0 - rate, shape))
+    draw = lambda k, shape: np.asarray(keep_mask(k, rate, shape))
     masks = [draw(keys[-1], (B, T, E))]
     for layer_key in keys[:-1]:
         attn_key, mlp_key = jax.random.split(layer_key, 2)
         attn = jax.random.split(attn_key, 6)
-        masks += [draw(attn[4], (B, H, 1, T, T)).reshape(B, H, T, T), draw(attn[5], (B, T, E)),
-                  draw(jax.random.split(mlp_key, 3)[2], (B, T, E))]
+        if attention:
+            masks.append(draw(attn[4], (B, H, 1, T, T)).reshape(B, H, T, T))
+        masks += [draw(attn[5], (B, T, E)), draw(jax.random.split(mlp_key, 3)[2], (B, T, E))]
     return masks
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_hidden_and_attention_dropout_match_torch_train_mode_given_the_same_masks(monkeypatch, scan_layers):
+@pytest.mark.parametrize("scan_layers,attention", [(True, True), (False, False)])
+def test_hidden_and_attention_dropout_match_torch_train_mode_given_the_same_masks(monkeypatch, scan_layers, attention):
     """BERT's dropout sites and inverted scaling, checked against `transformers` in train mode: every
     torch dropout call (embeddings, attention probabilities, attention output, MLP output) is replaced by
-    the multiplication with our own keep mask for that site."""
+    the multiplication with our own keep mask for that site. Hidden dropout alone leaves the attention
+    probabilities whole."""
     rate = 0.3
-    hc, cfg, ours, ref_tm = _build("bert", "reward", dropout=rate, scan_layers=scan_layers)
-    hc_train = _hf_config("bert", hidden_dropout_prob=rate, attention_probs_dropout_prob=rate, classifier_dropout=0.0)
+    attention_rate = rate if attention else 0.0
+    hc, cfg, ours, ref_tm = _build("bert", "reward", dropout=rate, attention_dropout=attention_rate,
+                                   scan_layers=scan_layers)
+    hc_train = _hf_config("bert", hidden_dropout_prob=rate, attention_probs_dropout_prob=attention_rate,
+                          classifier_dropout=0.0)
     hc_train.num_labels = 1
     tm = transformers.AutoModelForSequenceClassification.from_config(hc_train, attn_implementation="eager")
     tm.load_state_dict(ref_tm.state_dict())
@@ -296,10 +301,10 @@ def test_hidden_and_attention_dropout_match_torch_train_mode_given_the_same_mask
     ids, mask = _batch(hc.pad_token_id, seed=3)
     B, T = ids.shape
     rng = jax.random.key(7)
-    pending = [torch.tensor(m) for m in _our_dropout_keep_masks(rng, cfg, rate, B, T)]
+    pending = [torch.tensor(m) for m in _our_dropout_keep_masks(rng, cfg, rate, attention, B, T)]
 
     def dropout_with_our_masks(x, p=0.5, training=True, inplace=False):
-        if not training or p == 0.0:  # the classifier's dropout, set to 0 (we have none)
+        if not training or p == 0.0:  # the classifier's (set to 0: we have none), attention's when off
             return x
         assert p == rate
         keep = pending.pop(0)
@@ -329,10 +334,14 @@ def test_dropout_rate_is_checked_and_refused_where_it_is_not_implemented():
     hc, cfg, _, _ = _build("bert", "reward")
     with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\)"):
         registry.build_model(bert, cfg, "reward", rngs=nnx.Rngs(0), dropout=1.0)
+    with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\)"):
+        registry.build_model(bert, cfg, "reward", rngs=nnx.Rngs(0), attention_dropout=-0.1)
     tiny_llama = llama.Config(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                               num_attention_heads=2, num_key_value_heads=1, head_dim=8)
     with pytest.raises(ValueError, match="BERT family only"):
         registry.build_model(llama, tiny_llama, "reward", rngs=nnx.Rngs(0), dropout=0.1)
+    with pytest.raises(ValueError, match="BERT family only"):
+        registry.build_model(llama, tiny_llama, "reward", rngs=nnx.Rngs(0), attention_dropout=0.1)
     registry.build_model(llama, tiny_llama, "reward", rngs=nnx.Rngs(0), dropout=0.0)
 
 

@@ -21,8 +21,9 @@ pretrained pooler. Exporting task "backbone" therefore writes no pooler (transfo
 
 LoRA layer names (for `LoRAConfig.targets`): "attn.query", "attn.key", "attn.value", "attn.out",
 "mlp.intermediate", "mlp.output". Dropout (training only, when a `dropout_rng` is given): LoRA dropout,
-and, at `Backbone(dropout=rate)`, BERT's hidden dropout (embeddings, attention output, MLP output) and
-attention-probability dropout, one rate for all (off by default: RLHF code usually trains without it).
+BERT's hidden dropout (embeddings, attention output, MLP output) at `Backbone(dropout=rate)` and its
+attention-probability dropout at `attention_dropout=rate`; both off by default (RLHF code usually trains
+without them). The attention masks are B x H x T x T: on a CPU they cost far more than the hidden ones.
 The checkpoint's own `hidden_dropout_prob` / `attention_probs_dropout_prob` are kept for export only.
 """
 
@@ -42,7 +43,7 @@ from jaxrlhf.models.layers import (Embed, LayerNorm, Linear, LoRAConfig, activat
 
 MODEL_TYPES = ("bert", "roberta")
 IS_DECODER = False
-HAS_DROPOUT = True  # Backbone(dropout=rate): hidden and attention dropout while training
+HAS_DROPOUT = True  # Backbone(dropout=, attention_dropout=): hidden and attention dropout while training
 POOLING = "first"
 # The module-level default; a RoBERTa config's own prefix is `Config.hf_base_prefix` ("roberta.").
 HF_BASE_PREFIX = "bert."
@@ -71,7 +72,7 @@ class Config:
     pad_token_id: int | None = 0
     bos_token_id: int | None = None
     eos_token_id: int | None = None
-    # Not read by the model (its rate is `Backbone(dropout=)`); kept so an export round-trips them.
+    # Not read by the model (its rates are Backbone arguments); kept so an export round-trips them.
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     classifier_dropout: float | None = None
@@ -144,10 +145,11 @@ class Config:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dropout_rate: float, **kw):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dropout_rate: float,
+                 attention_dropout_rate: float, **kw):
         E = cfg.hidden_size
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
-        self.dropout_rate = dropout_rate
+        self.dropout_rate, self.attention_dropout_rate = dropout_rate, attention_dropout_rate
         self.query = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.query"), **kw)
         self.key = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.key"), **kw)
         self.value = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.value"), **kw)
@@ -158,7 +160,8 @@ class Attention(nnx.Module):
         r = split_keys(rng, 6)
         q, k, v = (proj(x_BxTxE, key).reshape(B, T, self.num_heads, self.head_dim)
                    for proj, key in zip((self.query, self.key, self.value), r))
-        out = dot_product_attention(q, k, v, mask_BxTxS, dropout_rate=self.dropout_rate, dropout_rng=r[4])
+        out = dot_product_attention(q, k, v, mask_BxTxS, dropout_rate=self.attention_dropout_rate,
+                                    dropout_rng=r[4])
         return dropout(self.out(out.reshape(B, T, E), r[3]), self.dropout_rate, r[5])
 
 
@@ -179,10 +182,11 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     """Post-LayerNorm: h = LN(h + attn(h)); h = LN(h + mlp(h))."""
 
-    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dropout_rate: float, dtype,
-                 param_dtype):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dropout_rate: float,
+                 attention_dropout_rate: float, dtype, param_dtype):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
-        self.attn = Attention(cfg, rngs=rngs, lora=lora, dropout_rate=dropout_rate, **kw)
+        self.attn = Attention(cfg, rngs=rngs, lora=lora, dropout_rate=dropout_rate,
+                              attention_dropout_rate=attention_dropout_rate, **kw)
         self.attn_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs=rngs, lora=lora, dropout_rate=dropout_rate, **kw)
         self.mlp_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
@@ -206,10 +210,12 @@ class Backbone(nnx.Module):
     """Embeddings + LayerNorm, scanned post-LN blocks. `__call__` returns (hidden_BxTxE, None)."""
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None, dropout: float = 0.0):
+                 scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None, dropout: float = 0.0,
+                 attention_dropout: float = 0.0):
         check_lora_targets(lora, LORA_LAYER_NAMES, cfg.model_type)
         self.cfg = cfg
         self.dropout_rate = check_dropout_rate(dropout)
+        self.attention_dropout_rate = check_dropout_rate(attention_dropout)
         self.hidden_size = cfg.hidden_size
         self.dtype = dtype
         self.scan_layers, self.remat = scan_layers, remat
@@ -218,7 +224,8 @@ class Backbone(nnx.Module):
         self.position_embed = Embed(cfg.max_position_embeddings, cfg.hidden_size, rngs=rngs, **kw)
         self.token_type_embed = Embed(cfg.type_vocab_size, cfg.hidden_size, rngs=rngs, **kw)
         self.embed_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
-        self.layers = create_stacked(lambda r: Block(cfg, rngs=r, lora=lora, dropout_rate=self.dropout_rate, **kw),
+        self.layers = create_stacked(lambda r: Block(cfg, rngs=r, lora=lora, dropout_rate=self.dropout_rate,
+                                                     attention_dropout_rate=self.attention_dropout_rate, **kw),
                                      cfg.num_hidden_layers, rngs)
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, dropout_rng=None,

@@ -50,13 +50,23 @@ def split_keys(rng: jax.Array | None, n: int) -> list:
     return [None] * n if rng is None else list(jax.random.split(rng, n))
 
 
+def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+    """Bernoulli(1 - rate) booleans of `shape`. A threefry key is re-wrapped as an "rbg" key first: its bits
+    come from one XLA RngBitGenerator op, ~3x faster on CPU than threefry for attention-sized masks
+    (168 -> 58 ms for 32x12x224x224), which is most of what dropout costs a step."""
+    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # a raw uint32 key (jax.random.PRNGKey)
+        rng = jax.random.wrap_key_data(rng)
+    if str(jax.random.key_impl(rng)) == "threefry2x32":
+        rng = jax.random.wrap_key_data(jnp.tile(jax.random.key_data(rng), 2), impl="rbg")
+    return jax.random.bernoulli(rng, 1.0 - rate, shape)
+
+
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     """Inverted dropout: zero each element with probability `rate`, scale the rest by 1 / (1 - rate), so the
     expectation is unchanged. Identity when `rate` is 0 or `rng` is None (evaluation)."""
     if rate <= 0.0 or rng is None:
         return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+    return jnp.where(keep_mask(rng, rate, x.shape), x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
 def check_dropout_rate(rate: float) -> float:

@@ -40,16 +40,18 @@ def family_for(model_type: str) -> ModuleType:
 
 def build_model(family: ModuleType, cfg: Any, task: str, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
                 param_dtype: Any = jnp.float32, scan_layers: bool = True, remat: bool = False,
-                lora: LoRAConfig | None = None, dropout: float = 0.0) -> nnx.Module:
-    """A randomly initialised model of `family` for `task` (weights are loaded afterwards). `dropout`: the
-    hidden/attention dropout rate while training, for families that have it (BERT); 0 elsewhere."""
+                lora: LoRAConfig | None = None, dropout: float = 0.0, attention_dropout: float = 0.0) -> nnx.Module:
+    """A randomly initialised model of `family` for `task` (weights are loaded afterwards). `dropout`,
+    `attention_dropout`: hidden and attention-probability dropout while training, for families that have
+    them (BERT); 0 elsewhere."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     if getattr(family, "HAS_DROPOUT", False):
-        kw["dropout"] = dropout
-    elif dropout:
-        raise ValueError(f"dropout={dropout}: hidden/attention dropout is implemented for the BERT family only, "
+        kw.update(dropout=dropout, attention_dropout=attention_dropout)
+    elif dropout or attention_dropout:
+        raise ValueError(f"dropout={dropout}, attention_dropout={attention_dropout}: hidden/attention dropout is "
+                         f"implemented for the BERT family only, "
                          f"not {family.__name__.rsplit('.', 1)[-1]} (LoRA dropout is lora_dropout)")
     backbone = family.Backbone(cfg, rngs=rngs, scan_layers=scan_layers, remat=remat, lora=lora, **kw)
     if task == "backbone":
