@@ -86,6 +86,7 @@ def rm_defaults() -> ml_collections.ConfigDict:
         "use_margin": False,        # subtract the per-pair `margin` field inside the sigmoid
         "temperature": 1.0,
         "center_coef": 0.0,         # reward centering: coef * (r_c + r_r)^2
+        "label_smoothing": 0.0,     # eps: each label taken as right with probability 1 - eps
         "length_normalise": False,
     })
     config.optim = optim_block()

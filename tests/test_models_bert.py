@@ -405,3 +405,19 @@ def test_minilm_last_hidden_states_match_transformers(minilm_dir):
     assert sorted(loaded.initialised) == ["head/out/bias", "head/out/kernel"], loaded.initialised
     pooled = jnp.tanh(loaded.model.head.dense(hidden[:, 0]))
     np.testing.assert_allclose(np.asarray(pooled), out.pooler_output.numpy(), atol=TOL, rtol=0)
+
+
+def test_model_block_dropout_keys_reach_the_minilm_encoder(minilm_dir):
+    from jaxrlhf.configs_base import model_block
+    from jaxrlhf.training.run_setup import load_block
+
+    block = model_block()
+    block.dropout, block.attention_dropout = 0.1, 0.2
+    model = load_block(block, minilm_dir, "reward", mesh=None, seed=0).model
+    layer = model.backbone.layers
+    assert (model.backbone.dropout_rate, layer.attn.dropout_rate, layer.mlp.dropout_rate) == (0.1, 0.1, 0.1)
+    assert layer.attn.attention_dropout_rate == 0.2
+    # a run_config.json written before the keys existed loads with dropout off
+    del block["dropout"], block["attention_dropout"]
+    old = load_block(block, minilm_dir, "reward", mesh=None, seed=0).model
+    assert (old.backbone.dropout_rate, old.backbone.layers.attn.attention_dropout_rate) == (0.0, 0.0)

@@ -39,6 +39,22 @@ def test_bradley_terry_hand_case_value_and_gradient():
     assert g_r[0] == pytest.approx(-want_grad_rc, rel=1e-6)
 
 
+def test_bradley_terry_label_smoothing_hand_case_value_and_gradient():
+    # z = r_c - r_r = 3, eps = 0.1: loss = 0.9 * log(1 + e^-3) + 0.1 * log(1 + e^3);
+    # d loss / d r_c = -0.9 * sigmoid(-3) + 0.1 * sigmoid(3), zero where sigmoid(z) = 1 - eps.
+    eps, z = 0.1, 3.0
+    want = (1 - eps) * math.log1p(math.exp(-z)) + eps * math.log1p(math.exp(z))
+    want_grad = -(1 - eps) * _sigmoid(-z) + eps * _sigmoid(z)
+    f = lambda rc_, rr_: bradley_terry_loss(rc_, rr_, label_smoothing=eps)[0]
+    loss, (g_c, g_r) = jax.value_and_grad(f, argnums=(0, 1))(jnp.array([z + 1.0]), jnp.array([1.0]))
+    assert loss == pytest.approx(want, rel=1e-6)
+    assert g_c[0] == pytest.approx(want_grad, rel=1e-5) and want_grad > 0  # past 1 - eps: pushed back
+    assert g_r[0] == pytest.approx(-want_grad, rel=1e-5)
+    z_stop = math.log((1 - eps) / eps)
+    g_stop = jax.grad(f)(jnp.array([z_stop]), jnp.array([0.0]))
+    assert abs(float(g_stop[0])) < 1e-6
+
+
 def test_bradley_terry_weights_centering_and_metrics_match_python_loop():
     rng = np.random.default_rng(0)
     B = 11

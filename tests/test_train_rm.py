@@ -227,6 +227,7 @@ def test_bfloat16_compute_trains(setup, tmp_path, monkeypatch):
     (["--config.train.epochs=abc"], "invalid literal"),
     (["--config.model.name=/no/such/model"], "model directory not found"),
     (["--config.data.on_invalid=ignore"], "data.on_invalid"),
+    (["--config.model.name=smollm2", "--config.model.dropout=0.1"], "BERT family only"),
 ])
 def test_train_rm_bad_config_is_one_line_error(tmp_path, args, expected):
     out = subprocess.run([sys.executable, "-m", "jaxrlhf.train_rm", "--config=configs/rm.py",

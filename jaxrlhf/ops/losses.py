@@ -26,8 +26,13 @@ def bradley_terry_loss(
     margin_B=None,
     temperature: float = 1.0,
     center_coef: float = 0.0,
+    label_smoothing: float = 0.0,
 ) -> tuple[jax.Array, jax.Array, Metrics]:
     """Pairwise preference NLL `-log sigmoid((r_c - r_r - margin) / temperature)`.
+
+    `label_smoothing` eps treats each label as right with probability 1 - eps (human comparisons
+    disagree often): `-(1 - eps) log sigmoid(z) - eps log sigmoid(-z)`, which stops pushing a pair's
+    reward gap once sigmoid(z) reaches 1 - eps instead of growing it forever.
 
     `margin_B` asks the chosen reward to win by at least that much (Llama 2 style preference
     strength). `center_coef * (r_c + r_r)**2` pulls the mean reward towards zero (the "reward
@@ -45,7 +50,11 @@ def bradley_terry_loss(
     r_c, r_r = clean(r_c), clean(rewards_rejected_B)
     diff = r_c - r_r
     logits = diff if margin_B is None else diff - clean(margin_B)
-    per_pair = -jax.nn.log_sigmoid(logits / temperature) + center_coef * jnp.square(r_c + r_r)
+    z = logits / temperature
+    nll = -jax.nn.log_sigmoid(z)
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * jax.nn.log_sigmoid(-z)
+    per_pair = nll + center_coef * jnp.square(r_c + r_r)
     metrics = {
         "correct_sum": jnp.sum(w * (diff > 0)),
         "margin_sum": jnp.sum(w * diff),

@@ -38,7 +38,8 @@ def _pairs_loss(model, batch, loss_cfg, dropout_rng):
     weight = batch["weight_B"].astype(jnp.float32)
     margin = batch["margin_B"].astype(jnp.float32) if loss_cfg.use_margin else None
     loss_sum, denom, m = bradley_terry_loss(r_c, r_r, weight_B=weight, margin_B=margin,
-                                            temperature=loss_cfg.temperature, center_coef=loss_cfg.center_coef)
+                                            temperature=loss_cfg.temperature, center_coef=loss_cfg.center_coef,
+                                            label_smoothing=loss_cfg.label_smoothing)
     return loss_sum, {"denom": denom, "correct": m["correct_sum"], "compared": denom,
                       "reward_sum": jnp.sum(weight * (r_c + r_r)), "reward_count": 2 * denom}
 
@@ -70,6 +71,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, loss_cfg, objective: str = "pairs") -> 
     """loss_fn(trainable, frozen, batch, rng) -> (loss_sum, aux sums); the mean is loss_sum / aux["denom"]."""
     if objective not in _LOSSES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    if not 0.0 <= loss_cfg.label_smoothing < 0.5:  # at 0.5 every pair's loss is flat in the reward gap
+        raise ValueError(f"loss.label_smoothing must be in [0, 0.5), got {loss_cfg.label_smoothing}")
 
     def loss_fn(trainable, frozen, batch, dropout_rng):
         model = nnx.merge(graphdef, trainable, frozen)
