@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=None, help="default: configs/rm.py (2)")
     p.add_argument("--limit", type=int, default=0, help="training pairs to use (0: all); for quick checks")
+    p.add_argument("--data", default="", help="comparison file (default: configs/rm.py's shipped HH-RLHF pairs)")
+    p.add_argument("--skip_invalid", action="store_true", help="skip and count invalid rows of --data")
     p.add_argument("--held_out", type=int, default=None, help="pairs held out, split by prompt (default 512)")
     p.add_argument("--max_length", type=int, default=None, help="default 256")
     p.add_argument("--batch_size", type=int, default=None, help="pairs per step (default 16)")
@@ -95,6 +97,10 @@ def job_config(args, model_dir: str):
     config.model.train_mode = "full"
     if args.epochs is not None:
         config.train.epochs = args.epochs
+    if args.data:
+        config.data.source = args.data
+    if args.skip_invalid:
+        config.data.on_invalid = "skip"
     if args.held_out is not None:
         config.data.eval_size = args.held_out
     if args.max_length is not None:
@@ -408,6 +414,8 @@ def render(results: list[dict], args, argv: list[str], config) -> str:
     lines = [MARK_START, TITLE, ""]
     if args.limit:
         lines += [f"**Validation run on a subset (`--limit {args.limit}`): not a benchmark result.**", ""]
+    if args.data:
+        lines += [f"**Data: `{args.data}`, not the shipped comparisons named below.**", ""]
     lines += [
         "Same job on both sides: MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2, BERT, [CLS] pooler + "
         "scalar head) trained with the Bradley-Terry loss on the shipped HH-RLHF harmless comparisons, on the "
