@@ -43,6 +43,18 @@ def test_masked_whiten_matches_numpy(shift_mean):
     assert np.all(np.asarray(out)[~mask] == 0.0)
 
 
+@pytest.mark.parametrize("shift_mean", [True, False])
+def test_masked_whiten_of_one_real_token_only_shifts(shift_mean):
+    # Bessel's n / (n - 1) is 0/0 at n = 1: the value is shifted, never turned into NaN.
+    x = np.array([[7.5, np.nan, np.nan], [np.nan, np.nan, np.nan]])
+    mask = np.array([[1, 0, 0], [0, 0, 0]])
+    out = np.asarray(jax.jit(W.masked_whiten, static_argnums=2)(x, mask, shift_mean))
+    want = np.array([[0.0 if shift_mean else 7.5, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(out, want)
+    none = np.asarray(W.masked_whiten(x, np.zeros_like(mask)))
+    np.testing.assert_array_equal(none, np.zeros_like(x))  # nothing real: all zero, no NaN
+
+
 def test_clip_advantages():
     out = jax.jit(lambda a: W.clip_advantages(a, 2.0))(jnp.array([-5, -1, 0, 3], jnp.bfloat16))
     np.testing.assert_array_equal(out, [-2.0, -1.0, 0.0, 2.0])

@@ -39,13 +39,17 @@ def masked_whiten(x, mask=None, shift_mean: bool = True, *, eps: float = 1e-8) -
     """Scale to unit variance over the masked-in positions (and zero mean if `shift_mean`).
 
     Whitening advantages per batch keeps the policy step size independent of the reward scale.
-    Without `shift_mean` the mean is kept, so the sign of an advantage still says whether the
-    action beat the critic. Masked positions come out as zero.
+    Without `shift_mean` the mean is added back after scaling (TRL's convention, `(x - mean) / std +
+    mean`), which does not preserve signs. With fewer than two masked-in positions the unbiased
+    variance is undefined (0/0): the values are then only shifted (and come out as zero with
+    `shift_mean`), never NaN. Masked positions come out as zero.
     """
     xf, m = _prep(x, mask)
+    n = jnp.sum(m)
     mean = masked_mean(xf, m)
-    var = masked_var(xf, m, unbiased=True)
-    out = (xf - mean) * jax.lax.rsqrt(var + eps)
+    var = jnp.where(n > 1, masked_var(xf, m, unbiased=True), 1.0)  # the 0/0 of n = 1 never reaches rsqrt
+    scale = jnp.where(n > 1, jax.lax.rsqrt(var + eps), 1.0)
+    out = (xf - mean) * scale
     if not shift_mean:
         out = out + mean
     return jnp.where(m > 0, out, 0.0)
