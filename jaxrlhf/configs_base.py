@@ -19,6 +19,7 @@ def model_block() -> ml_collections.ConfigDict:
         "dropout": 0.0,            # hidden dropout while training (BERT family; 0: off, as in TRL)
         "attention_dropout": 0.0,  # attention-probability dropout (BERT family; ~40% slower steps on a CPU)
         "train_mode": "full",      # full | lora | frozen_backbone
+        "train_lm_head": False,    # lora: also train an untied LM head in full (V x D: 525M on Llama-3-8B)
         "lora_rank": 8,
         "lora_alpha": 16.0,
         "lora_dropout": 0.0,
@@ -197,13 +198,17 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "scale": 1.0,
         "missing_eos_penalty": 0.0,
         "init_from_rm_stats": True,          # seed the running moments with the RM's reward_stats.json
+        "rm_stats_weight": 16,               # ... counted as this many samples (at most the rewards they came
+                                             # from; -1: all of them), so the policy's own scores take over
+                                             # within a few iterations (MOSS-RLHF and trlx start from zero)
     })
     config.kl = ml_collections.ConfigDict({
         "estimator": "k1",                   # k1 | k2 | k3, per token
         "coef": 0.05,
         "adaptive": False,                   # adaptive controller (Ziegler et al.) instead of a fixed coef
         "target": 6.0,                       # nats per sequence
-        "horizon": 10000,
+        "horizon": 128,                      # samples: beta moves by at most 0.2 * rollout_batch_size / horizon
+                                             # per iteration (2.5% at 16), so it reaches the target within a run
     })
     config.ppo = ml_collections.ConfigDict({
         "rollout_batch_size": 16,            # prompts per iteration (global)
@@ -216,8 +221,10 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "gamma": 1.0,
         "lam": 0.95,
         "whiten_advantages": True,
+        "whiten_scope": "rollout",           # rollout (TRL >= 0.12, OpenRLHF) | minibatch (MOSS-RLHF PPO-Max)
         "advantage_clip": 0.0,               # <= 0: off
-        "max_approx_kl": 0.0,                # > 0: stop an update's remaining minibatches past this KL
+        "max_approx_kl": 0.0,                # > 0: the minibatch past this KL is not applied and the
+                                             # iteration's remaining updates stop (Stable-Baselines3)
         "logprob_chunk": 128,
     })
     config.actor_optim = optim_block()

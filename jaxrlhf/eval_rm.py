@@ -3,7 +3,9 @@
     python -m jaxrlhf.eval_rm --model=workdir/rm/export --data=pairs.jsonl
 
 `--model` is an exported HF directory or a train_rm workdir (newest checkpoint). The data may be any
-format `jaxrlhf.data` reads; ranked lists also give Kendall's tau between rewards and ranks.
+format `jaxrlhf.data` reads; ranked lists also give Kendall's tau between rewards and ranks. Rewards are
+the quantity the model was trained on (`reward_model.json`: divided by the response length when it was
+trained with `loss.length_normalise`), so the accuracy is the one train_rm's eval.json reports.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.runtime import cli_errors, run_app
 from jaxrlhf.rm.evaluate import score_lists, score_pairs, summarise
 from jaxrlhf.rm.load import load_trained_rm
-from jaxrlhf.rm.step import make_eval_step
+from jaxrlhf.rm.step import make_eval_step, make_reward_fn
 
 flags.DEFINE_string("model", None, "Exported RM directory or train_rm workdir.", required=True)
 flags.DEFINE_string("data", None, "Comparison file (json/jsonl/csv/parquet, gz ok), builtin:NAME or hub id.",
@@ -33,20 +35,21 @@ FLAGS = flags.FLAGS
 def evaluate_file(model_path: str, data: str, *, fmt: str = "auto", max_length: int = 256,
                   batch_size: int = 32, limit: int = 0) -> dict:
     mesh = shd.make_mesh()
-    loaded, tokenizer, _ = load_trained_rm(model_path, mesh)
+    rm = load_trained_rm(model_path, mesh)
+    loaded, tokenizer, spec = rm.loaded, rm.tokenizer, rm.spec
     from flax import nnx
 
     graphdef, params = nnx.split(loaded.model)
-    append_eos = loaded.family.IS_DECODER
+    append_eos = spec.append_eos and loaded.family.IS_DECODER
     kw = dict(format=fmt, max_rows=limit) if limit else dict(format=fmt)
-    eval_step = jax.jit(make_eval_step(graphdef))
+    eval_step = jax.jit(make_eval_step(graphdef, spec.length_normalise))
     pairs, _, report = load_pair_data(data, tokenizer, max_length, append_eos=append_eos, **kw)
     batches = PairBatcher(pairs, batch_size, shuffle=False).epoch(0)
     summary = summarise(score_pairs(lambda b: eval_step(params, nnx.State({}), b), batches, mesh))
     if load_records(data, tokenizer=tokenizer, **kw).format == "ranked":
         lists, _, _ = load_list_data(data, tokenizer, max_length, append_eos=append_eos, **kw)
-        model_fn = jax.jit(lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask))
-        summary["kendall_tau"] = score_lists(lambda ids, mask: model_fn(params, ids, mask),
+        reward_fn = jax.jit(make_reward_fn(graphdef, spec.length_normalise))
+        summary["kendall_tau"] = score_lists(lambda ids, mask, length: reward_fn(params, nnx.State({}), ids, mask, length),
                                              ListBatcher(lists, batch_size, shuffle=False).epoch(0), mesh)["kendall_tau"]
     skipped = dict(report.invalid) | dict(report.filtered)
     if skipped:

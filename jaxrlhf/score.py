@@ -4,8 +4,10 @@
     python -m jaxrlhf.score --model=DIR --input=texts.txt
 
 Each input line is a JSON object with `prompt` and `response` (or `text`), or plain text in which a
-literal backslash-n stands for a newline. Prints one JSON line per text: the reward and, when the
-model was exported with training statistics, the reward normalised by them.
+literal backslash-n stands for a newline; texts are read as they are, so give them in the format the
+model was trained on (HH: prompt "\\n\\nHuman: ...\\n\\nAssistant:", response " ..."). Prints one JSON
+line per text: the reward (divided by the response length if the model was trained so, as PPO reads it)
+and, when the model was exported with training statistics, the reward normalised by them.
 """
 
 from __future__ import annotations
@@ -13,12 +15,8 @@ from __future__ import annotations
 import json
 import sys
 
-import jax
-import numpy as np
 from absl import flags
 
-from jaxrlhf.data.batching import pad_rows
-from jaxrlhf.data.tokenize import TextEncoder
 from jaxrlhf.infra.runtime import cli_errors, run_app
 from jaxrlhf.rm.load import load_trained_rm
 
@@ -45,25 +43,14 @@ def parse_line(line: str, number: int) -> tuple[str, str]:
 
 
 def score_texts(model_path: str, pairs: list[tuple[str, str]], max_length: int = 512, batch_size: int = 16):
-    loaded, tokenizer, stats = load_trained_rm(model_path)
-    encoder = TextEncoder(tokenizer, max_length, append_eos=loaded.family.IS_DECODER)
-    enc = encoder.encode([p for p, _ in pairs], [r for _, r in pairs])
-    from flax import nnx
-
-    graphdef, params = nnx.split(loaded.model)
-    forward = jax.jit(lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rewards = []
-    for start in range(0, len(enc), batch_size):
-        rows = range(start, min(start + batch_size, len(enc)))
-        width = max(len(enc.sequence(i)) for i in rows)
-        width = -(-width // 32) * 32  # few distinct shapes, few compilations
-        filler = [rows[0]] * (batch_size - len(rows))  # one shape for every batch; their rewards are dropped
-        ids, mask = pad_rows(enc, list(rows) + filler, width, pad)
-        rewards.extend(np.asarray(forward(params, ids, mask))[:len(rows)].tolist())
+    """One row per (prompt, response) text, tokenised as given (texts in the model's training format)."""
+    rm = load_trained_rm(model_path)
+    scorer = rm.scorer(max_length, batch_size)
+    rewards = scorer.score_encoded(scorer.encode_raw([p for p, _ in pairs], [r for _, r in pairs]))
+    stats = rm.stats
     out = []
-    for (prompt, response), r in zip(pairs, rewards):
-        row = {"reward": round(float(r), 4)}
+    for (prompt, response), r in zip(pairs, rewards.tolist()):
+        row = {"reward": round(r, 4)}
         if stats.get("reward_std"):
             row["normalised"] = round((r - stats["reward_mean"]) / stats["reward_std"], 4)
         row["text"] = (prompt + response)[-120:]

@@ -20,7 +20,7 @@ from flax import nnx
 from jaxrlhf.data.sources import load_table
 from jaxrlhf.infra import preemption
 from jaxrlhf.infra.metrics import MetricsWriter
-from jaxrlhf.infra.multihost import to_host
+from jaxrlhf.infra.multihost import to_global, to_host
 from jaxrlhf.infra.sharding import batch_sharding, replicated
 from jaxrlhf.infra.runtime import progress, run_trainer
 from jaxrlhf.models.export import export_hf
@@ -31,26 +31,22 @@ from jaxrlhf.rl.models import load_ppo_models
 from jaxrlhf.rl.ppo_step import PPOLossConfig, make_update_step
 from jaxrlhf.rl.prompts import build_prompt_set
 from jaxrlhf.rl.rewards import RewardShaping
-from jaxrlhf.rl.rollout import RewardScorer, local_rows, make_sample_fn
+from jaxrlhf.rl.rollout import local_rows, make_sample_fn, response_texts
 from jaxrlhf.rl.sampling import SamplingConfig
-from jaxrlhf.rm.evaluate import to_global
+from jaxrlhf.rl.stop_tokens import stop_token_ids
+from jaxrlhf.rm.scoring import RewardScorer
 from jaxrlhf.training.nonfinite import NonFiniteGuard
 from jaxrlhf.training.memory_plan import check_ppo_batch, report_ppo_plan
 from jaxrlhf.training.optim import init_opt_state, make_optimizer
 from jaxrlhf.training.run_setup import open_checkpoints, start_run
 
 
-def sampling_config(config, tokenizer) -> SamplingConfig:
-    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for text in filter(None, (s.strip() for s in config.sampling.stop_tokens.split(","))):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(f"sampling.stop_tokens: {text!r} is {len(ids)} tokens; a stop token must be one")
-        stops.append(ids[0])
+def sampling_config(config, tokenizer, actor) -> SamplingConfig:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     s = config.sampling
+    stops = stop_token_ids(tokenizer, actor.model_dir, actor.hf_config, s.stop_tokens)
     return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                          eos_ids=tuple(dict.fromkeys(stops)), pad_id=pad)
+                          eos_ids=stops, pad_id=pad)
 
 
 def kl_controller(kl_cfg):
@@ -60,11 +56,17 @@ def kl_controller(kl_cfg):
 
 
 def initial_moments(config, rm_stats: dict) -> whitening.RunningMoments:
-    """Running reward moments, seeded with the RM's training statistics when it was exported with them."""
-    if config.rewards.init_from_rm_stats and rm_stats.get("reward_std"):
-        return whitening.RunningMoments(jnp.float32(rm_stats["reward_mean"]), jnp.float32(rm_stats["reward_std"] ** 2),
-                                        jnp.float32(rm_stats.get("n_pairs", 1) * 2))
-    return whitening.RunningMoments.init()
+    """Running reward moments, seeded with the RM's training statistics when it was exported with them.
+
+    The seed counts as `rewards.rm_stats_weight` samples, at most the number of rewards the statistics
+    came from (`n_rewards`; older exports: two per training pair)."""
+    if not (config.rewards.init_from_rm_stats and rm_stats.get("reward_std")):
+        return whitening.RunningMoments.init()
+    n_rewards = rm_stats.get("n_rewards") or 2 * rm_stats.get("n_pairs", 1)
+    weight = config.rewards.rm_stats_weight
+    count = n_rewards if weight < 0 else min(weight, n_rewards)
+    return whitening.RunningMoments(jnp.float32(rm_stats["reward_mean"]), jnp.float32(rm_stats["reward_std"] ** 2),
+                                    jnp.float32(count))
 
 
 def sample_rows(prompts, texts, scores, n: int) -> list[dict]:
@@ -95,7 +97,7 @@ def train(config) -> dict:
     actor_opt, _ = make_optimizer(config.actor_optim, iterations * updates_per_iter)
     critic_opt, _ = make_optimizer(config.critic_optim, iterations * updates_per_iter)
     (actor_def, actor_params, actor_frozen), (critic_def, critic_params, critic_frozen), \
-        (ref_def, ref_state) = models.split(config.policy.train_mode, config.critic.train_mode)
+        (ref_def, ref_state) = models.split(config.policy, config.critic)
     controller = kl_controller(config.kl)
     state = {"actor": {"params": actor_params, "opt_state": init_opt_state(actor_opt, actor_params)},
              "critic": {"params": critic_params, "opt_state": init_opt_state(critic_opt, critic_params)},
@@ -110,17 +112,17 @@ def train(config) -> dict:
 
     ckpt, state, start = open_checkpoints(config, workdir, state)
 
-    sampling = sampling_config(config, tok)
-    scorer = RewardScorer(models.reward.model, models.rm_tokenizer, tok, is_decoder=models.reward.family.IS_DECODER,
-                          max_length=config.reward_model.max_length, mesh=mesh)
+    sampling = sampling_config(config, tok, models.actor)
+    scorer = RewardScorer(models.reward.model, models.rm_tokenizer, models.rm_spec,
+                          is_decoder=models.reward.family.IS_DECODER, max_length=config.reward_model.max_length)
     sample = make_sample_fn(actor_def, sampling)
     shaping = RewardShaping(config.rewards.normalise, config.rewards.shift_mean, config.rewards.clip,
                             config.rewards.scale, config.rewards.missing_eos_penalty, config.kl.estimator)
-    advantages = AdvantageConfig(p.gamma, p.lam, p.whiten_advantages, p.advantage_clip)
+    advantages = AdvantageConfig(p.gamma, p.lam, p.whiten_advantages, p.advantage_clip, p.whiten_scope)
     experience_fn = jax.jit(make_experience_fn(actor_def, ref_def, critic_def, temperature=sampling.temperature,
                                                shaping=shaping, advantages=advantages, chunk_size=p.logprob_chunk))
     loss_cfg = PPOLossConfig(p.clip_eps, p.value_clip_eps, p.vf_coef, p.entropy_coef, sampling.temperature,
-                             p.logprob_chunk)
+                             p.logprob_chunk, p.max_approx_kl, advantages)
     update_step = make_update_step(actor_def, critic_def, actor_opt, critic_opt, loss_cfg)
 
     def update_rows(state, actor_frozen, critic_frozen, exp, idx_M):
@@ -145,7 +147,7 @@ def train(config) -> dict:
             arrays = to_global({"ids": b["ids_BxP"], "mask": b["mask_BxP"]}, mesh)
             roll = sample((state["actor"]["params"], actor_frozen), arrays["ids"], arrays["mask"],
                           jax.random.fold_in(jax.random.fold_in(base_key, 2**31 - 1), k))  # no iteration uses it
-            scores.append(to_host(scorer.score(roll, b["prompts"])))
+            scores.append(to_host(scorer.score_global(b["prompts"], response_texts(tok, roll), mesh)))
             lengths.append(to_host(roll["response_mask_BxN"]).sum(-1))
             ended.append(to_host(roll["ended_B"]))
         scores = np.concatenate(scores)
@@ -167,8 +169,8 @@ def train(config) -> dict:
         prompt_arrays = to_global({"ids": batch["ids_BxP"], "mask": batch["mask_BxP"]}, mesh)
         rollout = sample((state["actor"]["params"], actor_frozen), prompt_arrays["ids"], prompt_arrays["mask"],
                          jax.random.fold_in(key, 0))
-        texts = scorer.response_texts(rollout)
-        score = scorer.score(rollout, batch["prompts"], texts)
+        texts = response_texts(tok, rollout)
+        score = scorer.score_global(batch["prompts"], texts, mesh)
         moments = whitening.RunningMoments(**state["moments"])
         exp, moments, exp_metrics = experience_fn((state["actor"]["params"], actor_frozen), (ref_state,),
                                                   (state["critic"]["params"], critic_frozen), rollout, score,
@@ -186,7 +188,7 @@ def train(config) -> dict:
                 state, m = update(state, actor_frozen, critic_frozen, exp, idx_M)
                 update_metrics.append(m)
                 guard.add(m["nonfinite"])
-                if p.max_approx_kl > 0 and float(m["approx_kl"]) > p.max_approx_kl:
+                if float(m["kl_skipped"]):  # that minibatch was not applied (see rl.ppo_step)
                     stopped_early = True
                     break
             if stopped_early:
@@ -229,7 +231,10 @@ def train(config) -> dict:
         return {"stopped_at": done}
     if config.train.export:
         actor = nnx.merge(actor_def, state["actor"]["params"], actor_frozen)
-        export_hf(actor, models.actor.family, models.actor.config, "causal_lm", workdir / "export", tokenizer=tok)
+        # The stop tokens it was trained with travel along, so `compare` and `transformers` stop where PPO did.
+        export_hf(actor, models.actor.family, models.actor.config, "causal_lm", workdir / "export", tokenizer=tok,
+                  extra_json={"generation_config.json": {"eos_token_id": list(sampling.eos_ids),
+                                                         "pad_token_id": sampling.pad_id}})
     print(json.dumps({k: round(v, 4) for k, v in logged.items()}))
     return logged
 

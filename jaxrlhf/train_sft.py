@@ -20,11 +20,11 @@ from jaxrlhf.models.export import export_hf
 from jaxrlhf.models.hub import load_tokenizer
 from jaxrlhf.sft import data as sft_data
 from jaxrlhf.sft.step import make_eval_step, make_train_step
-from jaxrlhf.rm.evaluate import to_global
+from jaxrlhf.infra.multihost import to_global
 from jaxrlhf.training.loop import host_scalar, run_steps
 from jaxrlhf.training.optim import make_optimizer
 from jaxrlhf.training.run_setup import init_train_state, load_model, open_checkpoints, start_run
-from jaxrlhf.training.trainable import count_params, split_trainable
+from jaxrlhf.training.trainable import count_params, split_for
 
 def held_out_nll(eval_fn, batches, mesh) -> dict:
     """Mean NLL per response token over `batches` and its perplexity."""
@@ -46,7 +46,7 @@ def train(config) -> dict:
     steps_per_epoch = len(data.train_batcher)
     total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
     optimizer, schedule = make_optimizer(config.optim, total_steps)
-    graphdef, trainable, frozen = split_trainable(loaded.model, config.model.train_mode)
+    graphdef, trainable, frozen = split_for(loaded.model, config.model)
     state = init_train_state(trainable, optimizer)
     print(f"model {loaded.model_dir} ({loaded.hf_config['model_type']}): {count_params(trainable):,} trainable, "
           f"{count_params(frozen):,} frozen parameters")

@@ -19,7 +19,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from jaxrlhf.rl.policy_compare import Prompt, read_prompts
+from jaxrlhf.data.prompts import Prompt
+from jaxrlhf.rl.policy_compare import read_prompts
 from tests.rm_helpers import make_tiny_llama_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,17 +166,26 @@ def test_bad_inputs_are_one_line_errors(run, tmp_path):
 
 
 def test_read_prompts_formats(tmp_path):
+    # The rows PPO reads, parsed by the same function (jaxrlhf.data.prompts): HH dialogues become messages.
     hh = tmp_path / "hh.jsonl.gz"
     with gzip.open(hh, "wt") as f:
         f.write(json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: why?\n\nAssistant: because",
                             "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: why?\n\nAssistant: no"}) + "\n")
-        f.write(json.dumps({"chosen": "\n\nHuman: one\n\nAssistant: two\n\nAssistant: three"}) + "\n")
-    assert read_prompts(hh) == [Prompt("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: why?\n\nAssistant:", True),
-                                Prompt("\n\nHuman: one\n\nAssistant: two\n\nAssistant:", True)]
+        f.write(json.dumps({"chosen": "\n\nHuman: one\n\nAssistant: two"}) + "\n")
+    assert read_prompts(hh) == [
+        Prompt("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: why?\n\nAssistant:",
+               (("user", "hi"), ("assistant", "hello"), ("user", "why?"))),
+        Prompt("\n\nHuman: one\n\nAssistant:", (("user", "one"),))]
     text = tmp_path / "p.txt"
     text.write_text("first\\nline\n\nsecond\nthird\n")
-    assert read_prompts(text, limit=2) == [Prompt("first\nline", False), Prompt("second", False)]
+    assert read_prompts(text, limit=2) == [Prompt("first\nline", (("user", "first\nline"),)),
+                                           Prompt("second", (("user", "second"),))]
+    # A prompt that ends with an assistant turn is refused here as PPO refuses it.
+    ends_with_assistant = tmp_path / "a.jsonl"
+    ends_with_assistant.write_text(json.dumps({"chosen": "\n\nHuman: one\n\nAssistant: two\n\nAssistant: x"}) + "\n")
+    with pytest.raises(ValueError, match=r"a.jsonl: line 1: field 'chosen': .*does not end with a Human turn"):
+        read_prompts(ends_with_assistant)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"response": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl: line 2: no prompt"):
+    with pytest.raises(ValueError, match=r"bad.jsonl: line 2: field 'chosen': missing"):
         read_prompts(bad)

@@ -75,7 +75,7 @@ def test_sigkill_during_saves_then_restart_matches_uninterrupted(setup, tmp_path
         # Whatever the moment, every step folder present is complete and restorable.
         steps = complete_steps(ckpt_dir)
         assert steps, "no complete checkpoint after the kill"
-        loaded, _, _ = load_trained_rm(str(work))
+        loaded = load_trained_rm(str(work)).loaded
         leaves = jax.tree_util.tree_leaves(nnx.state(loaded.model))
         assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
     assert kills == 3 and killed_mid_save >= 1, (kills, killed_mid_save)
@@ -87,7 +87,7 @@ def test_sigkill_during_saves_then_restart_matches_uninterrupted(setup, tmp_path
     straight = tiny_rm_config(model, data, tmp_path / "straight")
     straight.train.epochs, straight.train.checkpoint_every = 2, 1000
     train(straight)
-    a = jax.tree_util.tree_leaves(nnx.state(load_trained_rm(str(tmp_path / "straight"))[0].model))
-    b = jax.tree_util.tree_leaves(nnx.state(load_trained_rm(str(work))[0].model))
+    a = jax.tree_util.tree_leaves(nnx.state(load_trained_rm(str(tmp_path / "straight")).loaded.model))
+    b = jax.tree_util.tree_leaves(nnx.state(load_trained_rm(str(work)).loaded.model))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -330,3 +330,23 @@ def test_to_hf_config_builds_the_same_torch_model_and_round_trips(name, task):
     ref = _torch_model(hc, task).state_dict()
     for k, v in tm.state_dict().items():
         assert v.shape == ref[k].shape, k
+
+
+@pytest.mark.parametrize("train_lm_head", [False, True])
+def test_lora_leaves_an_untied_lm_head_frozen_unless_asked(train_lm_head):
+    import ml_collections
+
+    from jaxrlhf.training.trainable import split_for
+
+    family, cfg, _, _ = _build("llama_gqa_untied", "causal_lm")
+    model = registry.build_model(family, cfg, "causal_lm", rngs=nnx.Rngs(5),
+                                 lora=LoRAConfig(rank=2, alpha=4.0, targets="q_proj|v_proj"))
+    block = ml_collections.ConfigDict({"train_mode": "lora", "train_lm_head": train_lm_head})
+    _, trainable, frozen = split_for(model, block)
+    trained = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable)}
+    assert trained and all("lora" in p or "lm_head" in p for p in trained)
+    assert any("lm_head" in p for p in trained) == train_lm_head
+    assert any("lm_head" in "/".join(map(str, p)) for p, _ in nnx.to_flat_state(frozen)) != train_lm_head
+    # frozen_backbone on a causal LM trains the LM head: it is all there is to train
+    _, heads, _ = split_for(model, ml_collections.ConfigDict({"train_mode": "frozen_backbone"}))
+    assert {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(heads)} == {"lm_head/kernel"}

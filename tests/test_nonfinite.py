@@ -66,7 +66,7 @@ def test_stop_mode_is_one_line_and_keeps_only_finite_checkpoints(exploding, tmp_
     assert last.startswith("error: step ") and "not finite" in last and "Traceback" not in out.stderr
     from jaxrlhf.rm.load import load_trained_rm
 
-    loaded, _, _ = load_trained_rm(str(tmp_path / "work"))  # the newest checkpoint is a good one
+    loaded = load_trained_rm(str(tmp_path / "work")).loaded  # the newest checkpoint is a good one
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(nnx.state(loaded.model)))
 
 
@@ -79,5 +79,5 @@ def test_skip_mode_finishes_with_finite_parameters(exploding, tmp_path):
     config.train.on_nonfinite = "skip"
     summary = train(config)
     assert summary["skipped_nonfinite_steps"] > 0
-    loaded, _, _ = load_trained_rm(str(tmp_path / "work"))
+    loaded = load_trained_rm(str(tmp_path / "work")).loaded
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(nnx.state(loaded.model)))

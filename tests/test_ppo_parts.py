@@ -113,7 +113,8 @@ def test_sampler_logprobs_equal_recomputed_ones(tiny_policy):
 
 def test_prompts_from_hh_dialogues_and_batches(tiny_policy):
     from jaxrlhf.data.sources import load_table
-    from jaxrlhf.rl.prompts import build_prompt_set, hh_messages, parse_prompts
+    from jaxrlhf.data.prompts import hh_messages
+    from jaxrlhf.rl.prompts import build_prompt_set, parse_prompts
 
     assert hh_messages("\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: why\n\nAssistant:") == [
         ("user", "hi there"), ("assistant", "hello"), ("user", "why")]

@@ -46,7 +46,7 @@ def test_sigterm_saves_exits_zero_and_resume_is_exact(setup, tmp_path):
     straight = tiny_rm_config(model, data, tmp_path / "straight")
     straight.train.epochs, straight.train.checkpoint_every, straight.train.eval_every = 30, 1000, 100000
     train(straight)
-    a = jax.tree_util.tree_leaves(nnx.state(load_trained_rm(str(tmp_path / "straight"))[0].model))
-    b = jax.tree_util.tree_leaves(nnx.state(load_trained_rm(str(work))[0].model))
+    a = jax.tree_util.tree_leaves(nnx.state(load_trained_rm(str(tmp_path / "straight")).loaded.model))
+    b = jax.tree_util.tree_leaves(nnx.state(load_trained_rm(str(work)).loaded.model))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

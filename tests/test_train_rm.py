@@ -21,7 +21,7 @@ def setup(tmp_path_factory):
 
 
 def params_of(workdir):
-    loaded, _, _ = load_trained_rm(str(workdir))
+    loaded = load_trained_rm(str(workdir)).loaded
     return jax.tree_util.tree_leaves(nnx.state(loaded.model, nnx.Param))
 
 
@@ -51,7 +51,7 @@ def test_learns_separable_pairs_and_exports(setup, tmp_path, monkeypatch):
     enc = tok(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         theirs = torch_rm(**enc).logits[:, 0].numpy()
-    loaded, _, _ = load_trained_rm(str(work / "export"))
+    loaded = load_trained_rm(str(work / "export")).loaded
     ours = np.asarray(loaded.model(enc["input_ids"].numpy(), enc["attention_mask"].numpy()))
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     assert ours[0] > ours[1]
@@ -88,8 +88,11 @@ def test_resume_after_stop_gives_identical_parameters(setup, tmp_path, monkeypat
 
 def test_eval_rm_reports_kendall_tau_for_ranked_lists(setup, tmp_path):
     model_dir, _, _ = setup
+    # Two lists of 4 responses, ranks untied: 6 pairs each, 12 in all. On a list without ties tau-b is
+    # (C - D) / 6 with D = 6 - C, i.e. 2 * (its pair accuracy) - 1; with 6 pairs per list the mean tau is
+    # 2 * (the pair accuracy over the 12 pairs) - 1, which eval_rm computes on a separate path.
     rows = [{"prompt": "hello", "responses": ["good good", "good", "bad", "bad bad"], "ranks": [0, 1, 2, 3]},
-            {"prompt": "hi there", "responses": ["bad", "good"], "ranks": [1, 0]}]
+            {"prompt": "hi there", "responses": ["bad", "good", "red", "blue two"], "ranks": [3, 0, 1, 2]}]
     path = tmp_path / "lists.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     out = subprocess.run([sys.executable, "-m", "jaxrlhf.eval_rm", f"--model={model_dir}", f"--data={path}",
@@ -97,7 +100,8 @@ def test_eval_rm_reports_kendall_tau_for_ranked_lists(setup, tmp_path):
                           "HF_DATASETS_CACHE": str(tmp_path / "hf")})
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["n"] == 7 and -1.0 <= result["kendall_tau"] <= 1.0
+    assert result["n"] == 12
+    assert result["kendall_tau"] == pytest.approx(2 * result["accuracy"] - 1, abs=1e-6)
 
 
 def test_bad_input_is_one_line_error(setup, tmp_path):
@@ -165,7 +169,7 @@ def test_ratings_regression(setup, tmp_path, monkeypatch):
 
 
 def _final_params(workdir):
-    loaded, _, _ = load_trained_rm(str(workdir))
+    loaded = load_trained_rm(str(workdir)).loaded
     from jaxrlhf.infra.sharding import path_str
 
     return {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(loaded.model, nnx.Param))}

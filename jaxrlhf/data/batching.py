@@ -202,6 +202,7 @@ class ListBatcher(_Batcher):
             "ranks_BxK": np.where(valid, d.ranks[seq], d.max_k).astype(np.int32),
             "valid_BxK": valid.astype(np.int32),
             "weight_B": weight,
+            "len_BxK": d.seqs.response_len[seq].astype(np.int32),
         }
 
 
@@ -218,4 +219,5 @@ class RegressionBatcher(_Batcher):
     def _make(self, rows, weight, width):
         ids, mask = self._fill(self.data.seqs, rows, width, self.data.pad_id)
         return {"ids_BxT": ids, "mask_BxT": mask,
-                "target_B": self.data.target[rows].astype(np.float32), "weight_B": weight}
+                "target_B": self.data.target[rows].astype(np.float32), "weight_B": weight,
+                "len_B": self.data.seqs.response_len[rows].astype(np.int32)}

@@ -49,6 +49,8 @@ class DataReport:
     """
 
     source: str = ""
+    format: str = ""  # the format the rows were read as (auto resolved)
+    response_prefix: str = ""  # " " when most responses start with whitespace: what separates them from the prompt
     rows: int = 0
     kept: int = 0
     invalid: collections.Counter = dataclasses.field(default_factory=collections.Counter)

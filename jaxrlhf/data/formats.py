@@ -220,4 +220,15 @@ def parse_table(
                 continue
             records.append(rec)
     report.kept = len(records)
+    report.format = fmt
+    report.response_prefix = _response_prefix(records)
     return Parsed(fmt, records, report)
+
+
+def _response_prefix(records: list) -> str:
+    """" " when most responses begin with whitespace (HH's "Assistant: text"), else "": how a response a
+    policy generates must be joined to the prompt for a reward model trained on these records."""
+    texts = [t for r in records[:2000] for t in (
+        (r.chosen, r.rejected) if isinstance(r, Pair) else r.responses if isinstance(r, RankedList) else (r.response,))]
+    spaced = sum(t[:1].isspace() for t in texts)
+    return " " if texts and 2 * spaced > len(texts) else ""

@@ -66,6 +66,14 @@ def initialize(block=None) -> None:
     jax.distributed.initialize(**args)
 
 
+def to_global(batch: dict, mesh) -> dict:
+    """Per-process numpy batch -> global jax arrays split over the mesh's batch axes."""
+    from jaxrlhf.infra.sharding import batch_sharding
+
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+            for k, v in batch.items()}
+
+
 def to_host(x) -> np.ndarray:
     """The whole value of `x` as numpy on every process (a collective when `x` spans other processes)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:

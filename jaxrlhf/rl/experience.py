@@ -21,12 +21,28 @@ from jaxrlhf.ops.metrics import explained_variance
 from jaxrlhf.rl.rewards import RewardShaping, process_scores, token_rewards
 
 
+WHITEN_SCOPES = ("rollout", "minibatch")
+
+
 @dataclasses.dataclass(frozen=True)
 class AdvantageConfig:
     gamma: float = 1.0
     lam: float = 0.95
-    whiten: bool = True           # advantage normalisation over the batch
+    whiten: bool = True           # advantage normalisation (zero mean, unit variance over response tokens)
     clip: float = 0.0             # clip whitened advantages to [-clip, clip]; <= 0: off
+    scope: str = "rollout"        # whiten over the whole rollout batch (TRL >= 0.12, OpenRLHF) or per
+                                  # minibatch in the update (MOSS-RLHF PPO-Max, old TRL)
+
+    def __post_init__(self):
+        if self.scope not in WHITEN_SCOPES:
+            raise ValueError(f"ppo.whiten_scope must be one of {WHITEN_SCOPES}, got {self.scope!r}")
+
+
+def normalise_advantages(adv_BxN, mask_BxN, cfg: AdvantageConfig):
+    """Whiten (if on) then clip (if on) over the masked-in tokens; masked positions come out zero."""
+    if cfg.whiten:
+        adv_BxN = whitening.masked_whiten(adv_BxN, mask_BxN)
+    return whitening.clip_advantages(adv_BxN, cfg.clip if cfg.clip > 0 else None) * mask_BxN.astype(jnp.float32)
 
 
 def response_logprobs(policy: nnx.Module, ids_BxT, mask_BxT, response_ids_BxN, temperature: float = 1.0,
@@ -69,14 +85,16 @@ def make_experience_fn(actor_def, ref_def, critic_def, *, temperature: float, sh
         score, moments = process_scores(score_B, batch["ended_B"], moments, shaping)
         rewards, kl = token_rewards(score, logp, ref_logp, resp_mask, kl_coef, shaping.kl_estimator)
         adv, returns = gae(rewards, values, resp_mask, advantages.gamma, advantages.lam)
-        if advantages.whiten:
-            adv = whitening.masked_whiten(adv, resp_mask)
-        adv = whitening.clip_advantages(adv, advantages.clip if advantages.clip > 0 else None) * m
+        if advantages.scope == "rollout":  # else the update step whitens each minibatch
+            adv = normalise_advantages(adv, resp_mask, advantages)
         lengths = jnp.sum(m, axis=-1)
         n_tokens = jnp.maximum(jnp.sum(m), 1.0)
         exp = dict(batch, old_logp_BxN=logp, ref_logp_BxN=ref_logp, values_BxN=values, rewards_BxN=rewards,
                    advantages_BxN=adv, returns_BxN=returns)
         raw = jnp.asarray(score_B, jnp.float32)
+        # What the sampler drew with vs what the learner recomputes: ~1e-6 in float32; a growing gap is
+        # an off-policy bias that PPO's ratio does not see (and what precedes ratio blow-ups).
+        mismatch = jnp.abs(batch["sample_logp_BxN"].astype(jnp.float32) - logp) * m
         log_ratio_sum = jnp.sum(logp - ref_logp, axis=-1)
         metrics = {
             "score_mean": jnp.mean(raw), "score_std": jnp.std(raw),
@@ -91,6 +109,8 @@ def make_experience_fn(actor_def, ref_def, critic_def, *, temperature: float, sh
             "value_mean": jnp.sum(values) / n_tokens,
             "return_mean": jnp.sum(returns * m) / n_tokens,
             "kl_coef": jnp.asarray(kl_coef, jnp.float32),
+            "logprob_mismatch_mean": jnp.sum(mismatch) / n_tokens,
+            "logprob_mismatch_max": jnp.max(mismatch),
         }
         return exp, moments, metrics
 

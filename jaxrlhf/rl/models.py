@@ -18,7 +18,7 @@ from jaxrlhf.models.hub import LoadedModel, load_tokenizer
 from jaxrlhf.rl.rollout import same_vocabulary
 from jaxrlhf.rm.load import load_trained_rm
 from jaxrlhf.training.run_setup import load_block
-from jaxrlhf.training.trainable import split_trainable
+from jaxrlhf.training.trainable import split_for
 
 CRITIC_INITS = ("reward_model", "actor")
 
@@ -33,11 +33,12 @@ class PPOModels:
     rm_tokenizer: Any
     rm_stats: dict
     critic_source: str
+    rm_spec: Any             # rm.scoring.ScoringSpec: how the reward model reads a response
 
-    def split(self, actor_mode: str, critic_mode: str):
+    def split(self, actor_cfg, critic_cfg):
         """(graphdef, trainable, frozen) of actor and critic; (graphdef, state) of the frozen reference.
         (The reward model is split by the `RewardScorer` that runs it.)"""
-        return (split_trainable(self.actor.model, actor_mode), split_trainable(self.critic.model, critic_mode),
+        return (split_for(self.actor.model, actor_cfg), split_for(self.critic.model, critic_cfg),
                 nnx.split(self.reference.model))
 
 
@@ -48,7 +49,8 @@ def load_ppo_models(config, mesh) -> PPOModels:
     tokenizer = load_tokenizer(actor.model_dir)
     reference = load_block(config.policy, config.reference or config.policy.name, "causal_lm", mesh, config.seed,
                            lora=False)
-    reward, rm_tokenizer, rm_stats = load_trained_rm(config.reward_model.path, mesh)
+    rm = load_trained_rm(config.reward_model.path, mesh)
+    reward, rm_tokenizer, rm_stats = rm.loaded, rm.tokenizer, rm.stats
     if config.critic.init == "reward_model":
         rm_dir = Path(config.critic.name or config.reward_model.path)
         if not reward.family.IS_DECODER or not same_vocabulary(rm_tokenizer, tokenizer):
@@ -62,4 +64,4 @@ def load_ppo_models(config, mesh) -> PPOModels:
     else:
         critic_source = config.critic.name or config.policy.name
     critic = load_block(config.critic, critic_source, "value", mesh, config.seed + 1)
-    return PPOModels(actor, reference, reward, critic, tokenizer, rm_tokenizer, rm_stats, critic_source)
+    return PPOModels(actor, reference, reward, critic, tokenizer, rm_tokenizer, rm_stats, critic_source, rm.spec)

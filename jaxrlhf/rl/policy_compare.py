@@ -2,12 +2,13 @@
 
     prompts = read_prompts("prompts.jsonl", limit=50)
     texts_a, lengths_a = generate_responses("workdir/sft", prompts, GenerationSettings())
-    rewards_a = reward_model_scores("workdir/rm/export", [p.text for p in prompts], texts_a)
+    rewards_a = reward_model_scores("workdir/rm/export", prompts, texts_a)
 
-A prompts file is jsonl with `prompt` (a user message: rendered with the policy's chat template when
-it has one and `chat` is on, else tokenised raw) or HH-RLHF `chosen` (and `rejected`) dialogues (the
-transcript up to the last "\\n\\nAssistant:", always fed raw: it is already a dialogue format), or plain
-text, one prompt per line, in which a literal backslash-n stands for a newline (as in jaxrlhf.score).
+A prompts file is jsonl with `prompt` (a string or a message list) or HH-RLHF `chosen` (and `rejected`)
+dialogues, or plain text, one prompt per line, in which a literal backslash-n stands for a newline (as in
+jaxrlhf.score): the rows PPO reads (`jaxrlhf.data.prompts`). Each policy sees them as PPO renders them
+(its chat template when it has one and `chat` is on, else the text with its tokenizer's specials), and
+stops on the tokens PPO stops on (`rl.stop_tokens`); the reward model reads them as PPO's scorer does.
 """
 
 from __future__ import annotations
@@ -22,17 +23,12 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.data.errors import RowInvalid
-from jaxrlhf.data.formats import HH_ASSISTANT, split_hh, text
-from jaxrlhf.rl.rollout import rm_response_text
+from jaxrlhf.data.prompts import Prompt, prompt_of_row, prompt_of_text
+from jaxrlhf.rl.prompts import render_for_policy
 from jaxrlhf.rl.sampling import SamplingConfig, generate, left_pad
+from jaxrlhf.rl.stop_tokens import stop_token_ids
 
 _MIN_PROMPT_BUCKET = 16
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompt:
-    text: str  # as shown to people and to the reward model
-    is_dialogue: bool  # an HH transcript: its turns become chat messages, as PPO renders its prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,20 +52,6 @@ class GenerationSettings:
                               eos_ids=eos_ids, pad_id=pad_id)
 
 
-def _prompt_of_row(row: dict) -> Prompt:
-    if "prompt" in row:
-        return Prompt(text(row["prompt"], "prompt"), False)
-    if "chosen" not in row:
-        raise RowInvalid(None, "no_prompt", "needs 'prompt' or an HH-RLHF 'chosen' dialogue")
-    chosen = text(row["chosen"], "chosen")
-    if row.get("rejected") is not None:
-        return Prompt(split_hh(chosen, text(row["rejected"], "rejected"))[0], True)
-    cut = chosen.rfind(HH_ASSISTANT)
-    if cut < 0:
-        raise RowInvalid("chosen", "no_assistant_turn", f"no {HH_ASSISTANT!r} in the dialogue")
-    return Prompt(chosen[:cut + len(HH_ASSISTANT)], True)
-
-
 def read_prompts(path: str | Path, limit: int = 0) -> list[Prompt]:
     """The prompts of a jsonl or plain-text file (gz ok), the first `limit` of them if limit > 0."""
     path = Path(path)
@@ -81,7 +63,7 @@ def read_prompts(path: str | Path, limit: int = 0) -> list[Prompt]:
     prompts = []
     for n, line in lines[:limit] if limit > 0 else lines:
         try:
-            prompts.append(_prompt_of_row(json.loads(line)) if is_jsonl else Prompt(line.replace("\\n", "\n"), False))
+            prompts.append(prompt_of_row(json.loads(line)) if is_jsonl else prompt_of_text(line.replace("\\n", "\n")))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {n}: invalid JSON ({e})") from None
         except RowInvalid as e:
@@ -93,31 +75,10 @@ def read_prompts(path: str | Path, limit: int = 0) -> list[Prompt]:
 
 
 def prompt_token_ids(tokenizer, prompts: list[Prompt], chat: bool, max_length: int) -> list[list[int]]:
-    """Token ids each policy sees: chat-rendered where possible (HH turns as messages, the same rendering
-    as PPO's prompts, so a PPO policy is compared on the prompt format it was trained on), the end kept if
-    too long."""
-    from jaxrlhf.rl import prompts as ppo_prompts
-
-    use_template = chat and getattr(tokenizer, "chat_template", None)
-    out = []
-    for p in prompts:
-        if use_template:
-            messages = ppo_prompts.hh_messages(p.text) if p.is_dialogue else [("user", p.text)]
-            ids = ppo_prompts.render_for_policy(tokenizer, [ppo_prompts.Prompt(p.text, tuple(messages))])[0]
-        else:
-            ids = tokenizer(p.text)["input_ids"]  # with the tokenizer's own specials (BOS)
-        out.append(list(ids)[-max_length:])
-    return out
-
-
-def stop_ids(tokenizer, model_dir: Path, hf_config: dict) -> tuple[int, ...]:
-    """EOS ids from the tokenizer, config.json and generation_config.json (chat models often add one)."""
-    ids = {tokenizer.eos_token_id}
-    gen_file = Path(model_dir) / "generation_config.json"
-    for cfg in (hf_config, json.loads(gen_file.read_text()) if gen_file.is_file() else {}):
-        value = cfg.get("eos_token_id")
-        ids.update(value if isinstance(value, list) else [value])
-    return tuple(sorted(int(i) for i in ids if i is not None))
+    """Token ids each policy sees: PPO's rendering (`rl.prompts.render_for_policy`: the chat template where
+    there is one and `chat` is on), so a PPO policy is compared on the prompt format it was trained on; the
+    end kept if too long."""
+    return [ids[-max_length:] for ids in render_for_policy(tokenizer, prompts, use_chat_template=chat)]
 
 
 def prompt_bucket(longest: int, cap: int) -> int:
@@ -137,7 +98,7 @@ def generate_responses(model_path: str, prompts: list[Prompt],
     loaded = from_pretrained(model_path, "causal_lm")
     tokenizer = load_tokenizer(loaded.model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    cfg = settings.sampling_config(stop_ids(tokenizer, loaded.model_dir, loaded.hf_config), pad_id)
+    cfg = settings.sampling_config(stop_token_ids(tokenizer, loaded.model_dir, loaded.hf_config), pad_id)
     token_ids = prompt_token_ids(tokenizer, prompts, settings.chat, settings.max_prompt_length)
     rows = min(settings.batch_size, 1 << (len(prompts) - 1).bit_length())
     order = np.argsort([len(ids) for ids in token_ids], kind="stable")
@@ -157,26 +118,12 @@ def generate_responses(model_path: str, prompts: list[Prompt],
     return texts, lengths_N
 
 
-def reward_model_scores(rm_path: str, prompts: list[str], responses: list[str], max_length: int = 512,
+def reward_model_scores(rm_path: str, prompts: list[Prompt], responses: list[str], max_length: int = 512,
                         batch_size: int = 16) -> np.ndarray:
-    """float32 rewards of prompt + response, tokenised as for evaluation (decoders get EOS appended)."""
-    from jaxrlhf.data.batching import RegressionBatcher
-    from jaxrlhf.data.tokenize import RatedData, TextEncoder
+    """float32 rewards of generated responses, fed to the RM as PPO's scorer feeds it (`rm.scoring`)."""
     from jaxrlhf.rm.load import load_trained_rm
-    from jaxrlhf.rm.step import make_reward_fn
 
-    loaded, tokenizer, _ = load_trained_rm(rm_path)
-    encoder = TextEncoder(tokenizer, max_length, append_eos=loaded.family.IS_DECODER)
-    seqs = encoder.encode(prompts, responses)
-    data = RatedData(seqs, np.zeros(len(seqs), np.float32), encoder.special.pad_id, encoder.max_length)
-    graphdef, params = nnx.split(loaded.model)
-    reward_fn = jax.jit(make_reward_fn(graphdef))
-    rewards = []
-    # Unshuffled and unbucketed: batches come in row order; filler rows carry weight 0.
-    for batch in RegressionBatcher(data, batch_size, shuffle=False, bucket_window=0).epoch(0):
-        reward_B = np.asarray(reward_fn(params, nnx.State({}), batch["ids_BxT"], batch["mask_BxT"]))
-        rewards.append(reward_B[batch["weight_B"] > 0])
-    return np.concatenate(rewards).astype(np.float32)
+    return load_trained_rm(rm_path).scorer(max_length, batch_size).score_texts(prompts, responses)
 
 
 def win_rate(rewards_a: np.ndarray, rewards_b: np.ndarray) -> float:
@@ -213,9 +160,7 @@ def run_comparison(policy_a: str, policy_b: str, prompts_path: str, out_dir: str
     summary = {"n": len(prompts)}
     per_item = {"length_a": lengths_a.tolist(), "length_b": lengths_b.tolist()}
     if rm_path is not None:
-        prompt_texts = [p.text for p in prompts]
-        responses = [rm_response_text(t) for t in texts_a + texts_b]  # as PPO's reward scorer formats them
-        rewards = reward_model_scores(rm_path, prompt_texts * 2, responses, rm_max_length)
+        rewards = reward_model_scores(rm_path, prompts * 2, texts_a + texts_b, rm_max_length)
         rewards_a, rewards_b = rewards[:len(prompts)], rewards[len(prompts):]
         per_item.update(reward_a=rewards_a.tolist(), reward_b=rewards_b.tolist())
         summary.update(rm_win_rate_b=win_rate(rewards_a, rewards_b), mean_reward_a=float(rewards_a.mean()),

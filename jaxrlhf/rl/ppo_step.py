@@ -3,6 +3,11 @@
 Actor: clipped surrogate on the response tokens minus an entropy bonus. Critic: (clipped) value loss
 scaled by `vf_coef`. Both are token means over the minibatch, computed from sums and counts (`ops.ppo`).
 Global-norm gradient clipping sits in each optimiser chain (`training.optim.make_optimizer`).
+
+Approximate-KL early stop (`max_approx_kl > 0`) skips the minibatch whose forward pass crossed the bound,
+as Stable-Baselines3 does: neither actor nor critic is updated with it, and the host stops the epoch.
+With `advantages.scope == "minibatch"` the advantages are whitened (and clipped) here, per minibatch, as
+in MOSS-RLHF's PPO-Max and the old TRL `loss()`; by default the experience step does it once per rollout.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import optax
 from flax import nnx
 
 from jaxrlhf.ops.ppo import policy_loss, value_loss
-from jaxrlhf.rl.experience import response_logprobs, response_values
+from jaxrlhf.rl.experience import AdvantageConfig, normalise_advantages, response_logprobs, response_values
 from jaxrlhf.training.accumulate import guarded_update
 
 
@@ -28,6 +33,8 @@ class PPOLossConfig:
     entropy_coef: float = 0.0
     temperature: float = 1.0
     chunk_size: int = 128
+    max_approx_kl: float = 0.0     # > 0: a minibatch whose approx KL exceeds it is not applied
+    advantages: AdvantageConfig = AdvantageConfig()
 
 
 def make_update_step(actor_def, critic_def, actor_opt: optax.GradientTransformation,
@@ -42,8 +49,10 @@ def make_update_step(actor_def, critic_def, actor_opt: optax.GradientTransformat
         policy = nnx.merge(actor_def, params, frozen)
         logp, entropy = response_logprobs(policy, mb["ids_BxT"], mb["mask_BxT"], mb["response_ids_BxN"],
                                           cfg.temperature, cfg.chunk_size, return_entropy=True)
-        pg_sum, n, m = policy_loss(logp, mb["old_logp_BxN"], mb["advantages_BxN"], mb["response_mask_BxN"],
-                                   cfg.clip_eps)
+        advantages = mb["advantages_BxN"]
+        if cfg.advantages.scope == "minibatch":
+            advantages = normalise_advantages(advantages, mb["response_mask_BxN"], cfg.advantages)
+        pg_sum, n, m = policy_loss(logp, mb["old_logp_BxN"], advantages, mb["response_mask_BxN"], cfg.clip_eps)
         mask = mb["response_mask_BxN"].astype(jnp.float32)
         n = jnp.maximum(n, 1.0)
         entropy_mean = jnp.sum(entropy * mask) / n
@@ -59,8 +68,8 @@ def make_update_step(actor_def, critic_def, actor_opt: optax.GradientTransformat
         n = jnp.maximum(n, 1.0)
         return cfg.vf_coef * v_sum / n, {"value_loss": v_sum / n, "value_clip_frac": m["clip_frac_sum"] / n}
 
-    def apply(opt, part, grads, loss):
-        params, opt_state, nonfinite = guarded_update(part["params"], part["opt_state"], grads, opt, loss)
+    def apply(opt, part, grads, loss, skip):
+        params, opt_state, nonfinite = guarded_update(part["params"], part["opt_state"], grads, opt, loss, skip)
         return {"params": params, "opt_state": opt_state}, nonfinite
 
     def update(state: dict, actor_frozen: Any, critic_frozen: Any, mb: dict):
@@ -68,11 +77,13 @@ def make_update_step(actor_def, critic_def, actor_opt: optax.GradientTransformat
                                                                                    actor_frozen, mb)
         (c_loss, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state["critic"]["params"],
                                                                                     critic_frozen, mb)
-        actor, a_bad = apply(actor_opt, state["actor"], a_grads, a_loss)
-        critic, c_bad = apply(critic_opt, state["critic"], c_grads, c_loss)
+        skip = (a_metrics["approx_kl"] > cfg.max_approx_kl) if cfg.max_approx_kl > 0 else jnp.asarray(False)
+        actor, a_bad = apply(actor_opt, state["actor"], a_grads, a_loss, skip)
+        critic, c_bad = apply(critic_opt, state["critic"], c_grads, c_loss, skip)
         new_state = dict(state, actor=actor, critic=critic, step=state["step"] + 1)
         metrics = dict(a_metrics, **c_metrics, actor_grad_norm=optax.global_norm(a_grads),
-                       critic_grad_norm=optax.global_norm(c_grads), nonfinite=jnp.maximum(a_bad, c_bad))
+                       critic_grad_norm=optax.global_norm(c_grads), nonfinite=jnp.maximum(a_bad, c_bad),
+                       kl_skipped=skip.astype(jnp.float32))
         return new_state, metrics
 
     return update

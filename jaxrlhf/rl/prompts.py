@@ -1,12 +1,8 @@
 """Prompts for PPO rollouts: loaded from any table source, rendered for the policy, batched left-padded.
 
-Each prompt keeps two forms: `text`, the prompt as the data gives it (what a reward model trained on that
-data expects to see before the response), and `messages`, the same conversation as chat messages, which
-the policy's own chat template renders. Sources:
-
-- HH-RLHF dialogues (`chosen` column, optionally `rejected`): the prompt is everything up to the last
-  "\\n\\nAssistant:", and its Human/Assistant turns become user/assistant messages.
-- a `prompt` column: a string (one user message; an HH-style string is split into turns) or a message list.
+A prompt (`jaxrlhf.data.prompts.Prompt`) keeps the data's own text, which the reward model reads, and the
+conversation as messages, which the policy's chat template renders. Sources: HH-RLHF dialogues (`chosen`,
+optionally `rejected`) or a `prompt` column (a string or a message list).
 
 Prompts longer than `max_prompt_length` policy tokens are dropped and counted: cutting a conversation from
 the left would leave a broken chat template.
@@ -15,64 +11,14 @@ the left would leave a broken chat template.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from jaxrlhf.data.chat import as_messages
 from jaxrlhf.data.errors import DataReport, RowGuard, RowInvalid
-from jaxrlhf.data.formats import HH_ASSISTANT, split_hh
+from jaxrlhf.data.prompts import Prompt, prompt_of_row
 from jaxrlhf.data.sources import Table
 from jaxrlhf.rl.sampling import left_pad
-
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompt:
-    text: str  # as in the data; ends with "\n\nAssistant:" for HH dialogues
-    messages: tuple[tuple[str, str], ...]  # (role, content), ending with a user turn
-
-
-def hh_messages(text: str) -> list[tuple[str, str]]:
-    """'\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:' -> [(user, a), (assistant, b), (user, c)]."""
-    parts = _HH_TURN.split(text)
-    messages = []
-    for role, content in zip(parts[1::2], parts[2::2]):
-        content = content.strip()
-        if content:
-            messages.append((_HH_ROLES[role], content))
-    return messages
-
-
-def _prompt_of_row(table: Table, i: int) -> Prompt:
-    row = table.row(i)
-    if "prompt" in row:
-        value = row["prompt"]
-        if isinstance(value, str):
-            if not value.strip():
-                raise RowInvalid("prompt", "empty")
-            messages = hh_messages(value) if _HH_TURN.search(value) else [("user", value.strip())]
-            return Prompt(value, tuple(messages))
-        messages = as_messages(value, "prompt")
-        return Prompt("\n\n".join(f"{r}: {c}" for r, c in messages), tuple(messages))
-    chosen = row.get("chosen")
-    if not isinstance(chosen, str):
-        raise RowInvalid("chosen", "missing" if chosen is None else "not_string")
-    rejected = row.get("rejected")
-    if isinstance(rejected, str) and rejected != chosen:
-        text = split_hh(chosen, rejected)[0]
-    else:
-        cut = chosen.rfind(HH_ASSISTANT)
-        if cut < 0:
-            raise RowInvalid("chosen", "bad_structure", f"no {HH_ASSISTANT!r} turn")
-        text = chosen[:cut + len(HH_ASSISTANT)]
-    messages = hh_messages(text)
-    if not messages or messages[-1][0] != "user":
-        raise RowInvalid("chosen", "bad_structure", "the prompt does not end with a Human turn")
-    return Prompt(text, tuple(messages))
 
 
 def parse_prompts(table: Table, on_invalid: str = "raise") -> tuple[list[Prompt], DataReport]:
@@ -85,7 +31,7 @@ def parse_prompts(table: Table, on_invalid: str = "raise") -> tuple[list[Prompt]
     seen: dict[str, Prompt] = {}
     for i in range(table.num_rows):
         try:
-            prompt = _prompt_of_row(table, i)
+            prompt = prompt_of_row(table.row(i))
         except RowInvalid as err:
             guard.invalid(i, err)
             continue

@@ -48,7 +48,7 @@ class RMData:
                  on_train: bool = False) -> tuple[dict, dict | None]:
         """(summary, pair scores or None) on the held-out data, or a sample of the training data.
 
-        pair_fn(batch) -> (r_chosen, r_rejected); reward_fn(ids, mask) -> rewards.
+        pair_fn(batch) -> (r_chosen, r_rejected); reward_fn(ids, mask, response_len) -> rewards.
         """
         data = self.train if on_train else self.held_out
         batches = self._batches(data, shuffle=bool(sample))

@@ -12,15 +12,8 @@ from typing import Callable, Iterable
 import jax
 import numpy as np
 
-from jaxrlhf.infra.multihost import to_host
-from jaxrlhf.infra.sharding import batch_sharding
+from jaxrlhf.infra.multihost import to_global, to_host
 from jaxrlhf.ops.metrics import kendall_tau_groups
-
-
-def to_global(batch: dict, mesh) -> dict:
-    """Per-process numpy batch -> global jax arrays split over the mesh's batch axes."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
-            for k, v in batch.items()}
 
 
 def global_rows(batch: dict, keys, mesh) -> dict[str, np.ndarray]:
@@ -52,9 +45,10 @@ def score_lists(reward_fn: Callable, batches: Iterable[dict], mesh) -> dict:
     taus, correct, compared, lists, all_rewards = [], 0, 0, 0, []
     for batch in batches:
         B, K, T = np.shape(batch["ids_BxKxT"])
-        flat = {"ids": np.reshape(batch["ids_BxKxT"], (B * K, T)), "mask": np.reshape(batch["mask_BxKxT"], (B * K, T))}
+        flat = {"ids": np.reshape(batch["ids_BxKxT"], (B * K, T)), "mask": np.reshape(batch["mask_BxKxT"], (B * K, T)),
+                "len": np.reshape(batch["len_BxK"], (B * K,))}
         g = to_global(flat, mesh)
-        rewards_BxK = to_host(reward_fn(g["ids"], g["mask"])).reshape(-1, K)
+        rewards_BxK = to_host(reward_fn(g["ids"], g["mask"], g["len"])).reshape(-1, K)
         labels = global_rows(batch, ("ranks_BxK", "valid_BxK", "weight_B"), mesh)
         ranks_BxK, valid_BxK = labels["ranks_BxK"], labels["valid_BxK"]
         tau_B, defined_B = kendall_tau_groups(rewards_BxK, ranks_BxK, valid_BxK)
@@ -71,21 +65,21 @@ def score_lists(reward_fn: Callable, batches: Iterable[dict], mesh) -> dict:
     rewards = np.concatenate(all_rewards) if all_rewards else np.zeros(0)
     return {"kendall_tau": float(np.mean(taus)) if taus else float("nan"),
             "accuracy": correct / compared if compared else float("nan"), "n": compared, "n_lists": lists,
-            **_moments(rewards)}
+            "n_rewards": int(len(rewards)), **_moments(rewards)}
 
 
 def score_rated(reward_fn: Callable, batches: Iterable[dict], mesh) -> dict:
     """Rated responses (regression): mean squared error and Pearson's r of prediction vs rating."""
     preds, targets = [], []
     for batch in batches:
-        g = to_global({"ids": batch["ids_BxT"], "mask": batch["mask_BxT"]}, mesh)
+        g = to_global({"ids": batch["ids_BxT"], "mask": batch["mask_BxT"], "len": batch["len_B"]}, mesh)
         labels = global_rows(batch, ("target_B", "weight_B"), mesh)
         keep = labels["weight_B"] > 0
-        preds.append(to_host(reward_fn(g["ids"], g["mask"]))[keep])
+        preds.append(to_host(reward_fn(g["ids"], g["mask"], g["len"]))[keep])
         targets.append(labels["target_B"][keep])
     p, t = (np.concatenate(x).astype(np.float64) if x else np.zeros(0) for x in (preds, targets))
     return {"mse": float(np.mean((p - t) ** 2)) if len(p) else float("nan"), "pearson": _pearson(p, t),
-            "n": int(len(p)), **_moments(p)}
+            "n": int(len(p)), "n_rewards": int(len(p)), **_moments(p)}
 
 
 def _moments(rewards: np.ndarray) -> dict:
@@ -110,6 +104,7 @@ def summarise(scores: dict[str, np.ndarray]) -> dict:
     return {
         "accuracy": float(np.mean(r_c > r_r)) if n else float("nan"),
         "n": int(n),
+        "n_rewards": int(2 * n),
         "mean_margin": float(np.mean(r_c - r_r)) if n else float("nan"),
         **_moments(rewards),
         "length_correlation": _pearson(rewards, lengths),

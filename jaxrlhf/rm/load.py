@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
 from jaxrlhf.models.hf_files import WeightLoadError, is_hf_dir
 from jaxrlhf.models.hub import LoadedModel, from_pretrained, load_tokenizer
+from jaxrlhf.rm.scoring import SPEC_FILE, RewardScorer, ScoringSpec
 
 
-def load_trained_rm(path: str, mesh=None) -> tuple[LoadedModel, object, dict]:
-    """(loaded model, tokenizer, reward stats). `path` is an export dir or a train_rm workdir.
+@dataclasses.dataclass
+class TrainedRM:
+    """A reward model with what it was trained as: `spec` (how to feed it) and `stats` (reward moments)."""
+
+    loaded: LoadedModel
+    tokenizer: Any
+    stats: dict
+    spec: ScoringSpec
+
+    def scorer(self, max_length: int = 512, batch_size: int = 16) -> RewardScorer:
+        return RewardScorer(self.loaded.model, self.tokenizer, self.spec, is_decoder=self.loaded.family.IS_DECODER,
+                            max_length=max_length, batch_size=batch_size)
+
+
+def _stats(directory: Path) -> dict:
+    stats_file = directory / "reward_stats.json"
+    return json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+
+
+def load_trained_rm(path: str, mesh=None) -> TrainedRM:
+    """`path` is an export dir or a train_rm workdir.
 
     For a workdir the model is rebuilt from its `run_config.json` and the parameters come from the
-    newest complete checkpoint.
+    newest complete checkpoint; its spec and stats are the ones train_rm wrote beside them.
     """
     p = Path(path).expanduser()
     if is_hf_dir(p):
         loaded = from_pretrained(str(p), "reward", mesh=mesh)
-        stats_file = p / "reward_stats.json"
-        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
-        return loaded, load_tokenizer(p), stats
+        return TrainedRM(loaded, load_tokenizer(p), _stats(p), ScoringSpec.read(p, loaded.family.IS_DECODER))
     run_config = p / "run_config.json"
     if not run_config.is_file():
         raise WeightLoadError(f"{p}: neither an exported model (config.json) nor a train_rm workdir "
@@ -32,21 +52,27 @@ def load_trained_rm(path: str, mesh=None) -> tuple[LoadedModel, object, dict]:
 
     from jaxrlhf.infra import sharding as shd
     from jaxrlhf.infra.checkpoint import Checkpointer
-    from jaxrlhf.train_rm import load_reward_model
-    from jaxrlhf.training.trainable import split_trainable
+    from jaxrlhf.training.run_setup import load_model
+    from jaxrlhf.training.trainable import split_for
 
     config = ml_collections.ConfigDict(json.loads(run_config.read_text()))
     mesh = mesh if mesh is not None else shd.make_mesh(devices=jax.devices()[:1])
-    loaded = load_reward_model(config, mesh)
+    loaded = load_model(config, mesh, "reward")
     ckpt = Checkpointer(p / "checkpoints")
     if ckpt.latest_step() is None:
         raise WeightLoadError(f"{p / 'checkpoints'}: no complete checkpoint")
-    graphdef, trainable, frozen = split_trainable(loaded.model, config.model.train_mode)
+    graphdef, trainable, frozen = split_for(loaded.model, config.model)
     # Only the parameters are needed; the optimiser state in the checkpoint is restored as stored.
     restored, _, _ = ckpt.restore_params(trainable)
     ckpt.close()
     loaded.model = nnx.merge(graphdef, restored, frozen)
-    return loaded, load_tokenizer(loaded.model_dir), {}
+    tokenizer = load_tokenizer(loaded.model_dir)
+    use_distinct_pad(loaded, tokenizer)  # as train_rm padded it
+    spec = ScoringSpec.read(p, loaded.family.IS_DECODER)
+    if not (p / SPEC_FILE).is_file():  # a workdir from before the spec file: its config still says this much
+        spec = dataclasses.replace(spec, length_normalise=bool(config.loss.get("length_normalise", False)),
+                                   append_eos=bool(config.data.get("append_eos", True)) and loaded.family.IS_DECODER)
+    return TrainedRM(loaded, tokenizer, _stats(p), spec)
 
 
 def use_distinct_pad(loaded: LoadedModel, tokenizer) -> None:

@@ -17,16 +17,24 @@ from flax import nnx
 from jaxrlhf.ops.losses import bradley_terry_loss, plackett_luce_loss, regression_loss
 from jaxrlhf.training.accumulate import apply_update, summed_gradients
 
+def rm_rewards(model: nnx.Module, ids_BxT, mask_BxT, response_len_B=None, *, length_normalise: bool = False,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    """reward_B, float32: the head's output, divided by the response's token count when the model was
+    trained with `loss.length_normalise` (the one place that switch acts, for training and every consumer)."""
+    rewards_B = model(ids_BxT, mask_BxT, dropout_rng=dropout_rng).astype(jnp.float32)
+    if length_normalise:
+        rewards_B = rewards_B / jnp.maximum(jnp.asarray(response_len_B).astype(jnp.float32), 1.0)
+    return rewards_B
+
+
 def pair_rewards(model: nnx.Module, batch: dict, *, length_normalise: bool = False,
                  dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(rewards_chosen_B, rewards_rejected_B), float32, from one forward pass over both."""
     B = batch["chosen_ids_BxT"].shape[0]
     ids = jnp.concatenate([batch["chosen_ids_BxT"], batch["rejected_ids_BxT"]], axis=0)
     mask = jnp.concatenate([batch["chosen_mask_BxT"], batch["rejected_mask_BxT"]], axis=0)
-    rewards_2B = model(ids, mask, dropout_rng=dropout_rng).astype(jnp.float32)
-    if length_normalise:
-        lengths = jnp.concatenate([batch["chosen_len_B"], batch["rejected_len_B"]]).astype(jnp.float32)
-        rewards_2B = rewards_2B / jnp.maximum(lengths, 1.0)
+    lengths = jnp.concatenate([batch["chosen_len_B"], batch["rejected_len_B"]])
+    rewards_2B = rm_rewards(model, ids, mask, lengths, length_normalise=length_normalise, dropout_rng=dropout_rng)
     return rewards_2B[:B], rewards_2B[B:]
 
 
@@ -71,6 +79,9 @@ def make_loss_fn(graphdef: nnx.GraphDef, loss_cfg, objective: str = "pairs") -> 
     """loss_fn(trainable, frozen, batch, rng) -> (loss_sum, aux sums); the mean is loss_sum / aux["denom"]."""
     if objective not in _LOSSES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    if loss_cfg.length_normalise and objective != "pairs":
+        raise ValueError(f"loss.length_normalise applies to the pairs objective only, not {objective!r}: "
+                         f"set it to False")
     if not 0.0 <= loss_cfg.label_smoothing < 0.5:  # at 0.5 every pair's loss is flat in the reward gap
         raise ValueError(f"loss.label_smoothing must be in [0, 0.5), got {loss_cfg.label_smoothing}")
 
@@ -110,10 +121,11 @@ def make_eval_step(graphdef: nnx.GraphDef, length_normalise: bool = False) -> Ca
     return eval_step
 
 
-def make_reward_fn(graphdef: nnx.GraphDef) -> Callable:
-    """reward(trainable, frozen, ids_BxT, mask_BxT) -> reward_B, for lists and rated responses."""
+def make_reward_fn(graphdef: nnx.GraphDef, length_normalise: bool = False) -> Callable:
+    """reward(trainable, frozen, ids_BxT, mask_BxT, response_len_B) -> reward_B, for lists and rated responses."""
 
-    def reward_fn(trainable, frozen, ids_BxT, mask_BxT):
-        return nnx.merge(graphdef, trainable, frozen)(ids_BxT, mask_BxT)
+    def reward_fn(trainable, frozen, ids_BxT, mask_BxT, response_len_B):
+        return rm_rewards(nnx.merge(graphdef, trainable, frozen), ids_BxT, mask_BxT, response_len_B,
+                          length_normalise=length_normalise)
 
     return reward_fn

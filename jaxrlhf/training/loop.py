@@ -19,7 +19,7 @@ from jaxrlhf.infra import preemption
 from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.infra.metrics import MetricsWriter
 from jaxrlhf.infra.runtime import progress
-from jaxrlhf.rm.evaluate import to_global
+from jaxrlhf.infra.multihost import to_global
 from jaxrlhf.training.nonfinite import NonFiniteGuard
 
 

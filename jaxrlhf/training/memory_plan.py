@@ -12,7 +12,7 @@ from flax import nnx
 from jaxrlhf.infra import planner
 from jaxrlhf.infra.mesh_checks import check_axes, check_batch
 from jaxrlhf.infra.runtime import dtype_of
-from jaxrlhf.training.trainable import split_trainable
+from jaxrlhf.training.trainable import split_for
 
 
 def check_rm_batch(config, mesh) -> None:
@@ -26,14 +26,15 @@ def check_ppo_batch(config, mesh) -> None:
 
 
 def report(entries, mesh) -> list[planner.ModelPlan]:
-    """`entries`: (name, LoadedModel, train mode or None if frozen, Workload). Checks, prints, returns the plans."""
+    """`entries`: (name, LoadedModel, model config block or None if frozen, Workload). Checks, prints, returns
+    the plans."""
     warnings = check_axes({name: nnx.state(loaded.model) for name, loaded, _, _ in entries}, mesh)
     plans = []
-    for name, loaded, mode, work in entries:
-        if mode is None:
+    for name, loaded, block, work in entries:
+        if block is None:
             trainable, frozen = None, nnx.state(loaded.model)
         else:
-            _, trainable, frozen = split_trainable(loaded.model, mode)
+            _, trainable, frozen = split_for(loaded.model, block)
         plans.append(planner.plan_model(name, trainable, frozen, planner.Dims.of(loaded.config), work, mesh))
     print(planner.format_plan(plans, mesh, planner.device_memory_limit()))
     for line in warnings:
@@ -50,17 +51,14 @@ def report_rm_plan(config, loaded, mesh) -> list[planner.ModelPlan]:
     work = planner.Workload(train_batch=2 * d.batch_size // max(config.optim.grad_accum, 1),  # chosen + rejected
                             train_length=d.max_length, forward_batch=2 * d.eval_batch_size,
                             forward_length=d.max_length, remat=m.remat, dtype_bytes=_bytes(m.dtype))
-    return report([("reward model", loaded, m.train_mode, work)], mesh)
+    return report([("reward model", loaded, m, work)], mesh)
 
 
 def report_ppo_plan(config, models, mesh) -> list[planner.ModelPlan]:
     p, d = config.ppo, config.data
     prompt = -(-d.max_prompt_length // d.pad_to_multiple) * d.pad_to_multiple
     length = prompt + config.sampling.max_new_tokens
-    from jaxrlhf.rl.rollout import same_vocabulary  # the PPO stack, only when planning PPO
-
-    rm_direct = models.reward.family.IS_DECODER and same_vocabulary(models.rm_tokenizer, models.tokenizer)
-    rm_length = length if rm_direct else config.reward_model.max_length
+    rm_length = config.reward_model.max_length  # the RM reads the texts re-rendered as in its training
 
     def work(model_cfg, *, train: bool, lm: bool, sample: bool = False, seq_len: int = length):
         return planner.Workload(train_batch=p.minibatch_size if train else 0, train_length=seq_len,
@@ -70,8 +68,8 @@ def report_ppo_plan(config, models, mesh) -> list[planner.ModelPlan]:
                                 remat=model_cfg.remat, dtype_bytes=_bytes(model_cfg.dtype))
 
     return report([
-        ("actor", models.actor, config.policy.train_mode, work(config.policy, train=True, lm=True, sample=True)),
+        ("actor", models.actor, config.policy, work(config.policy, train=True, lm=True, sample=True)),
         ("reference", models.reference, None, work(config.policy, train=False, lm=True)),
         ("reward model", models.reward, None, work(config.policy, train=False, lm=False, seq_len=rm_length)),
-        ("critic", models.critic, config.critic.train_mode, work(config.critic, train=True, lm=False)),
+        ("critic", models.critic, config.critic, work(config.critic, train=True, lm=False)),
     ], mesh)

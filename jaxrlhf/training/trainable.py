@@ -9,21 +9,31 @@ from jaxrlhf.models.layers import LoRAParam
 TRAIN_MODES = ("full", "lora", "frozen_backbone")
 
 
-def trainable_filter(mode: str):
+def trainable_filter(mode: str, train_lm_head: bool = False):
+    """`lora`: adapters and the scalar (reward/value) head; an untied LM head only with `train_lm_head`
+    (it is V x D, 525M parameters on Llama-3-8B, which PEFT and TRL leave frozen). `frozen_backbone`:
+    the heads, the LM head included (on a causal LM that is all it can train)."""
     if mode == "full":
         return nnx.Param
-    head = nnx.All(nnx.Param, nnx.Any(nnx.PathContains("head"), nnx.PathContains("lm_head")))
+    scalar_head = nnx.All(nnx.Param, nnx.PathContains("head"))
+    lm_head = nnx.All(nnx.Param, nnx.PathContains("lm_head"))
     if mode == "lora":
-        return nnx.Any(LoRAParam, head)
+        return nnx.Any(LoRAParam, scalar_head, lm_head) if train_lm_head else nnx.Any(LoRAParam, scalar_head)
     if mode == "frozen_backbone":
-        return head
+        return nnx.Any(scalar_head, lm_head)
     raise ValueError(f"train mode must be one of {TRAIN_MODES}, got {mode!r}")
 
 
-def split_trainable(model: nnx.Module, mode: str):
+def split_trainable(model: nnx.Module, mode: str, train_lm_head: bool = False):
     """(graphdef, trainable_state, frozen_state); merge them back with nnx.merge(graphdef, t, f)."""
-    graphdef, trainable, frozen = nnx.split(model, trainable_filter(mode), ...)
+    graphdef, trainable, frozen = nnx.split(model, trainable_filter(mode, train_lm_head), ...)
     return graphdef, trainable, frozen
+
+
+def split_for(model: nnx.Module, block):
+    """`split_trainable` as a model config block asks (`train_mode`, `train_lm_head`; a run_config.json
+    written before `train_lm_head` existed has none: off)."""
+    return split_trainable(model, block.train_mode, bool(block.get("train_lm_head", False)))
 
 
 def count_params(state) -> int:
