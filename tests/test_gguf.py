@@ -15,6 +15,7 @@ import torch
 from gguf import GGMLQuantizationType as QT
 
 from jaxrlhf.models.gguf import GGUFConversionError, convert_gguf_to_hf, unpermute_qk
+from tests.assets_helpers import require_asset
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -344,9 +345,7 @@ def test_unknown_tensor(tmp_path):
 def _smollm2_dirs():
     from jaxrlhf import assets
 
-    d = assets.asset_dir("smollm2")
-    if not assets.is_complete("smollm2"):
-        pytest.skip(f"SmolLM2 asset not fetched in {d}: run `python -m jaxrlhf.assets fetch smollm2`")
+    d = require_asset("smollm2")
     return d, assets.asset_gguf_file("smollm2")
 
 

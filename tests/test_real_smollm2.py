@@ -12,12 +12,16 @@ import numpy as np
 import pytest
 
 from jaxrlhf import assets
+from tests.assets_helpers import require_asset
 
 MODEL_DIR = Path(assets.asset_dir("smollm2"))  # ~/.cache/jaxrlhf/smollm2 unless $JAXRLHF_CACHE says otherwise
 
-pytestmark = pytest.mark.skipif(
-    not assets.is_complete("smollm2"),
-    reason=f"SmolLM2 is not fetched at {MODEL_DIR} (run `python -m jaxrlhf.assets fetch smollm2`, as .ci/run does)")
+
+@pytest.fixture(scope="module", autouse=True)
+def smollm2_fetched():
+    """Skips every test here when SmolLM2 is not fetched (fails them under JAXRLHF_REQUIRE_ASSETS=1)."""
+    require_asset("smollm2")
+
 
 QUESTION = "What is the capital of France?"
 
