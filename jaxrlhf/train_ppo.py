@@ -45,6 +45,9 @@ def sampling_config(config, tokenizer, actor) -> SamplingConfig:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     s = config.sampling
     stops = stop_token_ids(tokenizer, actor.model_dir, actor.hf_config, s.stop_tokens)
+    if not stops and config.rewards.missing_eos_penalty:
+        raise ValueError("rewards.missing_eos_penalty needs a stop token (the policy has no EOS): every response "
+                         "would be penalised; set sampling.stop_tokens or the penalty to 0")
     return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                           eos_ids=stops, pad_id=pad)
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxrlhf.ops import losses
 from jaxrlhf.ops.losses import bradley_terry_loss, plackett_luce_loss, regression_loss
 from jaxrlhf.training.accumulate import apply_update, summed_gradients
 
@@ -23,7 +24,7 @@ def rm_rewards(model: nnx.Module, ids_BxT, mask_BxT, response_len_B=None, *, len
     trained with `loss.length_normalise` (the one place that switch acts, for training and every consumer)."""
     rewards_B = model(ids_BxT, mask_BxT, dropout_rng=dropout_rng).astype(jnp.float32)
     if length_normalise:
-        rewards_B = rewards_B / jnp.maximum(jnp.asarray(response_len_B).astype(jnp.float32), 1.0)
+        rewards_B = losses.length_normalise(rewards_B, response_len_B)
     return rewards_B
 
 

@@ -23,7 +23,8 @@ import numpy as np
 from jaxrlhf.data.batching import _Batcher  # order, resumption and per-process slicing, shared
 from jaxrlhf.data.chat import ChatRenderer, as_messages
 from jaxrlhf.data.errors import DataError, DataReport, RowGuard, RowInvalid
-from jaxrlhf.data.formats import HH_ASSISTANT, split_hh, text
+from jaxrlhf.data.formats import text
+from jaxrlhf.data.prompts import hh_prompt
 from jaxrlhf.data.sources import Table, load_table
 from jaxrlhf.data.split import split_by_prompt
 from jaxrlhf.data.tokenize import Encoded, TextEncoder
@@ -53,14 +54,8 @@ def detect_sft_format(table: Table) -> str:
 
 def _hh_example(chosen, rejected) -> tuple[str, str]:
     chosen = text(chosen, "chosen")
-    if rejected is not None and rejected != chosen:
-        prompt, response, _ = split_hh(chosen, text(rejected, "rejected"))
-        return prompt, response
-    cut = chosen.rfind(HH_ASSISTANT)
-    if cut < 0:
-        raise RowInvalid("chosen", "no_assistant_turn", f"the dialogue has no {HH_ASSISTANT!r}")
-    end = cut + len(HH_ASSISTANT)
-    return chosen[:end], chosen[end:]
+    prompt = hh_prompt(chosen, None if rejected is None else text(rejected, "rejected"))
+    return prompt, chosen[len(prompt):]
 
 
 def _chat_example(renderer: ChatRenderer, value, field: str) -> tuple[str, str]:
