@@ -45,7 +45,7 @@ def policy_loss(
 def value_loss(
     values_new_BxT, values_old_BxT, returns_BxT, mask_BxT, clip_eps: float | None
 ) -> tuple[jax.Array, jax.Array, Metrics]:
-    """`0.5 * max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2)` summed over tokens.
+    """`0.5 * max((v - R)^2, (clip(v, v_old - eps, v_old + eps) - R)^2)` summed over tokens.
 
     Value clipping keeps the critic near the values the advantages were computed with;
     `clip_eps=None` turns it off. Metrics: `clip_frac_sum` (tokens where the clipped error is
@@ -56,7 +56,9 @@ def value_loss(
     if clip_eps is None:
         loss, clip_hit = unclipped, jnp.zeros_like(unclipped)
     else:
-        v_clip = v_old + jnp.clip(v - v_old, -clip_eps, clip_eps)
+        # Clamp v itself (as TRL): v_old + clip(v - v_old) rounds away from v inside the range, and then
+        # ~0.1% of never-clipped tokens counted as clipped.
+        v_clip = jnp.clip(v, v_old - clip_eps, v_old + clip_eps)
         clipped = jnp.square(v_clip - ret)
         loss, clip_hit = jnp.maximum(unclipped, clipped), (clipped > unclipped)
     metrics = {"clip_frac_sum": jnp.sum(m * clip_hit), "error_sum": jnp.sum(m * unclipped)}
