@@ -49,8 +49,9 @@ def evaluate_file(model_path: str, data: str, *, fmt: str = "auto", max_length: 
     if load_records(data, tokenizer=tokenizer, **kw).format == "ranked":
         lists, _, _ = load_list_data(data, tokenizer, max_length, append_eos=append_eos, **kw)
         reward_fn = jax.jit(make_reward_fn(graphdef, spec.length_normalise))
-        summary["kendall_tau"] = score_lists(lambda ids, mask, length: reward_fn(params, nnx.State({}), ids, mask, length),
-                                             ListBatcher(lists, batch_size, shuffle=False).epoch(0), mesh)["kendall_tau"]
+        rewards = lambda ids, mask, length: reward_fn(params, nnx.State({}), ids, mask, length)
+        batches = ListBatcher(lists, batch_size, shuffle=False).epoch(0)
+        summary["kendall_tau"] = score_lists(rewards, batches, mesh)["kendall_tau"]
     skipped = dict(report.invalid) | dict(report.filtered)
     if skipped:
         summary["skipped"] = skipped

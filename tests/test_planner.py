@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from jaxrlhf.infra import planner
+from jaxrlhf.models import registry
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.mesh_checks import check_axes, check_batch
 
@@ -50,6 +51,7 @@ PLACED_SCRIPT = textwrap.dedent("""
     from flax import nnx
     from jaxrlhf.configs_base import optim_block
     from jaxrlhf.infra import planner, sharding as shd
+    from jaxrlhf.models import registry
     from jaxrlhf.models.hub import from_pretrained
     from jaxrlhf.models.layers import LoRAConfig
     from jaxrlhf.training.optim import init_opt_state, make_optimizer
@@ -72,7 +74,7 @@ PLACED_SCRIPT = textwrap.dedent("""
         optimizer, _ = make_optimizer(optim_block(), 10)
         work = planner.Workload()
         plan = planner.plan_model("rm", trainable, frozen, planner.Dims.of(loaded.config), work, mesh)
-        abstract = planner.abstract_model(loaded.hf_config, "reward", lora=lora)[0]
+        abstract = registry.abstract_model(loaded.hf_config, "reward", lora=lora)[0]
         out.append({{"mesh": sizes, "mode": mode, "planned_params": plan.params, "planned_optimiser": plan.optimiser,
                     "planned_abstract": planner.state_bytes(nnx.state(abstract), mesh),
                     "placed_params": placed(nnx.state(loaded.model)),
@@ -102,7 +104,7 @@ def test_planned_parameter_bytes_equal_bytes_placed_on_each_device(tiny_llama_di
 def _totals(hf_config, task, mesh, mode="full"):
     from jaxrlhf.training.trainable import split_trainable
 
-    model, cfg = planner.abstract_model(hf_config, task)
+    model, cfg = registry.abstract_model(hf_config, task)
     _, trainable, frozen = split_trainable(model, mode)
     plan = planner.plan_model("m", trainable, frozen, planner.Dims.of(cfg), planner.Workload(), mesh)
     unsharded = planner.state_bytes(nnx.state(model), FakeMesh())
@@ -158,7 +160,7 @@ def test_batch_that_does_not_divide_is_one_line():
 
 
 def test_axis_that_splits_nothing_is_refused_and_partial_splits_warn():
-    model, _ = planner.abstract_model(TINY_LLAMA_CONFIG, "reward")
+    model, _ = registry.abstract_model(TINY_LLAMA_CONFIG, "reward")
     states = {"reward model": nnx.state(model)}
     with pytest.raises(shd.MeshError) as e:
         check_axes(states, FakeMesh(tensor=7))
@@ -207,7 +209,7 @@ def test_table_warns_when_the_plan_exceeds_a_device():
 
 def test_planner_cli_plans_from_config_json_alone(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
-    cmd = [sys.executable, "-m", "jaxrlhf.infra.planner", f"--model={tmp_path}", "--mesh=1,8,1", "--batch=16"]
+    cmd = [sys.executable, "-m", "jaxrlhf.plan", f"--model={tmp_path}", "--mesh=1,8,1", "--batch=16"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
     row = run.stdout.splitlines()[2].split()

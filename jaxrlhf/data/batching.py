@@ -41,7 +41,7 @@ def pad_rows(enc: Encoded, rows, width: int, pad_id: int, side: str = "right") -
     return ids, mask
 
 
-class _Batcher:
+class Batcher:
     """Order, resumption and per-process slicing; subclasses turn row indices into arrays."""
 
     def __init__(self, lengths: np.ndarray, max_length: int, batch_size: int, *, seed: int = 0,
@@ -144,7 +144,7 @@ class _Batcher:
         return pad_rows(enc, rows, width, pad_id, self.padding_side)
 
 
-class PairBatcher(_Batcher):
+class PairBatcher(Batcher):
     """Batches of comparisons; see the module doc for keys and order."""
 
     def __init__(self, data: PairData, batch_size: int, **kwargs):
@@ -172,7 +172,7 @@ class PairBatcher(_Batcher):
         }
 
 
-class ListBatcher(_Batcher):
+class ListBatcher(Batcher):
     """Batches of ranked lists padded to the data's largest list size K."""
 
     def __init__(self, data: ListData, batch_size: int, **kwargs):
@@ -206,7 +206,7 @@ class ListBatcher(_Batcher):
         }
 
 
-class RegressionBatcher(_Batcher):
+class RegressionBatcher(Batcher):
     """Batches of single sequences with a float target."""
 
     def __init__(self, data: RatedData, batch_size: int, **kwargs):

@@ -15,7 +15,7 @@ from typing import Mapping
 from flax import nnx
 
 from jaxrlhf.infra import sharding as shd
-from jaxrlhf.infra.planner import spec_of
+from jaxrlhf.infra.sharding import spec_of
 
 
 def check_batch(mesh, sizes: Mapping[str, int]) -> None:

@@ -30,7 +30,6 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from jaxrlhf.infra import sharding as shd
 
@@ -88,27 +87,9 @@ class ModelPlan:
         return self.params + self.grads + self.optimiser + self.activations
 
 
-def abstract_model(hf_config: dict, task: str, **build_kw) -> tuple[nnx.Module, Any]:
-    """(abstract model, family Config) from a config.json dict: shapes only, no weights, no memory."""
-    from jaxrlhf.models import registry
-
-    family = registry.family_for(hf_config["model_type"])
-    cfg = family.Config.from_hf(hf_config)
-    model = nnx.eval_shape(lambda: registry.build_model(family, cfg, task, rngs=nnx.Rngs(0), **build_kw))
-    return model, cfg
-
-
 def _flat(state) -> Iterable[tuple[str, Any]]:
     for path, value in nnx.to_flat_state(state):
         yield shd.path_str(path), (value.get_value() if isinstance(value, nnx.Variable) else value)
-
-
-def spec_of(path: str, value, mesh, rules=shd.DEFAULT_PARAM_RULES, logical_to_mesh=None):
-    """The PartitionSpec a parameter has (placed arrays) or will get (abstract shapes)."""
-    sharding = getattr(value, "sharding", None)
-    if isinstance(sharding, NamedSharding):
-        return sharding.spec
-    return shd.partition_spec(path, value.shape, mesh, rules, logical_to_mesh)
 
 
 def shard_bytes(shape, dtype, spec, mesh_shape: Mapping[str, int]) -> int:
@@ -122,7 +103,7 @@ def shard_bytes(shape, dtype, spec, mesh_shape: Mapping[str, int]) -> int:
 
 def state_bytes(state, mesh, rules=shd.DEFAULT_PARAM_RULES, logical_to_mesh=None) -> int:
     """Per-device bytes of an nnx State of arrays or ShapeDtypeStructs."""
-    return sum(shard_bytes(v.shape, v.dtype, spec_of(p, v, mesh, rules, logical_to_mesh), mesh.shape)
+    return sum(shard_bytes(v.shape, v.dtype, shd.spec_of(p, v, mesh, rules, logical_to_mesh), mesh.shape)
                for p, v in _flat(state))
 
 
@@ -198,46 +179,3 @@ def device_memory_limit() -> int | None:
     """Bytes a device can hold, where the backend says (GPU, TPU); None on CPU."""
     stats = jax.local_devices()[0].memory_stats() or {}
     return stats.get("bytes_limit")
-
-
-def main(argv=None) -> None:
-    """Plans a model on any mesh from its config.json alone (no weights, no devices needed):
-    `python -m jaxrlhf.infra.planner --model=smollm2 --mesh=1,8,1 --batch=64 --length=512`."""
-    import argparse
-    import sys
-    from types import SimpleNamespace
-
-    from jaxrlhf.infra.mesh_checks import check_axes, check_batch  # they import this module
-
-    from jaxrlhf.configs_base import model_block
-    from jaxrlhf.models.hf_files import read_config, resolve_model_dir
-    from jaxrlhf.models.layers import LoRAConfig
-    from jaxrlhf.training.trainable import TRAIN_MODES, split_trainable
-
-    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="HF dir, hub id or asset alias")
-    parser.add_argument("--task", default="causal_lm", choices=("causal_lm", "reward", "value"))
-    parser.add_argument("--mesh", default="1,1,1", help="data,fsdp,tensor")
-    parser.add_argument("--train_mode", default="full", choices=TRAIN_MODES)
-    parser.add_argument("--batch", type=int, default=8, help="global sequences per step")
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--remat", action="store_true")
-    parser.add_argument("--lora_rank", type=int, default=8, help="with --train_mode=lora")
-    args = parser.parse_args(argv)
-    mesh = SimpleNamespace(shape=dict(zip(shd.MESH_AXES, map(int, args.mesh.split(",")))))
-    lora = LoRAConfig(rank=args.lora_rank, targets=model_block().lora_targets) if args.train_mode == "lora" else None
-    model, cfg = abstract_model(read_config(resolve_model_dir(args.model)), args.task, lora=lora)
-    try:
-        check_batch(mesh, {"--batch": args.batch})
-        warnings = check_axes({args.task: nnx.state(model)}, mesh)
-    except shd.MeshError as e:
-        sys.exit(print(f"error: {e}", file=sys.stderr) or 2)
-    _, trainable, frozen = split_trainable(model, args.train_mode)
-    work = Workload(train_batch=args.batch, train_length=args.length, remat=args.remat,
-                    logits_chunk=128 if args.task == "causal_lm" else 0)
-    print(format_plan([plan_model(args.task, trainable, frozen, Dims.of(cfg), work, mesh)], mesh))
-    for line in warnings:
-        print(line)
-
-if __name__ == "__main__":
-    main()

@@ -91,3 +91,11 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def spec_of(path: str, value, mesh, rules=DEFAULT_PARAM_RULES, logical_to_mesh=None):
+    """The PartitionSpec a parameter has (placed arrays) or will get (abstract shapes)."""
+    sharding = getattr(value, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        return sharding.spec
+    return partition_spec(path, value.shape, mesh, rules, logical_to_mesh)

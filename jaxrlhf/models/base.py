@@ -78,3 +78,13 @@ def stacked_linear_specs(path: tuple[str, ...], hf_key_fmt: str, num_layers: int
 def stacked_specs(path: tuple[str, ...], hf_key_fmt: str, num_layers: int) -> WeightSpec:
     """A per-layer tensor taken as it is (norm scales, biases)."""
     return WeightSpec(path, tuple(hf_key_fmt.format(i=i) for i in range(num_layers)), stacked=True)
+
+
+def classifier_pad_id(cfg) -> int:
+    """HF sequence classifiers need a pad id to find the last token; fall back to EOS, then 0."""
+    if cfg.pad_token_id is not None:
+        return int(cfg.pad_token_id)
+    eos = cfg.eos_token_id
+    if isinstance(eos, tuple):
+        eos = eos[0] if eos else None
+    return 0 if eos is None else int(eos)

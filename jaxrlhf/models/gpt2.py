@@ -18,10 +18,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
-from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_specs, transpose
+from jaxrlhf.models.base import HeadSpec, WeightSpec, classifier_pad_id, linear_specs, stacked_specs, transpose
 from jaxrlhf.models.layers import (Embed, LayerNorm, Linear, LoRAConfig, activation, apply_stacked, create_stacked,
                                    check_lora_targets, dot_product_attention, lora_for, split_keys)
-from jaxrlhf.models.llama import _pad_id
 
 MODEL_TYPES = ("gpt2",)
 IS_DECODER = True
@@ -93,7 +92,8 @@ class Config:
             "torch_dtype": "float32", "use_cache": True,
         }
         if task in ("reward", "value"):
-            d.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0}, pad_token_id=_pad_id(self))
+            d.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
+                     pad_token_id=classifier_pad_id(self))
         return d
 
 

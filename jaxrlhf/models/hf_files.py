@@ -15,6 +15,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from jaxrlhf.models.asset_registry import resolve_model_path
+
 
 class WeightLoadError(ValueError):
     """A model directory or weight file that cannot be used; the message names the file."""
@@ -29,9 +31,7 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "merge
 
 def resolve_model_dir(name_or_path: str, revision: str | None = None) -> Path:
     """A local directory, a short asset alias ("minilm", "smollm2"), or a Hugging Face hub id."""
-    from jaxrlhf import assets  # local import: assets pulls in pip/zip machinery only when needed
-
-    name_or_path = assets.resolve_model_path(str(name_or_path))
+    name_or_path = resolve_model_path(str(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path

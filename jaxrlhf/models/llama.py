@@ -20,7 +20,8 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
-from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_linear_specs, stacked_specs, transpose
+from jaxrlhf.models.base import (HeadSpec, WeightSpec, classifier_pad_id, linear_specs, stacked_linear_specs,
+                                 stacked_specs, transpose)
 from jaxrlhf.models.layers import (Embed, Linear, LoRAConfig, RMSNorm, activation, apply_stacked, create_stacked,
                                    check_lora_targets, dot_product_attention, lora_for, split_keys)
 
@@ -175,18 +176,8 @@ class Config:
                                   for s in (self.sliding_layers or (False,) * self.num_hidden_layers)])
         if task in ("reward", "value"):
             d.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
-                     pad_token_id=_pad_id(self))
+                     pad_token_id=classifier_pad_id(self))
         return d
-
-
-def _pad_id(cfg) -> int:
-    """HF sequence classifiers need a pad id to find the last token; fall back to EOS, then 0."""
-    if cfg.pad_token_id is not None:
-        return int(cfg.pad_token_id)
-    eos = cfg.eos_token_id
-    if isinstance(eos, tuple):
-        eos = eos[0] if eos else None
-    return 0 if eos is None else int(eos)
 
 
 def rope_inv_freq(cfg: Config) -> np.ndarray:

@@ -65,3 +65,11 @@ def build_model(family: ModuleType, cfg: Any, task: str, *, rngs: nnx.Rngs, dtyp
         return RewardModel(backbone, head=family.REWARD_HEAD, pooling=family.POOLING, rngs=rngs, dtype=dtype,
                            param_dtype=param_dtype)
     return ValueModel(backbone, head=family.REWARD_HEAD, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+
+def abstract_model(hf_config: dict, task: str, **build_kw) -> tuple[nnx.Module, Any]:
+    """(abstract model, family Config) from a config.json dict: shapes only, no weights, no memory."""
+    family = family_for(hf_config["model_type"])
+    cfg = family.Config.from_hf(hf_config)
+    model = nnx.eval_shape(lambda: build_model(family, cfg, task, rngs=nnx.Rngs(0), **build_kw))
+    return model, cfg

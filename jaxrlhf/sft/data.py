@@ -20,7 +20,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from jaxrlhf.data.batching import _Batcher  # order, resumption and per-process slicing, shared
+from jaxrlhf.data.batching import Batcher  # order, resumption and per-process slicing
 from jaxrlhf.data.chat import ChatRenderer, as_messages
 from jaxrlhf.data.errors import DataError, DataReport, RowGuard, RowInvalid
 from jaxrlhf.data.formats import text
@@ -118,7 +118,7 @@ def tokenize_examples(examples: list[Example], tokenizer, max_length: int, appen
     return SFTData(seqs, enc.special.pad_id, enc.max_length)
 
 
-class SFTBatcher(_Batcher):
+class SFTBatcher(Batcher):
     """Batches: ids_BxT, mask_BxT, loss_mask_BxT (int32; 1 on response tokens + EOS of real rows),
     weight_B (float32, 0 for filler rows). Order, bucketing and resumption as in `jaxrlhf.data.batching`."""
 
