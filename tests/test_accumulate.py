@@ -23,6 +23,8 @@ from jaxrlhf.sft.step import make_train_step as make_sft_train_step
 from jaxrlhf.training.trainable import split_trainable
 from tests.rm_helpers import make_tiny_llama_dir
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 B, T, FIRST_ID = 8, 16, 6  # ids below FIRST_ID are the tiny tokenizer's specials (pad = 0)
 
 

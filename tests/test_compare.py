@@ -23,6 +23,8 @@ from jaxrlhf.data.prompts import Prompt
 from jaxrlhf.rl.policy_compare import read_prompts
 from tests.rm_helpers import make_tiny_llama_dir
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["hello world", "what is red", "one two three four five six seven eight nine ten",
            "why <b> & \"yes\"", "hi", "green blue good bad", "a b c"]

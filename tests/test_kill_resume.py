@@ -13,6 +13,8 @@ import pytest
 
 from tests.rm_helpers import make_tiny_llama_dir, tiny_rm_config, write_separable_pairs
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 ROOT = Path(__file__).parents[1]
 
 

@@ -13,6 +13,8 @@ import pytest
 from tests.multihost_helpers import gloo_available, run_results
 from tests.rm_helpers import make_tiny_llama_dir, write_separable_pairs
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 ROOT = str(Path(__file__).parents[1])
 
 # Runs train_rm.train in one process of a (possibly one-process) run, recording what the host loop hands

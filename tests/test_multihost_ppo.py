@@ -12,6 +12,8 @@ from tests.multihost_helpers import gloo_available, run_results
 from tests.ppo_helpers import make_tiny_rm_export, write_prompts
 from tests.rm_helpers import make_tiny_llama_dir
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 ROOT = str(Path(__file__).parents[1])
 WORKER = textwrap.dedent("""
     import hashlib, json, sys

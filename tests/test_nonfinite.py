@@ -15,6 +15,8 @@ from flax import nnx
 from jaxrlhf.training.accumulate import guarded_update
 from tests.rm_helpers import make_tiny_llama_dir, tiny_rm_config, write_separable_pairs
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 
 def test_guarded_update_keeps_params_and_moments_on_nan():
     opt = optax.adam(0.1)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "examples" / "colab_train_rm.ipynb"
 

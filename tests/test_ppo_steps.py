@@ -22,6 +22,8 @@ from jaxrlhf.rl.experience import AdvantageConfig, make_experience_fn
 from jaxrlhf.rl.ppo_step import PPOLossConfig, make_update_step
 from jaxrlhf.rl.rewards import RewardShaping
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 PAD, EOS = 0, 2
 TEMPERATURE = 0.7
 P, N = 6, 7

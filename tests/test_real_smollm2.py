@@ -14,6 +14,8 @@ import pytest
 from jaxrlhf import assets
 from tests.assets_helpers import require_asset
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 MODEL_DIR = Path(assets.asset_dir("smollm2"))  # ~/.cache/jaxrlhf/smollm2 unless $JAXRLHF_CACHE says otherwise
 
 

@@ -23,6 +23,8 @@ from jaxrlhf.rm.load import load_trained_rm
 from jaxrlhf.rm.scoring import SPEC_FILE
 from tests.rm_helpers import make_tiny_llama_dir, tiny_rm_config, write_separable_pairs
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 
 def _length_varied_pairs(path, n, seed):
     """Separable pairs whose chosen and rejected differ in length, so r and r / length rank apart."""

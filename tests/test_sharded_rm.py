@@ -13,6 +13,8 @@ import pytest
 
 from tests.rm_helpers import make_tiny_llama_dir, write_separable_pairs
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {root!r})

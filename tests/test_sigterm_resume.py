@@ -8,9 +8,12 @@ import time
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from tests.test_kill_resume import complete_steps, setup, train_args  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
 
 
 def test_sigterm_saves_exits_zero_and_resume_is_exact(setup, tmp_path):

@@ -14,6 +14,8 @@ import pytest
 from tests.ppo_helpers import make_tiny_rm_export, tiny_ppo_config, write_prompts
 from tests.rm_helpers import make_tiny_llama_dir
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

@@ -13,6 +13,8 @@ from jaxrlhf.rm.load import load_trained_rm
 from jaxrlhf.train_rm import train
 from tests.rm_helpers import make_tiny_llama_dir, tiny_rm_config, write_separable_pairs
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

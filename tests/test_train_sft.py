@@ -25,6 +25,8 @@ from jaxrlhf.training.trainable import split_trainable
 from tests.rm_helpers import make_tiny_llama_dir
 from tests.test_data_fixtures import WORDS
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+
 FILLER = [w for w in WORDS if w not in ("yes", "no", "good", "bad")]
 
 
