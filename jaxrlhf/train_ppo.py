@@ -119,13 +119,16 @@ def train(config) -> dict:
     scorer = RewardScorer(models.reward.model, models.rm_tokenizer, models.rm_spec,
                           is_decoder=models.reward.family.IS_DECODER, max_length=config.reward_model.max_length)
     sample = make_sample_fn(actor_def, sampling)
-    shaping = RewardShaping(config.rewards.normalise, config.rewards.shift_mean, config.rewards.clip,
-                            config.rewards.scale, config.rewards.missing_eos_penalty, config.kl.estimator)
-    advantages = AdvantageConfig(p.gamma, p.lam, p.whiten_advantages, p.advantage_clip, p.whiten_scope)
+    r = config.rewards
+    shaping = RewardShaping(normalise=r.normalise, shift_mean=r.shift_mean, clip=r.clip, scale=r.scale,
+                            missing_eos_penalty=r.missing_eos_penalty, kl_estimator=config.kl.estimator)
+    advantages = AdvantageConfig(gamma=p.gamma, lam=p.lam, whiten=p.whiten_advantages, clip=p.advantage_clip,
+                                 scope=p.whiten_scope)
     experience_fn = jax.jit(make_experience_fn(actor_def, ref_def, critic_def, temperature=sampling.temperature,
                                                shaping=shaping, advantages=advantages, chunk_size=p.logprob_chunk))
-    loss_cfg = PPOLossConfig(p.clip_eps, p.value_clip_eps, p.vf_coef, p.entropy_coef, sampling.temperature,
-                             p.logprob_chunk, p.max_approx_kl, advantages)
+    loss_cfg = PPOLossConfig(clip_eps=p.clip_eps, value_clip_eps=p.value_clip_eps, vf_coef=p.vf_coef,
+                             entropy_coef=p.entropy_coef, temperature=sampling.temperature,
+                             chunk_size=p.logprob_chunk, max_approx_kl=p.max_approx_kl, advantages=advantages)
     update_step = make_update_step(actor_def, critic_def, actor_opt, critic_opt, loss_cfg)
 
     def update_rows(state, actor_frozen, critic_frozen, exp, idx_M):

@@ -172,8 +172,8 @@ def jax_worker(args, spec: dict) -> dict:
     gen_times: list[float] = []
     original_sampling, original_make = tp.sampling_config, tp.make_sample_fn
 
-    def no_stop_sampling(config, tokenizer):  # exactly `new` tokens per row, as on TRL's side
-        return dataclasses.replace(original_sampling(config, tokenizer), eos_ids=())
+    def no_stop_sampling(*args, **kwargs):  # exactly `new` tokens per row, as on TRL's side
+        return dataclasses.replace(original_sampling(*args, **kwargs), eos_ids=())
 
     def timed_make(actor_def, cfg):
         sample = original_make(actor_def, cfg)

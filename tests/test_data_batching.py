@@ -141,7 +141,7 @@ def test_list_batches(decoder_tokenizer):
     data = tokenize_lists(lists, decoder_tokenizer, 16)
     batcher = ListBatcher(data, 4, shuffle=False, bucket_window=0, pad_to_multiple=4)
     batch = batcher.batch(0, 0)
-    assert set(batch) == {"ids_BxKxT", "mask_BxKxT", "ranks_BxK", "valid_BxK", "weight_B"}
+    assert set(batch) == {"ids_BxKxT", "mask_BxKxT", "ranks_BxK", "valid_BxK", "weight_B", "len_BxK"}
     assert batch["ids_BxKxT"].shape == (4, 3, 8)
     np.testing.assert_array_equal(batch["valid_BxK"], [[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 1, 1]])
     np.testing.assert_array_equal(batch["ranks_BxK"][:3], [[1, 0, 2], [0, 1, 3], [1, 0, 3]])
@@ -149,6 +149,7 @@ def test_list_batches(decoder_tokenizer):
     tokens = decoder_tokenizer.convert_ids_to_tokens(
         batch["ids_BxKxT"][1, 0][batch["mask_BxKxT"][1, 0] == 1].tolist())
     assert tokens == ["<s>", "three", "e", "f", "g", "</s>"]
+    assert batch["len_BxK"][1, 0] == 4  # response tokens e f g </s>: what length normalisation divides by
     # an empty slot repeats the list's first response, so no row is all padding
     np.testing.assert_array_equal(batch["ids_BxKxT"][1, 2], batch["ids_BxKxT"][1, 0])
 
@@ -157,6 +158,7 @@ def test_regression_batches(decoder_tokenizer):
     rated = [Rated("one", "a", 0.5), Rated("two", "b c", -1.0), Rated("one", "d", 2.0)]
     data = tokenize_rated(rated, decoder_tokenizer, 16)
     batch = RegressionBatcher(data, 4, shuffle=False, bucket_window=0, padding_side="left").batch(0, 0)
-    assert set(batch) == {"ids_BxT", "mask_BxT", "target_B", "weight_B"}
+    assert set(batch) == {"ids_BxT", "mask_BxT", "target_B", "weight_B", "len_B"}
+    np.testing.assert_array_equal(batch["len_B"][:3], [2, 3, 2])  # response tokens + </s>
     np.testing.assert_array_equal(batch["target_B"][:3], np.float32([0.5, -1.0, 2.0]))
     np.testing.assert_array_equal(batch["mask_BxT"][1], [0] * 11 + [1] * 5)  # T = max_length

@@ -24,7 +24,7 @@ from jaxrlhf.rl.rewards import RewardShaping, process_scores, token_rewards
 WHITEN_SCOPES = ("rollout", "minibatch")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AdvantageConfig:
     gamma: float = 1.0
     lam: float = 0.95

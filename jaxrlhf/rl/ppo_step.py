@@ -25,7 +25,7 @@ from jaxrlhf.rl.experience import AdvantageConfig, normalise_advantages, respons
 from jaxrlhf.training.accumulate import guarded_update
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class PPOLossConfig:
     clip_eps: float = 0.2
     value_clip_eps: float = 0.2    # <= 0: no value clipping

@@ -17,9 +17,10 @@ from jaxrlhf.ops import whitening
 from jaxrlhf.ops.kl import kl_penalty
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RewardShaping:
-    """Hashable: a static argument of the jitted experience step."""
+    """Hashable: a static argument of the jitted experience step. Built by keyword only: two swapped floats
+    would otherwise pass unnoticed."""
 
     normalise: bool = True         # running mean/std of scores (PPO-Max reward normalisation)
     shift_mean: bool = True        # subtract the running mean too, not only divide by the std
