@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from jaxrlhf.data.batching import pad_rows
 from jaxrlhf.data.chat import ChatRenderer
@@ -133,11 +134,12 @@ class RewardScorer:
     def score_global(self, prompts: Sequence[Prompt], responses: Sequence[str], mesh) -> jax.Array:
         """Rewards of this process's (prompt, response) rows as one global float32 array over `mesh`.
 
-        Every process pads to the same width (its longest row cannot be known to the others)."""
+        Every process pads to the width of the longest row of the global batch (agreed by a collective), so
+        a run scores with the same shapes, and the same numbers, on one process or several."""
         enc = self.encode(prompts, responses)
         width = -(-int(enc.lengths.max()) // self.multiple) * self.multiple
         if jax.process_count() > 1:
-            width = -(-self.encoder.max_length // self.multiple) * self.multiple
+            width = int(np.max(multihost_utils.process_allgather(np.int32(width))))
         ids, mask = pad_rows(enc, range(len(enc)), width, self.pad_id)
         batch = to_global({"ids": ids, "mask": mask, "length": enc.response_len}, mesh)
         return self._forward(self._state, batch["ids"], batch["mask"], batch["length"]).astype(jnp.float32)
