@@ -365,6 +365,7 @@ def _chat_ids(tok):
     return enc["input_ids"]
 
 
+@pytest.mark.slow
 def test_smollm2_logits_match_transformers_gguf_loader(smollm2):
     tok, ours, gguf_file = smollm2
     ref = reference_via_transformers_gguf(gguf_file)
@@ -376,6 +377,7 @@ def test_smollm2_logits_match_transformers_gguf_loader(smollm2):
     assert (a - b).abs().max().item() < 1e-3
 
 
+@pytest.mark.slow
 def test_smollm2_greedy_says_paris(smollm2):
     tok, ours, _ = smollm2
     ids = _chat_ids(tok)

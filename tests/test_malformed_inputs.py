@@ -9,6 +9,8 @@ import pytest
 from tests.malformed_cases import build_cases, run_case
 from tests.rm_helpers import make_tiny_llama_dir, write_separable_pairs
 
+pytestmark = pytest.mark.slow  # dozens of command-line runs
+
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):

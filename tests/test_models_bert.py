@@ -204,6 +204,7 @@ def test_export_table_names_exactly_the_torch_checkpoint(kind):
             np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids), jnp.asarray(mask))), ref, atol=TOL)
 
 
+@pytest.mark.slow
 def test_scanned_unscanned_and_remat_give_same_outputs_and_gradients():
     hc, cfg, scanned, _ = _build("bert", "reward")
     ids, mask = _batch(hc.pad_token_id, seed=5)
@@ -228,6 +229,7 @@ def test_scanned_unscanned_and_remat_give_same_outputs_and_gradients():
             np.testing.assert_allclose(grads[p], ref_grads[p], atol=1e-4, rtol=1e-4, err_msg=str(p))
 
 
+@pytest.mark.slow
 def test_lora_adapts_named_layers_starts_at_base_and_threads_dropout_keys_through_scan():
     hc, cfg, base, _ = _build("roberta", "reward")
     ids, mask = (jnp.asarray(a) for a in _batch(hc.pad_token_id, seed=6))
@@ -372,6 +374,7 @@ SENTENCES = ["The cat sat on the mat.",
              "Hi!"]
 
 
+@pytest.mark.slow
 def test_minilm_last_hidden_states_match_transformers(minilm_dir):
     from safetensors.numpy import load_file
 

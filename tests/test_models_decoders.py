@@ -202,6 +202,7 @@ def test_value_head_is_head_of_every_hidden_state_and_backbone_task_matches(name
     np.testing.assert_allclose(np.asarray(ours)[real], hidden[real], atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["llama_gqa_untied", "gpt2"])
 def test_scanned_unscanned_and_remat_give_same_outputs_and_gradients(name):
     family, cfg, scanned, _ = _build(name, "causal_lm")
@@ -272,6 +273,7 @@ def test_cached_prefill_and_decode_steps_match_full_forward(name, scan_layers):
     assert np.isfinite(np.asarray(steps)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,targets", [("llama_gqa_untied", "q_proj|v_proj|o_proj|gate_proj|down_proj"),
                                           ("gpt2", "c_attn|c_proj|c_fc")])
 def test_lora_zero_b_equals_base_and_merge_equals_adapted(name, targets):

@@ -83,6 +83,7 @@ PLACED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_planned_parameter_bytes_equal_bytes_placed_on_each_device(tiny_llama_dir):
     script = PLACED_SCRIPT.format(root=str(ROOT), model=str(tiny_llama_dir))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
@@ -185,6 +186,7 @@ def _cli(tiny_llama_dir, devices, *overrides):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_cli_batch_error_is_one_stderr_line(tiny_llama_dir):
     run = _cli(tiny_llama_dir, 3, "--config.mesh.data=3")
     assert run.returncode == 2, run.stderr[-2000:]
@@ -193,6 +195,7 @@ def test_cli_batch_error_is_one_stderr_line(tiny_llama_dir):
         "use a multiple of 3"]
 
 
+@pytest.mark.slow
 def test_cli_axis_error_is_one_stderr_line(tiny_llama_dir):
     run = _cli(tiny_llama_dir, 7, "--config.mesh.data=1", "--config.mesh.tensor=7")
     assert run.returncode == 2, run.stderr[-2000:]
