@@ -34,7 +34,6 @@ from jaxrlhf.rl.rewards import RewardShaping
 from jaxrlhf.rl.rollout import local_rows, make_sample_fn, response_texts
 from jaxrlhf.rl.sampling import SamplingConfig
 from jaxrlhf.rl.stop_tokens import stop_token_ids
-from jaxrlhf.rm.scoring import RewardScorer
 from jaxrlhf.training.nonfinite import NonFiniteGuard
 from jaxrlhf.training.memory_plan import check_ppo_batch, report_ppo_plan
 from jaxrlhf.training.optim import init_opt_state, make_optimizer
@@ -105,19 +104,18 @@ def train(config) -> dict:
     state = {"actor": {"params": actor_params, "opt_state": init_opt_state(actor_opt, actor_params)},
              "critic": {"params": critic_params, "opt_state": init_opt_state(critic_opt, critic_params)},
              "step": jnp.zeros((), jnp.int32), "kl_coef": controller.init().coef,
-             "moments": initial_moments(config, models.rm_stats)._asdict()}
+             "moments": initial_moments(config, models.rm.stats)._asdict()}
     # Scalars replicated over the mesh: restored from a checkpoint they then land where the steps expect.
     for key in ("step", "kl_coef", "moments"):
         state[key] = jax.device_put(state[key], replicated(mesh))
     print(f"actor {models.actor.model_dir}, critic from {models.critic_source}, reward model "
-          f"{config.reward_model.path} ({models.reward.hf_config['model_type']}); prompts: {len(prompts.prompts)} "
+          f"{config.reward_model.path} ({models.rm.loaded.hf_config['model_type']}); prompts: {len(prompts.prompts)} "
           f"for rollouts, {len(eval_prompts.prompts) if eval_prompts else 0} held out ({prompts.report})")
 
     ckpt, state, start = open_checkpoints(config, workdir, state)
 
     sampling = sampling_config(config, tok, models.actor)
-    scorer = RewardScorer(models.reward.model, models.rm_tokenizer, models.rm_spec,
-                          is_decoder=models.reward.family.IS_DECODER, max_length=config.reward_model.max_length)
+    scorer = models.rm.scorer(max_length=config.reward_model.max_length)
     sample = make_sample_fn(actor_def, sampling)
     r = config.rewards
     shaping = RewardShaping(normalise=r.normalise, shift_mean=r.shift_mean, clip=r.clip, scale=r.scale,

@@ -52,7 +52,7 @@ def train(config) -> dict:
     tokenizer = load_tokenizer(loaded.model_dir)
     use_distinct_pad(loaded, tokenizer)
     data = rm_data.prepare(config, tokenizer, is_decoder=loaded.family.IS_DECODER)
-    spec = ScoringSpec.of_training(config, data.report, loaded.family.IS_DECODER)
+    spec = ScoringSpec.of_training(config, data, loaded.family.IS_DECODER)
     if jax.process_index() == 0:  # how eval_rm, score, compare and PPO must feed this model (rm/scoring.py)
         (workdir / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2))
 

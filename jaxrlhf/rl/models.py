@@ -16,7 +16,7 @@ from flax import nnx
 from jaxrlhf.models.hf_files import is_hf_dir
 from jaxrlhf.models.hub import LoadedModel, load_tokenizer
 from jaxrlhf.rl.rollout import same_vocabulary
-from jaxrlhf.rm.load import load_trained_rm
+from jaxrlhf.rm.load import TrainedRM, load_trained_rm
 from jaxrlhf.training.run_setup import load_block
 from jaxrlhf.training.trainable import split_for
 
@@ -27,13 +27,10 @@ CRITIC_INITS = ("reward_model", "actor")
 class PPOModels:
     actor: LoadedModel
     reference: LoadedModel
-    reward: LoadedModel
+    rm: TrainedRM            # the frozen reward model with its spec and statistics
     critic: LoadedModel
     tokenizer: Any           # the policy's
-    rm_tokenizer: Any
-    rm_stats: dict
     critic_source: str
-    rm_spec: Any             # rm.scoring.ScoringSpec: how the reward model reads a response
 
     def split(self, actor_cfg, critic_cfg):
         """(graphdef, trainable, frozen) of actor and critic; (graphdef, state) of the frozen reference.
@@ -50,13 +47,12 @@ def load_ppo_models(config, mesh) -> PPOModels:
     reference = load_block(config.policy, config.reference or config.policy.name, "causal_lm", mesh, config.seed,
                            lora=False)
     rm = load_trained_rm(config.reward_model.path, mesh)
-    reward, rm_tokenizer, rm_stats = rm.loaded, rm.tokenizer, rm.stats
     if config.critic.init == "reward_model":
         rm_dir = Path(config.critic.name or config.reward_model.path)
-        if not reward.family.IS_DECODER or not same_vocabulary(rm_tokenizer, tokenizer):
+        if not rm.loaded.family.IS_DECODER or not same_vocabulary(rm.tokenizer, tokenizer):
             raise ValueError(f"critic.init=reward_model needs a decoder reward model with the policy's vocabulary "
                              f"(the critic scores policy tokens); {config.reward_model.path} is a "
-                             f"{reward.hf_config['model_type']} with its own tokenizer: set critic.init=actor")
+                             f"{rm.loaded.hf_config['model_type']} with its own tokenizer: set critic.init=actor")
         if not is_hf_dir(rm_dir):
             raise ValueError(f"critic.init=reward_model loads the critic from an exported reward model; {rm_dir} "
                              f"has no config.json (point reward_model.path or critic.name at the export/ dir)")
@@ -64,4 +60,5 @@ def load_ppo_models(config, mesh) -> PPOModels:
     else:
         critic_source = config.critic.name or config.policy.name
     critic = load_block(config.critic, critic_source, "value", mesh, config.seed + 1)
-    return PPOModels(actor, reference, reward, critic, tokenizer, rm_tokenizer, rm_stats, critic_source, rm.spec)
+    return PPOModels(actor=actor, reference=reference, rm=rm, critic=critic, tokenizer=tokenizer,
+                     critic_source=critic_source)

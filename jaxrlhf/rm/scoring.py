@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -32,7 +31,7 @@ from jaxrlhf.data.chat import ChatRenderer
 from jaxrlhf.data.prompts import Prompt
 from jaxrlhf.data.tokenize import Encoded, TextEncoder
 from jaxrlhf.infra.multihost import to_global
-from jaxrlhf.rm.step import rm_rewards
+from jaxrlhf.rm.step import make_reward_fn
 
 SPEC_FILE = "reward_model.json"
 PROMPT_FORMATS = ("text", "chat")
@@ -52,12 +51,14 @@ class ScoringSpec:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
 
     @classmethod
-    def of_training(cls, config, report, is_decoder: bool) -> "ScoringSpec":
-        """What train_rm's config and its data report say about the inputs the model learned from."""
+    def of_training(cls, config, data, is_decoder: bool) -> "ScoringSpec":
+        """What train_rm's config and its prepared data (`rm.data.RMData`) say about the inputs the model
+        learned from."""
+        report = data.report
         return cls(prompt_format="chat" if report.format == "chat" else "text",
                    response_prefix=report.response_prefix, append_eos=bool(config.data.append_eos) and is_decoder,
                    length_normalise=bool(config.loss.length_normalise), data_format=report.format,
-                   objective=_objective(config))
+                   objective=data.objective)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,12 +72,6 @@ class ScoringSpec:
             return cls(append_eos=is_decoder)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
-
-
-def _objective(config) -> str:
-    from jaxrlhf.rm.data import objective_of
-
-    return objective_of(config.data)
 
 
 class RewardScorer:
@@ -94,9 +89,8 @@ class RewardScorer:
         self.pad_id = self.encoder.special.pad_id
         self.batch_size, self.multiple = batch_size, pad_to_multiple
         graphdef, self._state = nnx.split(model)
-        normalise = spec.length_normalise
-        self._forward = jax.jit(lambda s, ids, mask, length: rm_rewards(
-            nnx.merge(graphdef, s), ids, mask, length, length_normalise=normalise))
+        reward_fn = jax.jit(make_reward_fn(graphdef, spec.length_normalise))
+        self._forward = lambda ids, mask, length: reward_fn(self._state, nnx.State({}), ids, mask, length)
 
     def render(self, prompt: Prompt, response: str) -> tuple[str, str]:
         """(prompt text, response text) as the reward model saw such pairs in training."""
@@ -125,7 +119,7 @@ class RewardScorer:
             filler = [rows[0]] * (self.batch_size - len(rows))  # one batch shape; their rewards are dropped
             ids, mask = pad_rows(enc, rows + filler, self._width(enc, rows), self.pad_id)
             length = enc.response_len[rows + filler]
-            rewards.append(np.asarray(self._forward(self._state, ids, mask, length))[:len(rows)])
+            rewards.append(np.asarray(self._forward(ids, mask, length))[:len(rows)])
         return np.concatenate(rewards).astype(np.float32) if rewards else np.zeros(0, np.float32)
 
     def score_texts(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:
@@ -137,9 +131,9 @@ class RewardScorer:
         Every process pads to the width of the longest row of the global batch (agreed by a collective), so
         a run scores with the same shapes, and the same numbers, on one process or several."""
         enc = self.encode(prompts, responses)
-        width = -(-int(enc.lengths.max()) // self.multiple) * self.multiple
+        width = self._width(enc, range(len(enc)))
         if jax.process_count() > 1:
             width = int(np.max(multihost_utils.process_allgather(np.int32(width))))
         ids, mask = pad_rows(enc, range(len(enc)), width, self.pad_id)
         batch = to_global({"ids": ids, "mask": mask, "length": enc.response_len}, mesh)
-        return self._forward(self._state, batch["ids"], batch["mask"], batch["length"]).astype(jnp.float32)
+        return self._forward(batch["ids"], batch["mask"], batch["length"])

@@ -18,6 +18,7 @@ from jaxrlhf.ops import losses
 from jaxrlhf.ops.losses import bradley_terry_loss, plackett_luce_loss, regression_loss
 from jaxrlhf.training.accumulate import apply_update, summed_gradients
 
+
 def rm_rewards(model: nnx.Module, ids_BxT, mask_BxT, response_len_B=None, *, length_normalise: bool = False,
                dropout_rng: jax.Array | None = None) -> jax.Array:
     """reward_B, float32: the head's output, divided by the response's token count when the model was

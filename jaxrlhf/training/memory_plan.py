@@ -70,6 +70,6 @@ def report_ppo_plan(config, models, mesh) -> list[planner.ModelPlan]:
     return report([
         ("actor", models.actor, config.policy, work(config.policy, train=True, lm=True, sample=True)),
         ("reference", models.reference, None, work(config.policy, train=False, lm=True)),
-        ("reward model", models.reward, None, work(config.policy, train=False, lm=False, seq_len=rm_length)),
+        ("reward model", models.rm.loaded, None, work(config.policy, train=False, lm=False, seq_len=rm_length)),
         ("critic", models.critic, config.critic, work(config.critic, train=True, lm=False)),
     ], mesh)
