@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Reward models and PPO (RLHF) in JAX/Flax NNX, sharded over device meshes.",
     packages=find_packages(include=["jaxrlhf", "jaxrlhf.*"]),
-    package_data={"jaxrlhf": ["assets/*", "assets/**/*", "configs/*.py"]},
+    package_data={"jaxrlhf": ["data/builtin/*", "configs/*.py"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=[

@@ -27,7 +27,7 @@ from jaxrlhf.models.export import export_hf
 from jaxrlhf.ops import whitening
 from jaxrlhf.ops.kl import AdaptiveKLController, FixedKLController, KLControllerState
 from jaxrlhf.rl.experience import AdvantageConfig, make_experience_fn
-from jaxrlhf.rl.models import load_ppo_models
+from jaxrlhf.rl.ppo_models import load_ppo_models
 from jaxrlhf.rl.ppo_step import PPOLossConfig, make_update_step
 from jaxrlhf.rl.prompts import build_prompt_set
 from jaxrlhf.rl.rewards import RewardShaping

@@ -42,7 +42,7 @@ from bench_sections import write_section  # noqa: E402 (beside this script)
 MARK_START = "<!-- bench_rollout:start (written by scripts/bench_rollout.py; rerun it rather than editing) -->"
 MARK_END = "<!-- bench_rollout:end -->"
 TITLE = "## Rollout: jaxrlhf sampling vs transformers generate"
-DATA = REPO / "jaxrlhf" / "assets" / "data" / "hh_rlhf_harmless_2048.jsonl.gz"
+DATA = REPO / "jaxrlhf" / "data" / "builtin" / "hh_rlhf_harmless_2048.jsonl.gz"
 MODES = {"greedy": dict(temperature=0.0, top_p=1.0), "sample": dict(temperature=1.0, top_p=1.0),
          "top_p": dict(temperature=0.7, top_p=0.9)}
 

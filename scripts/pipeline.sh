@@ -17,5 +17,5 @@ python -m jaxrlhf.train_ppo --config=configs/ppo.py --config.workdir="$WORK/ppo"
   --config.policy.name="$POLICY" --config.reward_model.path="$WORK/rm/export"
 python scripts/plot_ppo.py "$WORK/ppo" --out "$WORK/ppo/curves.png"
 python -m jaxrlhf.compare --a="$POLICY" --b="$WORK/ppo/export" --rm="$WORK/rm/export" \
-  --prompts=jaxrlhf/assets/data/hh_rlhf_harmless_2048.jsonl.gz --limit=32 --max_new_tokens=48 \
+  --prompts=jaxrlhf/data/builtin/hh_rlhf_harmless_2048.jsonl.gz --limit=32 --max_new_tokens=48 \
   --out="$WORK/compare"

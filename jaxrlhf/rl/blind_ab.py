@@ -39,7 +39,7 @@ def blind_labels(n: int, seed: int) -> np.ndarray:
     return np.where(np.random.default_rng([seed, 1]).random(n) < 0.5, 1, 2)
 
 
-def write_blind_test(out_dir: str | Path, prompts: Sequence[str], responses_a: Sequence[str],
+def write_blind_ab(out_dir: str | Path, prompts: Sequence[str], responses_a: Sequence[str],
                      responses_b: Sequence[str], label_of_a: np.ndarray, key_meta: dict,
                      key_per_item: dict[str, Sequence]) -> Path:
     """Writes pairs.jsonl, index.html and key.json into out_dir.
