@@ -9,7 +9,7 @@ and the critic starts from the actor (a critic from the reward model needs a dec
 vocabulary, e.g. configs/rm_smollm2.py: set reward_model.path to its export and critic.init=reward_model).
 """
 
-from jaxrlhf.configs_base import ppo_defaults
+from jaxrlhf.configs.base import ppo_defaults
 
 
 def get_config():

@@ -3,14 +3,14 @@
     python -m jaxrlhf.train_rm --config=configs/rm.py --config.workdir=/tmp/rm
 """
 
-from jaxrlhf.configs_base import rm_defaults
+from jaxrlhf.configs.base import rm_defaults
 
 
 def get_config():
     config = rm_defaults()
     config.model.name = "minilm"
-    # Six layers unrolled rather than scanned: 14% faster steps on this CPU (no per-layer slicing of
-    # stacked weights and gradients) for ~0.8 s more compile per padded length.
+    # Six layers unrolled rather than scanned: faster steps on CPU (no per-layer slicing of stacked weights
+    # and gradients) for a little more compile per padded length (docs/benchmarks.md, "Reward-model step").
     config.model.scan_layers = False
     config.data.source = "builtin:hh_rlhf_harmless"
     config.data.eval_size = 512

@@ -7,7 +7,7 @@ The reward is read at the EOS appended to each response. LoRA adapts the attenti
 scalar head trains in full.
 """
 
-from jaxrlhf.configs_base import rm_defaults
+from jaxrlhf.configs.base import rm_defaults
 
 
 def get_config():

@@ -8,7 +8,7 @@ A short run sized for a laptop CPU (30 steps of 8 sequences, a few minutes); rai
 assistant's final turn and its EOS only. The export in `workdir/sft/export` is an HF causal LM.
 """
 
-from jaxrlhf.configs_base import sft_defaults
+from jaxrlhf.configs.base import sft_defaults
 
 
 def get_config():

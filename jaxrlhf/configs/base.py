@@ -1,0 +1,273 @@
+"""Default config blocks; the per-experiment files in this folder start from these and change what they need.
+
+Every key a trainer reads is defined here, so a typo in `--config.KEY=VALUE` fails loudly
+(ml_collections refuses unknown keys) instead of being ignored.
+
+A block that more than one trainer uses is a function below (`model_block`, `optim_block`,
+`source_block`, `data_block`, `run_block`, `train_block`, `mesh_block`, `distributed_block`). Where a
+default differs between trainers the block takes it as an argument, and the caller notes what it means
+for that trainer. `jaxrlhf/configs/validate.py` lists the allowed values of the keys that take one of a
+few strings.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def model_block() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "name": "minilm",          # HF dir, hub id, or an asset alias ("minilm", "smollm2")
+        "dtype": "float32",        # compute dtype; bfloat16 pays off on TPU/GPU, not on CPU
+        "param_dtype": "float32",
+        "scan_layers": True,
+        "remat": False,
+        "dropout": 0.0,            # hidden dropout while training (BERT family; 0: off, as in TRL)
+        "attention_dropout": 0.0,  # attention-probability dropout (BERT family; ~40% slower steps on a CPU)
+        "train_mode": "full",      # full | lora | frozen_backbone
+        "train_lm_head": False,    # lora: also train an untied LM head in full (V x D: 525M on Llama-3-8B)
+        "lora_rank": 8,
+        "lora_alpha": 16.0,
+        "lora_dropout": 0.0,
+        "lora_targets": "q_proj|k_proj|v_proj|o_proj|query|key|value",
+    })
+
+
+def optim_block() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "learning_rate": 3e-5,
+        "schedule": "cosine",      # cosine | linear | constant, after warmup
+        "warmup_steps": -1,        # -1: use warmup_ratio
+        "warmup_ratio": 0.05,
+        "weight_decay": 0.01,
+        "max_grad_norm": 1.0,
+        "b1": 0.9,
+        "b2": 0.999,
+        "eps": 1e-8,
+        "grad_accum": 1,
+    })
+
+
+def constant_optim_block(learning_rate: float) -> ml_collections.ConfigDict:
+    """`optim_block` at a constant learning rate, no warmup and no weight decay (PPO's actor and critic)."""
+    config = optim_block()
+    config.learning_rate = learning_rate
+    config.schedule = "constant"
+    config.warmup_steps = 0
+    config.weight_decay = 0.0
+    return config
+
+
+def mesh_block() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+
+def distributed_block() -> ml_collections.ConfigDict:
+    """Several processes (hosts): every one runs the same command; see jaxrlhf/infra/multihost.py."""
+    return ml_collections.ConfigDict({
+        "coordinator": "",         # "host:port" of process 0; "auto": JAX detects (TPU pod, Slurm);
+                                   # empty: $JAXRLHF_COORDINATOR, else auto on a multi-host TPU, else one process
+        "num_processes": 0,        # 0: $JAXRLHF_NUM_PROCESSES
+        "process_id": -1,          # -1: $JAXRLHF_PROCESS_ID
+    })
+
+
+def trainer_config(workdir: str) -> ml_collections.ConfigDict:
+    """The top-level keys every trainer has: workdir, seed, mesh and distributed."""
+    config = ml_collections.ConfigDict()
+    config.workdir = workdir
+    config.seed = 0
+    config.mesh = mesh_block()
+    config.distributed = distributed_block()
+    return config
+
+
+def source_block() -> ml_collections.ConfigDict:
+    """Where the rows come from and what a bad row does (every trainer's `data`)."""
+    return ml_collections.ConfigDict({
+        "source": "builtin:hh_rlhf_harmless",  # local json/jsonl/csv/parquet (gz ok) or a hub dataset
+        "subset": "",               # hub dataset config name
+        "split": "train",
+        "on_invalid": "error",      # error | skip
+        "limit": 0,                 # use only the first N rows (0: all)
+    })
+
+
+def data_block(*, eval_size: int, max_length: int, batch_size: int, eval_batch_size: int) -> ml_collections.ConfigDict:
+    """`source_block` plus the held-out split and the batches of the supervised trainers (RM and SFT). The
+    caller adds its own keys (`format`, `append_eos`, ...) and says what a row is for it."""
+    config = source_block()
+    config.update({
+        "eval_source": "",          # separate held-out file; empty: hold out eval_size from source
+        "eval_size": eval_size,     # held out (split by prompt) when eval_source is empty
+        "split_seed": 0,            # draws the held-out split; apart from `seed` (init, order), so runs
+                                    # with different seeds are scored on the same held-out rows
+        "max_length": max_length,
+        "batch_size": batch_size,   # per step (global, over all hosts)
+        "eval_batch_size": eval_batch_size,
+        "pad_to_multiple": 32,
+        "bucket_window": 64,        # batches whose rows are sorted by length together (0: random batches)
+        "padding_side": "right",
+    })
+    return config
+
+
+def run_block(*, log_every: int, checkpoint_every: int) -> ml_collections.ConfigDict:
+    """The cadence, checkpoint, preemption and export keys of every trainer's `train` (steps for RM and
+    SFT, iterations for PPO)."""
+    return ml_collections.ConfigDict({
+        "log_every": log_every,
+        "checkpoint_every": checkpoint_every,
+        "keep_checkpoints": 2,
+        "resume": True,
+        "stop_after": 0,            # >0: save and stop after this step, as a preemption would
+        "on_nonfinite": "stop",     # stop | skip: a non-finite loss or gradient (never applied either way;
+                                    # PPO skips that minibatch update)
+        "export": True,
+    })
+
+
+def train_block(*, epochs: int) -> ml_collections.ConfigDict:
+    """`run_block` plus the length and eval cadence of the supervised trainers (RM and SFT)."""
+    config = run_block(log_every=10, checkpoint_every=100)
+    config.update({
+        "epochs": epochs,
+        "max_steps": 0,             # >0: stop after this many steps
+        "eval_every": 0,            # steps; 0: at the end of each epoch
+    })
+    return config
+
+
+def rm_defaults() -> ml_collections.ConfigDict:
+    config = trainer_config("workdir/rm")
+    config.model = model_block()
+    config.data = data_block(
+        eval_size=512,              # pairs held out
+        max_length=256,
+        batch_size=16,              # pairs per step (global, over all hosts)
+        eval_batch_size=32,
+    )
+    config.data.update({
+        "format": "auto",           # auto | pairs | hh | chat | ranked | ratings
+        "ranked_mode": "pairs",     # ranked lists: pairs | plackett_luce
+        "ratings_mode": "pairs",    # scalar ratings: pairs | regression
+        "append_eos": True,         # decoders: end each sequence with EOS, where the reward is read
+        "min_agreement": 0.0,
+    })
+    config.loss = ml_collections.ConfigDict({
+        "use_margin": False,        # subtract the per-pair `margin` field inside the sigmoid
+        "temperature": 1.0,
+        "center_coef": 0.0,         # reward centering: coef * (r_c + r_r)^2
+        "label_smoothing": 0.0,     # eps: each label taken as right with probability 1 - eps
+        "length_normalise": False,
+    })
+    config.optim = optim_block()
+    config.train = train_block(epochs=2)
+    config.train.update({
+        "stats_pairs": 512,         # training pairs scored for the exported reward mean/std (0: all)
+        "histogram": True,
+    })
+    return config
+
+
+def sft_defaults() -> ml_collections.ConfigDict:
+    config = trainer_config("workdir/sft")
+    config.model = model_block()
+    config.model.name = "smollm2"
+    config.data = data_block(
+        eval_size=64,               # rows held out
+        max_length=256,             # too long: the prompt is cut from the left, then the response start
+        batch_size=8,               # sequences per step (global, over all hosts)
+        eval_batch_size=16,
+    )
+    config.data.update({
+        "format": "auto",           # auto | prompt_response | hh | chat
+        "append_eos": True,         # the model learns to end its answer
+    })
+    config.loss = ml_collections.ConfigDict({
+        "chunk_size": 128,          # positions per LM-head chunk: [B, chunk, V] logits at a time
+    })
+    config.optim = optim_block()
+    config.optim.learning_rate = 1e-4
+    config.train = train_block(epochs=1)
+    config.train.eval_at_start = True  # held-out NLL of the starting model, the baseline to beat
+    return config
+
+
+def ppo_defaults() -> ml_collections.ConfigDict:
+    """PPO with the PPO-Max details (Zheng et al. 2023, "Secrets of RLHF in LLMs I"), each a switch."""
+    config = trainer_config("workdir/ppo")
+    config.policy = model_block()            # the actor, from the SFT model (PPO-Max: policy init from SFT)
+    config.policy.name = "smollm2"
+    config.reference = ""                    # frozen reference policy; empty: the same weights as `policy.name`
+    config.reward_model = ml_collections.ConfigDict({
+        "path": "workdir/rm/export",         # exported RM dir or train_rm workdir
+        "max_length": 512,                   # RM tokens when it re-tokenises text (other tokenizer)
+    })
+    config.critic = model_block()
+    config.critic.init = "reward_model"      # reward_model (PPO-Max) | actor: where the critic starts
+    config.critic.name = ""                  # empty: the RM's export dir (init=reward_model) or policy.name
+    # data.source holds the prompts: a `prompt` column or HH-RLHF `chosen` dialogues
+    config.data = source_block()
+    config.data.update({
+        "max_prompt_length": 128,            # longer prompts are dropped (counted)
+        "eval_prompts": 32,                  # held out: fresh rollouts scored every train.eval_every iterations
+        "pad_to_multiple": 32,
+        "chat_template": True,               # render prompts with the policy tokenizer's chat template
+        "system": "",                        # system message for the template ("" keeps the template's own)
+    })
+    config.sampling = ml_collections.ConfigDict({
+        "max_new_tokens": 64,
+        "temperature": 1.0,                  # log-probs are recomputed at this temperature
+        "top_k": 0,
+        "top_p": 1.0,
+        "stop_tokens": "",                   # extra stop strings, comma-separated (EOS always stops)
+        "ignore_eos": False,                 # sample exactly max_new_tokens, ignoring stop tokens: for
+                                             # benchmarks that time a fixed length
+    })
+    config.rewards = ml_collections.ConfigDict({
+        "normalise": True,                   # running mean/std of RM scores
+        "shift_mean": True,
+        "clip": 5.0,                         # clip normalised scores (<= 0: off)
+        "scale": 1.0,
+        "missing_eos_penalty": 0.0,
+        "init_from_rm_stats": True,          # seed the running moments with the RM's reward_stats.json
+        "rm_stats_weight": 16,               # ... counted as this many samples (at most the rewards they came
+                                             # from; -1: all of them), so the policy's own scores take over
+                                             # within a few iterations (MOSS-RLHF and trlx start from zero)
+    })
+    config.kl = ml_collections.ConfigDict({
+        "estimator": "k1",                   # k1 | k2 | k3, per token
+        "coef": 0.05,
+        "adaptive": False,                   # adaptive controller (Ziegler et al.) instead of a fixed coef
+        "target": 6.0,                       # nats per sequence
+        "horizon": 128,                      # samples: beta moves by at most 0.2 * rollout_batch_size / horizon
+                                             # per iteration (2.5% at 16), so it reaches the target within a run
+    })
+    config.ppo = ml_collections.ConfigDict({
+        "rollout_batch_size": 16,            # prompts per iteration (global)
+        "minibatch_size": 8,
+        "epochs": 2,
+        "clip_eps": 0.2,
+        "value_clip_eps": 0.2,               # <= 0: off
+        "vf_coef": 1.0,
+        "entropy_coef": 0.0,
+        "gamma": 1.0,
+        "lam": 0.95,
+        "whiten_advantages": True,
+        "whiten_scope": "rollout",           # rollout (TRL >= 0.12, OpenRLHF) | minibatch (MOSS-RLHF PPO-Max)
+        "advantage_clip": 0.0,               # <= 0: off
+        "max_approx_kl": 0.0,                # > 0: the minibatch past this KL is not applied and the
+                                             # iteration's remaining updates stop (Stable-Baselines3)
+        "logprob_chunk": 128,
+    })
+    config.actor_optim = constant_optim_block(1e-6)
+    config.critic_optim = constant_optim_block(5e-6)
+    config.train = run_block(log_every=1, checkpoint_every=10)  # stop_after, checkpoint_every: iterations
+    config.train.update({
+        "iterations": 20,
+        "eval_every": 5,                     # iterations between held-out evaluations (0: never)
+        "sample_every": 5,                   # iterations between sample tables (0: never)
+        "samples_shown": 4,
+    })
+    return config
