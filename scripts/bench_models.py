@@ -13,6 +13,7 @@ import argparse
 import statistics
 import time
 
+import benchlib  # first: puts this checkout on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,11 +61,10 @@ def main():
     rows = [bench(m, scan, args.batch, args.seq, args.steps) for m in args.models.split(",") for scan in (True, False)]
     print(f"\nforward+backward, batch {args.batch} x {args.seq} tokens, float32, {jax.devices()[0].platform}, "
           f"jax {jax.__version__}\n")
-    print("| model | layers | params (M) | first call (s) | step (s) | tokens/s |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['layers']} | {r['params_M']:.1f} | {r['first_call_s']:.2f} | {r['step_s']:.3f} "
-              f"| {r['tokens_per_s']:.0f} |")
+    print("\n".join(benchlib.table(
+        ["model", "layers", "params (M)", "first call (s)", "step (s)", "tokens/s"],
+        [[r["model"], r["layers"], f"{r['params_M']:.1f}", f"{r['first_call_s']:.2f}", f"{r['step_s']:.3f}",
+          f"{r['tokens_per_s']:.0f}"] for r in rows])))
 
 
 if __name__ == "__main__":

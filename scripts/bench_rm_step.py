@@ -13,18 +13,14 @@ unrolled layers; and the same step in PyTorch (`BertForSequenceClassification`, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout
-from bench_sections import write_section  # noqa: E402 (beside this script)
+import benchlib  # first: puts this checkout on sys.path
+
 MARK_START = "<!-- bench_rm_step:start (written by scripts/bench_rm_step.py; rerun it rather than editing) -->"
 MARK_END = "<!-- bench_rm_step:end -->"
 TUNABLE = "glibc.malloc.hugetlb=1"
@@ -43,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--steps", type=int, default=6, help="timed steps after the compiling one")
     p.add_argument("--out", default="", help="markdown file whose bench_rm_step section is (re)written")
-    p.add_argument("--_worker", help=argparse.SUPPRESS)
+    benchlib.add_worker_args(p, ("jax:0", "jax:1", "torch"))
     return p.parse_args(argv)
 
 
@@ -132,11 +128,7 @@ def run_variant(argv, label, backend, tunables, scan) -> dict:
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
     worker = backend if scan is None else f"jax:{int(scan)}"
-    out = subprocess.run([sys.executable, __file__, *argv, "--_worker", worker], env=env, capture_output=True,
-                         text=True)
-    if out.returncode:
-        raise SystemExit(f"{label} failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = benchlib.run_worker(__file__, argv, worker, env=env, capture=True, label=label)
     steady_s, steady_f = result["seconds"][1:], result["faults"][1:]
     return {"label": label, "median_s": statistics.median(steady_s), "min_s": min(steady_s),
             "faults": int(statistics.median(steady_f)), "first_s": result["seconds"][0]}
@@ -147,18 +139,17 @@ def render(rows, args) -> str:
     lines = [MARK_START, "## Reward-model step: malloc and layer layout", "",
              f"One train step of `configs/rm.py` (MiniLM-L6, {args.pairs} pairs = {2 * args.pairs} sequences of "
              f"{args.length} tokens, AdamW, float32) on this CPU, each row in its own process; median and best of "
-             f"{args.steps} steps after the compiling one; minor page faults per step (median).", "",
-             "| variant | median s | best s | vs first row | page faults / step | first step s |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['label']} | {r['median_s']:.2f} | {r['min_s']:.2f} | {base / r['median_s']:.2f}x | "
-                     f"{r['faults']:,} | {r['first_s']:.1f} |")
+             f"{args.steps} steps after the compiling one; minor page faults per step (median).", ""]
+    lines += benchlib.table(
+        ["variant", "median s", "best s", "vs first row", "page faults / step", "first step s"],
+        [[r["label"], f"{r['median_s']:.2f}", f"{r['min_s']:.2f}", f"{base / r['median_s']:.2f}x", f"{r['faults']:,}",
+          f"{r['first_s']:.1f}"] for r in rows])
     lines += ["", "XLA's CPU runtime mallocs each step's temporaries afresh; glibc serves such large blocks by "
               "mmap and unmaps them on free, so every step faults its pages back in, zero-filled, 4 KiB at a time. "
               "With `glibc.malloc.hugetlb=1` those mappings get transparent huge pages. PyTorch, shown for scale, "
               "does not gain from the tunable.", "",
               f"    python scripts/bench_rm_step.py --length {args.length} --pairs {args.pairs} --steps {args.steps}",
-              "", f"Run {time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} CPUs.", MARK_END]
+              "", f"Run {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {benchlib.machine()['cpus']} CPUs.", MARK_END]
     return "\n".join(lines) + "\n"
 
 
@@ -167,7 +158,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args._worker:
         result = torch_worker(args) if args._worker == "torch" else jax_worker(args, args._worker.endswith(":1"))
-        print(json.dumps(result))
+        benchlib.worker_result(args, result)
         return 0
     rows = []
     for label, backend, tunables, scan in VARIANTS:
@@ -175,7 +166,7 @@ def main(argv=None) -> int:
         print(f"{label}: {rows[-1]['median_s']:.2f} s/step, {rows[-1]['faults']:,} faults/step", flush=True)
     section = render(rows, args)
     print("\n" + section)
-    write_section(args.out, section, MARK_START, MARK_END)
+    benchlib.write_section(args.out, section, MARK_START, MARK_END)
     return 0
 
 

@@ -26,18 +26,13 @@ import argparse
 import datetime
 import gzip
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
+import benchlib  # first: puts this checkout on sys.path
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout
-from bench_sections import write_section  # noqa: E402 (beside this script)
+from benchlib import REPO
 
 MARK_START = "<!-- bench_rollout:start (written by scripts/bench_rollout.py; rerun it rather than editing) -->"
 MARK_END = "<!-- bench_rollout:end -->"
@@ -156,32 +151,7 @@ def bench_mode(mode, jax_make, torch_make, repeats):
                 agree=float(np.mean(jax_tokens == torch_tokens)))
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        load = "?"
-    return dict(nproc=os.cpu_count(), cpu=cpu, load=load)
-
-
-def versions() -> str:
-    import flax
-    import jax
-    import torch
-    import transformers
-
-    return f"jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
-
-
-def render(args, rows, mach, load_before, vers, command) -> str:
+def render(args, rows, mach, load_before, load_after, vers, command) -> str:
     lines = [MARK_START, TITLE, "",
              f"SmolLM2-135M-Instruct, float32, batch {args.batch}, prompts left-padded to {args.prompt} tokens "
              f"(first human turns of HH-RLHF harmless in the chat template), exactly {args.new} new tokens per row "
@@ -189,18 +159,15 @@ def render(args, rows, mach, load_before, vers, command) -> str:
              "top-p 0.9 (top-k off on both sides). Tokens/s = batch x new tokens / wall seconds of one `generate` "
              f"call: the best of {args.repeats} calls per side (the least disturbed by other jobs), then the median; "
              "the two sides' calls alternate after a warm-up. jaxrlhf's compile time (its first call minus its best "
-             "call) is not in its tokens/s.", "",
-             "| mode | jaxrlhf tokens/s | transformers tokens/s | speed-up | median: jaxrlhf | median: transformers "
-             "| median speed-up | jaxrlhf compile s | same greedy tokens |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['mode']} | {r['jax_tps']:.0f} | {r['torch_tps']:.0f} | {r['speedup']:.2f}x | "
-                     f"{r['jax_med']:.0f} | {r['torch_med']:.0f} | {r['speedup_med']:.2f}x | {r['compile']:.1f} | "
-                     f"{r['agree']} |")
+             "call) is not in its tokens/s.", ""]
+    lines += benchlib.table(
+        ["mode", "jaxrlhf tokens/s", "transformers tokens/s", "speed-up", "median: jaxrlhf", "median: transformers",
+         "median speed-up", "jaxrlhf compile s", "same greedy tokens"],
+        [[r["mode"], f"{r['jax_tps']:.0f}", f"{r['torch_tps']:.0f}", f"{r['speedup']:.2f}x", f"{r['jax_med']:.0f}",
+          f"{r['torch_med']:.0f}", f"{r['speedup_med']:.2f}x", f"{r['compile']:.1f}", r["agree"]] for r in rows])
     lines += ["", f"    {command}", "",
-              f"Machine: {mach['nproc']} CPUs ({mach['cpu']}), torch threads {args.threads}; load average "
-              f"(1/5/15 min) {load_before} before and {mach['load']} after the run"
-              f"{' (the machine was busy: other jobs share these cores)' if float(load_before.split()[0]) > 1.0 else ''}."
+              f"Machine: {mach['cpus']} CPUs ({mach['cpu']}), torch threads {args.threads}; load average "
+              f"(1/5/15 min) {load_before} before and {load_after} after the run{benchlib.busy_note(load_before)}."
               f" {vers}. Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.", "",
               "\"same greedy tokens\": the share of greedy tokens both sides agree on (float32 rounding can flip a "
               "near-tie and the rows then diverge; the sampled rows differ by construction).",
@@ -210,7 +177,7 @@ def render(args, rows, mach, load_before, vers, command) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    load_before = machine()["load"]
+    load_before = benchlib.loadavg()
     from jaxrlhf.models.hf_files import resolve_model_dir
     from jaxrlhf.models.hub import load_tokenizer
 
@@ -231,10 +198,11 @@ def main(argv=None) -> int:
         rows.append(dict(mode=mode, jax_tps=n / jb, torch_tps=n / tb, speedup=tb / jb, jax_med=n / jm,
                          torch_med=n / tm, speedup_med=tm / jm, compile=r["compile"],
                          agree=f"{r['agree']:.0%}" if mode == "greedy" else "n/a"))
-    command = "python scripts/bench_rollout.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    section = render(args, rows, machine(), load_before, versions(), command)
+    command = benchlib.command_line("scripts/bench_rollout.py", sys.argv[1:] if argv is None else argv)
+    section = render(args, rows, benchlib.machine(), load_before, benchlib.loadavg(),
+                     benchlib.versions_text("jax", "flax", "torch", "transformers"), command)
     print(section)
-    write_section(args.out, section, MARK_START, MARK_END)
+    benchlib.write_section(args.out, section, MARK_START, MARK_END)
     return 0
 
 
