@@ -25,7 +25,7 @@ from jaxrlhf.rm.step import make_eval_step, make_reward_fn
 flags.DEFINE_string("model", None, "Exported RM directory or train_rm workdir.", required=True)
 flags.DEFINE_string("data", None, "Comparison file (json/jsonl/csv/parquet, gz ok), builtin:NAME or hub id.",
                     required=True)
-flags.DEFINE_string("format", "auto", "Data format: auto, explicit, hh, chat, ranked, ratings.")
+flags.DEFINE_string("format", "auto", "Data format: auto, pairs, hh, chat, ranked, ratings.")
 flags.DEFINE_integer("max_length", 256, "Tokens per sequence (prompt cut from the left).")
 flags.DEFINE_integer("batch_size", 32, "Pairs per forward pass.")
 flags.DEFINE_integer("limit", 0, "Use only the first N rows (0: all).")

@@ -1,7 +1,7 @@
 """PPO benchmark: the wall time of one PPO iteration, jaxrlhf `train_ppo.train` vs TRL's PPOTrainer, in one run.
 
     python -m jaxrlhf.assets fetch smollm2
-    pip install --no-deps --target /tmp/trl112 trl==1.12.0 accelerate    # TRL's side only; see below
+    pip install --no-deps --target /tmp/trl112 trl==1.12.0 accelerate    # TRL's side only (pin: benchlib.py)
     python scripts/bench_ppo.py                                          # full job, writes docs/benchmarks.md
     python scripts/bench_ppo.py --new 4 --iters 1 --out ''               # smoke test
 
@@ -22,7 +22,7 @@ The job, identical on both sides:
 - each iteration: `--prompts` HH-RLHF harmless prompts (jaxrlhf's prompt set: chat template, at most
   `--prompt_len` tokens, left-padded to exactly `--prompt_len`; TRL gets the same token ids), exactly
   `--new` sampled tokens per prompt at `--temperature` (no stop token on either side: jaxrlhf's
-  `sampling_config` is wrapped to drop its EOS stop ids; TRL runs with `stop_token=None` and the policy's
+  config sets `sampling.ignore_eos`; TRL runs with `stop_token=None` and the policy's
   `generation_config.eos_token_id=None`, its own setting for that), then `--epochs` PPO epochs of shuffled
   minibatches of `--minibatch` sequences, one optimiser step per minibatch, AdamW at `--lr` (constant)
   for actor and critic on both sides.
@@ -34,35 +34,32 @@ from `jaxrlhf.train_ppo`, `ppo/iteration_seconds` from its metrics.jsonl (sampli
 minibatch update, synchronised by the metrics read-back). TRL: the time between consecutive
 `on_step_end` callbacks (the first from `on_train_begin`), which covers one whole iteration of its loop.
 The first iteration of each side is a warm-up (jaxrlhf compiles in it; its compile time is reported as the
-first iteration minus the median of the others) and is not in best / median. Generation time is measured
-on both sides by wrapping the sampling call (jaxrlhf's `make_sample_fn` result, blocked until ready, which
-the loop does anyway right after when it decodes the texts; TRL's `batch_generation`).
+first iteration minus the median of the others) and is not in best / median. Generation time: jaxrlhf's
+`ppo/sample_seconds` (the sampling call through reading its tokens back to decode the texts); TRL's, by
+wrapping its `batch_generation`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout
-from bench_sections import write_section  # noqa: E402 (beside this script)
-from jaxrlhf.infra import host_memory  # noqa: E402 (light: no JAX import)
+import benchlib  # first: puts this checkout on sys.path
+from benchlib import REPO
+
+from jaxrlhf.infra import host_memory  # light: no JAX import
 
 MARK_START = "<!-- bench_ppo:start (written by scripts/bench_ppo.py; rerun it rather than editing) -->"
 MARK_END = "<!-- bench_ppo:end -->"
 TITLE = "## PPO iteration: jaxrlhf vs TRL"
-TRL_VERSION = "1.12.0"
+TRL_VERSION = benchlib.TRL_PPO_VERSION
 
 
 def parse_args(argv=None):
@@ -79,14 +76,14 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=3e-6, help="actor and critic learning rate (constant)")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on TRL's side")
-    p.add_argument("--trl_path", default="/tmp/trl112", help="folder with trl==1.12.0 (and accelerate)")
+    p.add_argument("--trl_path", default="/tmp/trl" + "".join(TRL_VERSION.split(".")[:2]),
+                   help=f"folder with {benchlib.trl_requirement(TRL_VERSION)} (and accelerate)")
     p.add_argument("--commit", default="", help="benchmark jaxrlhf as committed at this git revision (extracted with "
                    "`git archive` into a temp folder) instead of the working tree")
     p.add_argument("--skip_trl", action="store_true")
     p.add_argument("--skip_jax", action="store_true")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update ('' : none)")
-    p.add_argument("--_worker", choices=("jax", "trl", "rm"), help=argparse.SUPPRESS)
-    p.add_argument("--_spec", help=argparse.SUPPRESS)
+    benchlib.add_worker_args(p, ("jax", "trl", "rm"))
     return p.parse_args(argv)
 
 
@@ -111,6 +108,7 @@ def jax_config(args, workdir: str):
     c.data.pad_to_multiple = args.prompt_len  # every batch exactly prompt_len wide
     c.sampling.max_new_tokens = args.new
     c.sampling.temperature = args.temperature
+    c.sampling.ignore_eos = True  # exactly `new` tokens per row, as on TRL's side
     c.ppo.rollout_batch_size = args.prompts
     c.ppo.minibatch_size = args.minibatch
     c.ppo.epochs = args.epochs
@@ -165,27 +163,8 @@ def make_rm_dir(args) -> None:
 
 
 def jax_worker(args, spec: dict) -> dict:
-    import jax
-
     import jaxrlhf.train_ppo as tp
 
-    gen_times: list[float] = []
-    original_sampling, original_make = tp.sampling_config, tp.make_sample_fn
-
-    def no_stop_sampling(*args, **kwargs):  # exactly `new` tokens per row, as on TRL's side
-        return dataclasses.replace(original_sampling(*args, **kwargs), eos_ids=())
-
-    def timed_make(actor_def, cfg):
-        sample = original_make(actor_def, cfg)
-
-        def run(*a):
-            t = time.perf_counter()
-            out = jax.block_until_ready(sample(*a))
-            gen_times.append(time.perf_counter() - t)
-            return out
-        return run
-
-    tp.sampling_config, tp.make_sample_fn = no_stop_sampling, timed_make
     print(f"jaxrlhf: {Path(tp.__file__).parent}", flush=True)
     workdir = tempfile.mkdtemp(prefix="bench_ppo_jax_")
     config = jax_config(args, workdir)
@@ -198,10 +177,10 @@ def jax_worker(args, spec: dict) -> dict:
     import shutil
 
     shutil.rmtree(workdir, ignore_errors=True)
-    return dict(iteration=[r["ppo/iteration_seconds"] for r in rows], generate=gen_times,
+    return dict(iteration=[r["ppo/iteration_seconds"] for r in rows], generate=[r["ppo/sample_seconds"] for r in rows],
                 response_length=[r["ppo/response_length"] for r in rows],
                 updates=[r["ppo/minibatch_updates"] for r in rows], total=total,
-                versions=f"jax {jax.__version__}, flax {__import__('flax').__version__}")
+                versions=benchlib.versions_text("jax", "flax"))
 
 
 def trl_worker(args, spec: dict) -> dict:
@@ -284,70 +263,15 @@ def trl_worker(args, spec: dict) -> dict:
     eos = [lg.get("val/num_eos_tokens") for lg in logs if "val/num_eos_tokens" in lg]
     return dict(iteration=its, generate=gen_times, response_length=lengths, eos_tokens_sampled=eos, total=total,
                 updates=[args.epochs * (args.prompts // args.minibatch)] * len(its),
-                versions=f"trl {trl.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
-                         f"accelerate {__import__('accelerate').__version__}")
+                versions=benchlib.versions_text("trl", "torch", "transformers", "accelerate"))
 
 
 # ----------------------------------------------------------------------------- host
 
 def run_worker(kind: str, argv: list[str], spec: dict) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_file = Path(tmp) / "spec.json"
-        spec_file.write_text(json.dumps(spec))
-        cmd = [sys.executable, __file__, *argv, "--_worker", kind, "--_spec", str(spec_file)]
-        load = loadavg()
-        t = time.perf_counter()
-        # jaxrlhf with the malloc tunable its entry points set (jaxrlhf.infra.host_memory); TRL as shipped
-        env = host_memory.entry_point_env(os.environ) if kind == "jax" else dict(os.environ)
-        proc = subprocess.run(cmd, cwd=str(REPO), env=env)
-        if proc.returncode:
-            raise SystemExit(f"{kind} worker failed (exit {proc.returncode}): {' '.join(cmd)}")
-        result = json.loads((Path(tmp) / "result.json").read_text()) if kind != "rm" else {}
-        result.update(wall=time.perf_counter() - t, load_before=load, load_after=loadavg())
-        return result
-
-
-def loadavg() -> str:
-    try:
-        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def use_commit(rev: str) -> str:
-    """Extracts jaxrlhf/ at `rev` into a temp folder and imports jaxrlhf from there; returns the folder."""
-    import io
-    import tarfile
-
-    data = subprocess.run(["git", "archive", rev, "jaxrlhf"], cwd=REPO, capture_output=True, check=True).stdout
-    dest = tempfile.mkdtemp(prefix="bench_ppo_src_")
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(dest)
-    return dest
-
-
-def git_state(rev: str = "") -> str:
-    if rev:
-        full = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True)
-        return f"commit {full.stdout.strip() or rev} (`--commit`: the committed files, not the working tree)"
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "jaxrlhf"], cwd=REPO, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "an unknown commit"
-    return f"commit {head}" + (" with uncommitted changes in jaxrlhf/" if dirty else "")
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+    # jaxrlhf with the malloc tunable its entry points set (jaxrlhf.infra.host_memory); TRL as shipped
+    env = host_memory.entry_point_env(os.environ) if kind == "jax" else dict(os.environ)
+    return benchlib.run_worker(__file__, argv, kind, spec, env=env, cwd=REPO)
 
 
 def summary(r: dict) -> dict:
@@ -365,8 +289,8 @@ def summary(r: dict) -> dict:
 def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command: str) -> str:
     a = args
     n_mb = a.prompts // a.minibatch
-    S = a.prompt_len + a.new
     js, ts = summary(jx), summary(tr)
+    mach = benchlib.machine()
     lines = [
         MARK_START, TITLE, "",
         f"One PPO iteration (rollout + scoring + update), SmolLM2-135M-Instruct policy, reward model and critic "
@@ -377,14 +301,15 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         f"then {a.epochs} PPO epoch(s) of {n_mb} shuffled minibatches of {a.minibatch} sequences, one AdamW step "
         f"per minibatch for actor and critic (lr {a.lr:g}, constant). Seconds per iteration after one warm-up "
         f"iteration: best and median of {a.iters} per side.", "",
-        "| side | best s/iter | median s/iter | speed-up (best) | speed-up (median) | generation s (median) "
-        "| rest of the iteration s (median) | warm-up iter s | compile s | mean response tokens |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| jaxrlhf `train_ppo.train` | {js['best']:.1f} | {js['median']:.1f} | {ts['best'] / js['best']:.2f}x | "
-        f"{ts['median'] / js['median']:.2f}x | {js['gen_median']:.1f} | {js['rest_median']:.1f} | {js['first']:.1f} | {js['compile']:.1f} | "
-        f"{js['length']:.1f} |",
-        f"| TRL {TRL_VERSION} `PPOTrainer` | {ts['best']:.1f} | {ts['median']:.1f} | 1.00x | 1.00x | "
-        f"{ts['gen_median']:.1f} | {ts['rest_median']:.1f} | {ts['first']:.1f} | n/a | {ts['length']:.1f} |",
+        *benchlib.table(
+            ["side", "best s/iter", "median s/iter", "speed-up (best)", "speed-up (median)", "generation s (median)",
+             "rest of the iteration s (median)", "warm-up iter s", "compile s", "mean response tokens"],
+            [["jaxrlhf `train_ppo.train`", f"{js['best']:.1f}", f"{js['median']:.1f}",
+              f"{ts['best'] / js['best']:.2f}x", f"{ts['median'] / js['median']:.2f}x", f"{js['gen_median']:.1f}",
+              f"{js['rest_median']:.1f}", f"{js['first']:.1f}", f"{js['compile']:.1f}", f"{js['length']:.1f}"],
+             [f"TRL {TRL_VERSION} `PPOTrainer`", f"{ts['best']:.1f}", f"{ts['median']:.1f}", "1.00x", "1.00x",
+              f"{ts['gen_median']:.1f}", f"{ts['rest_median']:.1f}", f"{ts['first']:.1f}", "n/a",
+              f"{ts['length']:.1f}"]]),
         "",
         f"All timed iterations (s): jaxrlhf {', '.join(f'{x:.1f}' for x in js['timed'])}; "
         f"TRL {', '.join(f'{x:.1f}' for x in ts['timed'])}. Speed-up = TRL seconds / jaxrlhf seconds. "
@@ -394,15 +319,15 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         "    " + command, "",
         "What each side runs per iteration:", "",
         f"- jaxrlhf (`jaxrlhf.train_ppo.train`, config from `ppo_defaults()`): one jitted sampling call ({a.new} "
-        f"decode steps with a KV cache, batch {a.prompts}); the reward model on the {S}-token sequences (same "
-        "vocabulary: the sampled ids go straight in, no re-tokenising); one jitted experience step with three "
+        f"decode steps with a KV cache, batch {a.prompts}); the reward model on the decoded prompt and "
+        "response texts, re-tokenised with its own tokenizer (rm.scoring, the path every consumer uses); one jitted experience step with three "
         "more forward passes (actor log-probs recomputed at the sampling temperature, reference log-probs, "
         "critic values; log-probs in chunks), reward shaping (running reward normalisation, k1 KL penalty) and "
         f"GAE; then {a.epochs * n_mb} jitted updates, each a forward+backward of the actor and of the critic on "
         f"{a.minibatch} sequences, global-norm clipping at 1.0 and an AdamW step for each. Time from its "
-        "metrics.jsonl (`ppo/iteration_seconds`). Its only change for the benchmark: `sampling_config` is "
-        "wrapped to drop the EOS stop id, so that every row has exactly the tokens TRL's rows have.",
-        f"- TRL (`trl.experimental.ppo.PPOTrainer.train`, 1.12.0): `model.generate` (transformers, KV cache, "
+        "metrics.jsonl (`ppo/iteration_seconds`). Its only change for the benchmark: `sampling.ignore_eos` "
+        "(no stop id), so that every row has exactly the tokens TRL's rows have.",
+        f"- TRL (`trl.experimental.ppo.PPOTrainer.train`, {TRL_VERSION}): `model.generate` (transformers, KV cache, "
         f"batch {a.prompts}) returning the step scores, from which it takes the policy's log-probs (no policy "
         "forward pass afterwards); forward passes of the reference policy, of the value model and of the "
         "reward model; k1 KL penalty, GAE (a Python loop over tokens) and advantage whitening (no reward "
@@ -416,13 +341,13 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         "without top-k/top-p, neither checkpoints inside the timed iterations. jaxrlhf ran with "
         f"`GLIBC_TUNABLES={host_memory.entry_point_env(os.environ).get('GLIBC_TUNABLES') or 'unset'}` (what its "
         "command-line entry points set: `jaxrlhf/infra/host_memory.py`), TRL with the machine's defaults.", "",
-        f"Machine: {os.cpu_count()} CPUs ({cpu_name()}); jaxrlhf's XLA uses all cores, torch threads {a.threads}. "
+        f"Machine: {mach['cpus']} CPUs ({mach['cpu']}); jaxrlhf's XLA uses all cores, torch threads {a.threads}. "
         f"Load average (1/5/15 min) {load_before} before and {load_after} after the run; jaxrlhf ran "
         f"first ({jx['load_before']} -> {jx['load_after']}), then TRL ({tr['load_before']} -> {tr['load_after']})"
-        f"{' (the machine was busy: other jobs share these cores)' if float(load_before.split()[0]) > 1.0 else ''}. "
-        f"{jx['versions']}; {tr['versions']}; jaxrlhf at {git_state(a.commit)}. "
+        f"{benchlib.busy_note(load_before)}. "
+        f"{jx['versions']}; {tr['versions']}; jaxrlhf at {benchlib.git_state(a.commit)}. "
         f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.", "",
-        "TRL 1.12.0 is installed with `pip install --no-deps --target` into its own folder, put on `sys.path` in "
+        f"TRL {TRL_VERSION} is installed with `pip install --no-deps --target` into its own folder, put on `sys.path` in "
         "the TRL subprocess only, with `accelerate` (which TRL and `transformers.Trainer` need) in the same "
         "folder; TRL gets `pad_token = <|endoftext|>` because it finds padding by `ids == pad_token_id` and "
         "SmolLM2's pad token `<|im_end|>` occurs in every chat prompt.",
@@ -434,19 +359,18 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args._worker:
-        spec = json.loads(Path(args._spec).read_text())
+        spec = benchlib.worker_spec(args)
         if spec.get("src"):
             sys.path.insert(0, spec["src"])
         if args._worker == "rm":
             make_rm_dir(args)
             return 0
-        result = (jax_worker if args._worker == "jax" else trl_worker)(args, spec)
-        (Path(args._spec).parent / "result.json").write_text(json.dumps(result))
+        benchlib.worker_result(args, (jax_worker if args._worker == "jax" else trl_worker)(args, spec))
         return 0
     if args.prompts % args.minibatch:
         sys.exit("--prompts must be a multiple of --minibatch")
-    load_before = loadavg()
-    src = use_commit(args.commit) if args.commit else ""
+    load_before = benchlib.loadavg()
+    src = benchlib.use_commit(args.commit) if args.commit else ""
     if src:
         sys.path.insert(0, src)
         print(f"jaxrlhf from {args.commit} ({src})", flush=True)
@@ -467,10 +391,10 @@ def main(argv=None) -> int:
     if len(results) < 2:
         return 0
     Path(tempfile.gettempdir(), "bench_ppo_results.json").write_text(json.dumps(results))
-    command = "python scripts/bench_ppo.py" + "".join(f" {x}" for x in argv)
-    section = render(args, results["jax"], results["trl"], load_before, loadavg(), command)
+    command = benchlib.command_line("scripts/bench_ppo.py", argv)
+    section = render(args, results["jax"], results["trl"], load_before, benchlib.loadavg(), command)
     print(section)
-    write_section(args.out, section, MARK_START, MARK_END)
+    benchlib.write_section(args.out, section, MARK_START, MARK_END)
     return 0
 
 

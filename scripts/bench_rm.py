@@ -1,6 +1,6 @@
 """Reward-model benchmark: TRL's RewardTrainer against jaxrlhf on the same job, in one run.
 
-    pip install trl==1.16.0            # or pass --install; never a dependency of jaxrlhf itself
+    pip install trl==1.16.0            # or pass --install; never a dependency of jaxrlhf (pin: benchlib.py)
     python -m jaxrlhf.assets fetch minilm
     python scripts/bench_rm.py                                 # full job, writes docs/benchmarks.md
     python scripts/bench_rm.py --limit 64 --held_out 32 --epochs 1 --out /tmp/bench.md   # smoke test
@@ -36,7 +36,6 @@ import importlib.util
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -44,12 +43,12 @@ import time
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout
-from bench_sections import write_section  # noqa: E402 (beside this script)
-from jaxrlhf.infra import host_memory  # noqa: E402 (light: no JAX import)
+import benchlib  # first: puts this checkout on sys.path
+from benchlib import REPO
 
-TRL_REQUIREMENT = "trl==1.16.0"
+from jaxrlhf.infra import host_memory  # light: no JAX import
+
+TRL_REQUIREMENT = benchlib.trl_requirement(benchlib.TRL_REWARD_VERSION)
 MARK_START = "<!-- bench_rm:start (written by scripts/bench_rm.py; rerun it rather than editing) -->"
 MARK_END = "<!-- bench_rm:end -->"
 TITLE = "## Reward model: jaxrlhf vs TRL"
@@ -79,8 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--install", action="store_true", help=f"pip install {TRL_REQUIREMENT} if trl is missing")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"),
                    help="markdown file whose 'Reward model: jaxrlhf vs TRL' section is (re)written; '' to skip")
-    p.add_argument("--_worker", choices=("trl", "jax"), help=argparse.SUPPRESS)
-    p.add_argument("--_result", help=argparse.SUPPRESS)
+    benchlib.add_worker_args(p, ("trl", "jax"))
     return p.parse_args(argv)
 
 
@@ -224,7 +222,6 @@ def run_trl(args, config) -> dict:
     torch.set_num_threads(args.threads)
     import datasets
     import transformers
-    import trl
     from transformers import AutoModelForSequenceClassification, TrainerCallback
     from trl import RewardConfig, RewardTrainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
@@ -298,102 +295,64 @@ def run_trl(args, config) -> dict:
             "n_train": len(data.train), "padding_efficiency": collator.real / max(collator.total, 1),
             "train_call_s": t_call, "trl_train_runtime_s": out.metrics.get("train_runtime"),
             "text_check": check, "settings": settings_text(config, steps), "torch_threads": clock.threads,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "trl": trl.__version__, "datasets": datasets.__version__}}
+            "versions": benchlib.versions("torch", "transformers", "trl", "datasets")}
 
 
 # ----------------------------------------------------------------------------- jaxrlhf side
 
-class _BatchClock:
-    """Wraps `PairBatcher.from_step` (the trainer's only source of training batches) to note, per batch,
-    when the loop asked for it (= the end of the previous step: with `log_every=1` every step's metrics
-    are fetched, so the device is synchronised, before the next batch is requested), its padded
-    length and its real pairs and tokens."""
+class _StepClock:
+    """A hook of the trainer's loop (`train(config, hooks=...)`): notes, per step, when it ended (with
+    `log_every=1` every step's metrics are read back before the hook runs, so the device is synchronised),
+    how long it took from asking for its batch, its padded length and its real pairs and tokens."""
 
     def __init__(self):
-        self.rows: list[tuple[float, int, float, int, int]] = []
+        self.rows: list[tuple[float, float, int, float, int, int]] = []
 
-    def install(self):
-        from jaxrlhf.data.batching import PairBatcher
-
-        original, clock = PairBatcher.from_step, self
-
-        def from_step(batcher, global_step=0):
-            it = original(batcher, global_step)
-            while True:
-                t = time.time()
-                batch = next(it)
-                masks = batch["chosen_mask_BxT"], batch["rejected_mask_BxT"]
-                clock.rows.append((t, batch["chosen_ids_BxT"].shape[1], float(batch["weight_B"].sum()),
-                                   int(masks[0].sum() + masks[1].sum()), 2 * masks[0].size))
-                yield batch
-
-        PairBatcher.from_step = from_step
+    def __call__(self, done: int, batch: dict, metrics: dict, seconds: float) -> None:
+        masks = batch["chosen_mask_BxT"], batch["rejected_mask_BxT"]
+        self.rows.append((time.time(), seconds, batch["chosen_ids_BxT"].shape[1], float(batch["weight_B"].sum()),
+                          int(masks[0].sum() + masks[1].sum()), 2 * masks[0].size))
 
 
 def run_jax(args, config) -> dict:
-    import flax
-    import jax
-
     from jaxrlhf.train_rm import train
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_rm_jax_"))
     config.workdir = str(workdir)
-    config.train.log_every = 1               # every step synchronised, so batch requests mark step ends
+    config.train.log_every = 1               # every step synchronised before the clock's hook runs
     config.train.eval_every = 10 ** 9        # no evaluation inside the timed loop
-    config.train.checkpoint_every = 10 ** 9  # only the final save (after the last step's timestamp)
+    config.train.checkpoint_every = 10 ** 9  # only the final save (after the last step's hook)
     config.train.resume = False
     config.train.export = False
     config.train.histogram = False
-    clock = _BatchClock()
-    clock.install()
+    clock = _StepClock()
     t_call = time.time()
-    summary = train(config)
+    summary = train(config, hooks=[clock])
     t_call = time.time() - t_call
     if "accuracy" not in summary:
         raise SystemExit(f"error: jaxrlhf training did not finish: {summary}")
 
     steps = len(clock.rows)
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if r.get("step") == steps and any(k.startswith("train/") for k in r)]
-    if not last:
-        raise SystemExit(f"error: no train/ metrics row for the last step ({steps}) in {workdir}")
-    ends = [r[0] for r in clock.rows[1:]] + [last[0]["time"]]  # the writer's timestamp ends the last step
-    pairs = [r[2] for r in clock.rows]
+    ends = [r[0] for r in clock.rows]
+    pairs = [r[3] for r in clock.rows]
     first_of_width: dict[int, int] = {}
     for i, r in enumerate(clock.rows):
-        first_of_width.setdefault(r[1], i)
-    stats = step_stats(clock.rows[0][0], ends, pairs, set(first_of_width.values()))
-    real, total = sum(r[3] for r in clock.rows), sum(r[4] for r in clock.rows)
+        first_of_width.setdefault(r[2], i)
+    stats = step_stats(ends[0] - clock.rows[0][1], ends, pairs, set(first_of_width.values()))
+    real, total = sum(r[4] for r in clock.rows), sum(r[5] for r in clock.rows)
     return {"backend": "jaxrlhf (JAX/Flax NNX)", **stats, "accuracy": summary["accuracy"], "n": summary["n"],
             "n_train": int(round(sum(pairs) / config.train.epochs)), "padding_efficiency": real / max(total, 1),
             "train_call_s": t_call, "jax_train_seconds": summary.get("train_seconds"),
             "jax_pairs_per_s": summary.get("pairs_per_s"), "shapes": sorted(first_of_width), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "settings": settings_text(config, steps),
-            "versions": {"jax": jax.__version__, "jaxlib": _version("jaxlib"), "flax": flax.__version__}}
-
-
-def _version(dist: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
+            "versions": benchlib.versions("jax", "jaxlib", "flax")}
 
 
 # ----------------------------------------------------------------------------- report
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, {platform.platform()}"
+    m = benchlib.machine()
+    return f"{m['cpus']} CPUs (nproc {m['nproc']}), {m['cpu']}, {m['platform']}"
 
 
 def fmt(x, digits=1) -> str:
@@ -405,12 +364,12 @@ def fmt(x, digits=1) -> str:
 
 
 def render(results: list[dict], args, argv: list[str], config) -> str:
-    cmd = "python scripts/bench_rm.py" + "".join(" " + shlex.quote(a) for a in argv)
+    cmd = benchlib.command_line("scripts/bench_rm.py", argv)
     versions = {"python": platform.python_version()}
     for r in results:
         versions.update(r["versions"])
     for name in ("jax", "flax", "torch", "transformers", "trl"):
-        versions.setdefault(name, _version(name))
+        versions.setdefault(name, benchlib.version(name))
     lines = [MARK_START, TITLE, ""]
     if args.limit:
         lines += [f"**Validation run on a subset (`--limit {args.limit}`): not a benchmark result.**", ""]
@@ -423,16 +382,14 @@ def render(results: list[dict], args, argv: list[str], config) -> str:
         "(`[CLS] prompt response [SEP]`, long pairs cut from the left), the same optimiser settings and "
         f"{args.threads} threads. Held-out accuracy: reward(chosen) > reward(rejected), ties wrong.",
         "",
-        "| backend | pairs/s | pairs/s w/o 1st step | pairs/s w/o compiling steps | held-out accuracy | n held out "
-        "| train pairs x epochs | train wall s | 1st step s | compile s (est.) | padding efficiency |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        lines.append(
-            f"| {r['backend']} | {fmt(r['pairs_per_s'])} | {fmt(r['pairs_per_s_no_first'])} | "
-            f"{fmt(r['pairs_per_s_no_compile'])} | {fmt(r['accuracy'], 4)} | {r['n']} | "
-            f"{r['n_train']} x {config.train.epochs} | {fmt(r['train_wall_s'])} | {fmt(r['first_step_s'], 2)} | "
-            f"{fmt(r['compile_s_est'])} ({r['compile_steps']} step{'s' * (r['compile_steps'] != 1)}) | {fmt(r['padding_efficiency'], 2)} |")
+    lines += benchlib.table(
+        ["backend", "pairs/s", "pairs/s w/o 1st step", "pairs/s w/o compiling steps", "held-out accuracy",
+         "n held out", "train pairs x epochs", "train wall s", "1st step s", "compile s (est.)", "padding efficiency"],
+        [[r["backend"], fmt(r["pairs_per_s"]), fmt(r["pairs_per_s_no_first"]), fmt(r["pairs_per_s_no_compile"]),
+          fmt(r["accuracy"], 4), r["n"], f"{r['n_train']} x {config.train.epochs}", fmt(r["train_wall_s"]),
+          fmt(r["first_step_s"], 2), f"{fmt(r['compile_s_est'])} ({r['compile_steps']} "
+          f"step{'s' * (r['compile_steps'] != 1)})", fmt(r["padding_efficiency"], 2)] for r in results])
     steps = results[0]["steps"] if results else 0
     lines += ["", f"- Settings: {settings_text(config, steps)}."]
     for r in results:
@@ -484,8 +441,7 @@ def main(argv=None) -> int:
     if args._worker:
         pin_cpus(args.threads)
         config = job_config(args, args.model_dir)
-        result = (run_trl if args._worker == "trl" else run_jax)(args, config)
-        Path(args._result).write_text(json.dumps(result))
+        benchlib.worker_result(args, (run_trl if args._worker == "trl" else run_jax)(args, config))
         return 0
 
     if args.skip_trl and args.skip_jax:
@@ -496,16 +452,12 @@ def main(argv=None) -> int:
     config = job_config(args, model_dir)
     results, failed = [], []
     for name in [n for n, skip in (("trl", args.skip_trl), ("jax", args.skip_jax)) if not skip]:
-        result_path = Path(tempfile.mkstemp(prefix=f"bench_rm_{name}_", suffix=".json")[1])
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--model_dir", model_dir,  # last one wins
-               "--_worker", name, "--_result", str(result_path)]
-        print(f"== {name}: {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
         # jaxrlhf runs with the malloc tunable its own entry points set (jaxrlhf.infra.host_memory);
         # TRL runs as its users run it (PyTorch's CPU step does not gain from the tunable).
         env = host_memory.entry_point_env(os.environ) if name == "jax" else dict(os.environ)
-        if subprocess.run(cmd, env=env).returncode == 0:
-            results.append(json.loads(result_path.read_text()))
-        else:
+        try:  # "--model_dir" after argv: the last one wins
+            results.append(benchlib.run_worker(__file__, [*argv, "--model_dir", model_dir], name, env=env, echo=True))
+        except benchlib.WorkerFailed:
             failed.append(name)
             print(f"== {name} failed (see above); going on with the other side", flush=True)
     if not results:
@@ -515,7 +467,7 @@ def main(argv=None) -> int:
     if failed:
         print(f"not writing {args.out or 'a file'}: {', '.join(failed)} failed")
         return 1
-    write_section(args.out, section, MARK_START, MARK_END)
+    benchlib.write_section(args.out, section, MARK_START, MARK_END)
     return 0
 
 

@@ -5,7 +5,7 @@
 - One SGD update: its metrics against the clipped-surrogate / clipped-value formulas (TRL, MOSS-RLHF) in
   float64, and the applied step going downhill on the loss those formulas define.
 - Switches: the approximate-KL skip, per-minibatch whitening, advantage clipping, the adaptive KL
-  controller at the train_ppo defaults, and the seeded reward moments (`train_ppo.initial_moments`).
+  controller at the train_ppo defaults, and the seeded reward moments (`rl.ppo_setup.initial_moments`).
 """
 
 from __future__ import annotations
@@ -424,7 +424,7 @@ def test_minibatch_whitening_equals_prewhitened_rollout_scope(models, batch, ref
 def test_adaptive_kl_controller_direction_and_default_horizon():
     from jaxrlhf.configs_base import ppo_defaults
     from jaxrlhf.ops.kl import FixedKLController, KLControllerState
-    from jaxrlhf.train_ppo import kl_controller
+    from jaxrlhf.rl.ppo_setup import kl_controller
 
     config = ppo_defaults()
     config.kl.adaptive = True
@@ -461,7 +461,7 @@ def test_adaptive_kl_controller_direction_and_default_horizon():
 def test_initial_moments_seed_count_and_weight_after_three_batches():
     from jaxrlhf.configs_base import ppo_defaults
     from jaxrlhf.rl.rewards import process_scores
-    from jaxrlhf.train_ppo import initial_moments
+    from jaxrlhf.rl.ppo_setup import initial_moments
 
     mean, std = 1.5, 2.0
     stats = {"reward_mean": mean, "reward_std": std, "n_pairs": 512, "n_rewards": 1024}

@@ -2,10 +2,10 @@
 
 XLA's CPU runtime allocates each step's temporaries (gigabytes for a reward-model step) afresh with
 malloc, which serves them by mmap and returns them to the kernel at the end of the step; the next step
-then faults every 4 KiB page back in, zero-filled. On this 2-core machine that was ~810k page faults and
-~0.7 s of a 3.3 s MiniLM reward-model step. glibc's `glibc.malloc.hugetlb=1` tunable asks for
-transparent huge pages on those mappings (512x fewer faults): the same step takes 2.55 s, resident
-memory unchanged (scripts/bench_rm.py measures the whole run). PyTorch's CPU step does not gain from it.
+then faults every 4 KiB page back in, zero-filled: hundreds of thousands of faults, a fifth of a MiniLM
+reward-model step. glibc's `glibc.malloc.hugetlb=1` tunable asks for transparent huge pages on those
+mappings (512x fewer faults), resident memory unchanged; docs/benchmarks.md ("Reward-model step: malloc
+and layer layout", scripts/bench_rm_step.py) has the measurements. PyTorch's CPU step does not gain from it.
 
 glibc reads tunables once, at process start, so a command-line entry point re-executes itself once with
 the tunable set (same pid, same arguments). Set JAXRLHF_MALLOC_TUNING=0 to opt out.

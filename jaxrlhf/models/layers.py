@@ -52,8 +52,8 @@ def split_keys(rng: jax.Array | None, n: int) -> list:
 
 def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     """Bernoulli(1 - rate) booleans of `shape`. A threefry key is re-wrapped as an "rbg" key first: its bits
-    come from one XLA RngBitGenerator op, ~3x faster on CPU than threefry for attention-sized masks
-    (168 -> 58 ms for 32x12x224x224), which is most of what dropout costs a step."""
+    come from one XLA RngBitGenerator op, several times faster on CPU than threefry for attention-sized
+    masks, which are most of what dropout costs a step (docs/benchmarks.md, "Measurements behind code choices")."""
     if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # a raw uint32 key (jax.random.PRNGKey)
         rng = jax.random.wrap_key_data(rng)
     if str(jax.random.key_impl(rng)) == "threefry2x32":

@@ -28,6 +28,23 @@ class TrainedRM:
                             max_length=max_length, batch_size=batch_size)
 
 
+def load_reward_model(config, mesh) -> LoadedModel:
+    """`config.model` as a reward model (scalar head) on `mesh`: what train_rm trains."""
+    from jaxrlhf.training.run_setup import load_model
+
+    return load_model(config, mesh, "reward")
+
+
+def reward_stats(train_summary: dict, spec: ScoringSpec) -> dict:
+    """What PPO needs to normalise this model's rewards (`reward_stats.json`): their mean and std on training
+    data, of the quantity every consumer scores (reward / length with `loss.length_normalise`), and how many
+    rewards they came from (`n_rewards`; `n_pairs` is the pairs, lists' pairs or rated responses compared)."""
+    keys = ("reward_mean", "reward_std", "n", "n_rewards", "accuracy")
+    stats = {("n_pairs" if k == "n" else "train_accuracy" if k == "accuracy" else k): train_summary[k]
+             for k in keys if k in train_summary}
+    return dict(stats, length_normalised=spec.length_normalise)
+
+
 def _stats(directory: Path) -> dict:
     stats_file = directory / "reward_stats.json"
     return json.loads(stats_file.read_text()) if stats_file.is_file() else {}
@@ -52,12 +69,11 @@ def load_trained_rm(path: str, mesh=None) -> TrainedRM:
 
     from jaxrlhf.infra import sharding as shd
     from jaxrlhf.infra.checkpoint import Checkpointer
-    from jaxrlhf.training.run_setup import load_model
     from jaxrlhf.training.trainable import split_for
 
     config = ml_collections.ConfigDict(json.loads(run_config.read_text()))
     mesh = mesh if mesh is not None else shd.make_mesh(devices=jax.devices()[:1])
-    loaded = load_model(config, mesh, "reward")
+    loaded = load_reward_model(config, mesh)
     ckpt = Checkpointer(p / "checkpoints")
     if ckpt.latest_step() is None:
         raise WeightLoadError(f"{p / 'checkpoints'}: no complete checkpoint")

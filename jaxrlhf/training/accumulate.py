@@ -57,7 +57,7 @@ def guarded_update(params: Any, opt_state: Any, grads: Any, optimizer: optax.Gra
         return optax.apply_updates(p, updates), s
 
     # A cond, not a `where` over the result: the skipped branch costs nothing, and the taken one no extra
-    # pass over parameters and moments (AdamW on 135M parameters: 0.13 s instead of 0.22 s here).
+    # pass over parameters and moments (docs/benchmarks.md, "Measurements behind code choices").
     new_params, new_opt_state = jax.lax.cond(take, step, lambda state: state, (params, opt_state))
     return new_params, new_opt_state, 1.0 - finite.astype(jnp.float32)
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrlhf.configs.validate import check_choices
 from jaxrlhf.infra import preemption
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.checkpoint import Checkpointer
@@ -18,8 +19,10 @@ from jaxrlhf.models.layers import LoRAConfig
 from jaxrlhf.training.optim import init_opt_state
 
 
-def start_run(config) -> tuple[Path, jax.sharding.Mesh]:
-    """Multi-host setup, the workdir (with run_config.json, so tools can rebuild the model) and the mesh."""
+def start_run(config, trainer: str) -> tuple[Path, jax.sharding.Mesh]:
+    """The config's choices checked (`trainer`: "rm", "sft" or "ppo"), multi-host setup, the workdir (with
+    run_config.json, so tools can rebuild the model) and the mesh."""
+    check_choices(config, trainer)
     setup_runtime(config)
     preemption.install_sigterm_handler()  # from the start: a SIGTERM while loading stops after the first step
     workdir = Path(config.workdir)
