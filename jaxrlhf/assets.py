@@ -34,10 +34,20 @@ import sys
 import tempfile
 import zipfile
 
-
 from jaxrlhf.models.asset_registry import (  # noqa: F401 (the registry's names are this command's API too)
-    ASSETS, GGUF_SUBDIR, MARKER, Asset, AssetError, AssetNotFetchedError, asset_dir, asset_gguf_file, cache_root,
-    get_asset, is_complete, resolve_model_path)
+    ASSETS,
+    GGUF_SUBDIR,
+    MARKER,
+    Asset,
+    AssetError,
+    AssetNotFetchedError,
+    asset_dir,
+    asset_gguf_file,
+    cache_root,
+    get_asset,
+    is_complete,
+    resolve_model_path,
+)
 
 
 def sha256_file(path: str) -> str:

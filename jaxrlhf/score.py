@@ -1,6 +1,7 @@
 """Score texts with a reward model, for a person to look at.
 
-    printf '%s\\n' '{"prompt": "Human: hi\\n\\nAssistant:", "response": " Hello!"}' | python -m jaxrlhf.score --model=DIR
+    printf '%s\\n' '{"prompt": "Human: hi\\n\\nAssistant:", "response": " Hello!"}' \\
+        | python -m jaxrlhf.score --model=DIR
     python -m jaxrlhf.score --model=DIR --input=texts.txt
 
 Each input line is a JSON object with `prompt` and `response` (or `text`), or plain text in which a

@@ -8,8 +8,8 @@ Config in, loop, out. One iteration (sample, score, experience, minibatch update
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 from flax import nnx

@@ -320,7 +320,8 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         "What each side runs per iteration:", "",
         f"- jaxrlhf (`jaxrlhf.train_ppo.train`, config from `ppo_defaults()`): one jitted sampling call ({a.new} "
         f"decode steps with a KV cache, batch {a.prompts}); the reward model on the decoded prompt and "
-        "response texts, re-tokenised with its own tokenizer (rm.scoring, the path every consumer uses); one jitted experience step with three "
+        "response texts, re-tokenised with its own tokenizer (rm.scoring, the path every consumer uses); "
+        "one jitted experience step with three "
         "more forward passes (actor log-probs recomputed at the sampling temperature, reference log-probs, "
         "critic values; log-probs in chunks), reward shaping (running reward normalisation, k1 KL penalty) and "
         f"GAE; then {a.epochs * n_mb} jitted updates, each a forward+backward of the actor and of the critic on "
@@ -347,7 +348,8 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         f"{benchlib.busy_note(load_before)}. "
         f"{jx['versions']}; {tr['versions']}; jaxrlhf at {benchlib.git_state(a.commit)}. "
         f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.", "",
-        f"TRL {TRL_VERSION} is installed with `pip install --no-deps --target` into its own folder, put on `sys.path` in "
+        f"TRL {TRL_VERSION} is installed with `pip install --no-deps --target` into its own folder, put on "
+        "`sys.path` in "
         "the TRL subprocess only, with `accelerate` (which TRL and `transformers.Trainer` need) in the same "
         "folder; TRL gets `pad_token = <|endoftext|>` because it finds padding by `ids == pad_token_id` and "
         "SmolLM2's pad token `<|im_end|>` occurs in every chat prompt.",

@@ -343,7 +343,8 @@ def run_jax(args, config) -> dict:
     return {"backend": "jaxrlhf (JAX/Flax NNX)", **stats, "accuracy": summary["accuracy"], "n": summary["n"],
             "n_train": int(round(sum(pairs) / config.train.epochs)), "padding_efficiency": real / max(total, 1),
             "train_call_s": t_call, "jax_train_seconds": summary.get("train_seconds"),
-            "jax_pairs_per_s": summary.get("pairs_per_s"), "shapes": sorted(first_of_width), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+            "jax_pairs_per_s": summary.get("pairs_per_s"), "shapes": sorted(first_of_width),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "settings": settings_text(config, steps),
             "versions": benchlib.versions("jax", "jaxlib", "flax")}
 

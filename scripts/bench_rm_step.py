@@ -149,7 +149,8 @@ def render(rows, args) -> str:
               "With `glibc.malloc.hugetlb=1` those mappings get transparent huge pages. PyTorch, shown for scale, "
               "does not gain from the tunable.", "",
               f"    python scripts/bench_rm_step.py --length {args.length} --pairs {args.pairs} --steps {args.steps}",
-              "", f"Run {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {benchlib.machine()['cpus']} CPUs.", MARK_END]
+              "", f"Run {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {benchlib.machine()['cpus']} CPUs.",
+              MARK_END]
     return "\n".join(lines) + "\n"
 
 

@@ -155,7 +155,8 @@ def render(args, rows, mach, load_before, load_after, vers, command) -> str:
     lines = [MARK_START, TITLE, "",
              f"SmolLM2-135M-Instruct, float32, batch {args.batch}, prompts left-padded to {args.prompt} tokens "
              f"(first human turns of HH-RLHF harmless in the chat template), exactly {args.new} new tokens per row "
-             "(no early stop on either side). Modes: greedy; sample = temperature 1, no filter; top_p = temperature 0.7, "
+             "(no early stop on either side). Modes: greedy; sample = temperature 1, no filter; "
+             "top_p = temperature 0.7, "
              "top-p 0.9 (top-k off on both sides). Tokens/s = batch x new tokens / wall seconds of one `generate` "
              f"call: the best of {args.repeats} calls per side (the least disturbed by other jobs), then the median; "
              "the two sides' calls alternate after a warm-up. jaxrlhf's compile time (its first call minus its best "

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-PANELS = (("ppo/score_mean", "RM score of fresh rollouts (raw)"), ("ppo/kl_k1_per_seq", "KL to reference (nats / sequence)"),
+PANELS = (("ppo/score_mean", "RM score of fresh rollouts (raw)"),
+          ("ppo/kl_k1_per_seq", "KL to reference (nats / sequence)"),
           ("ppo/response_length", "response length (tokens)"), ("ppo/value_loss", "value loss"))
 
 

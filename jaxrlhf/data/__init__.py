@@ -13,13 +13,20 @@
 from jaxrlhf.data.batching import ListBatcher, PairBatcher, RegressionBatcher
 from jaxrlhf.data.errors import DataError, DataReport
 from jaxrlhf.data.formats import FORMATS, detect_format, parse_table, split_hh
-from jaxrlhf.data.pipeline import (as_pairs, load_list_data, load_pair_data, load_rated_data,
-                                   load_records)
+from jaxrlhf.data.pipeline import as_pairs, load_list_data, load_pair_data, load_rated_data, load_records
 from jaxrlhf.data.records import Pair, RankedList, Rated, ranked_to_pairs, ratings_to_pairs
 from jaxrlhf.data.sources import BUILTIN, builtin_path, load_table
 from jaxrlhf.data.split import split_by_prompt
-from jaxrlhf.data.tokenize import (Encoded, ListData, PairData, RatedData, special_tokens,
-                                   tokenize_lists, tokenize_pairs, tokenize_rated)
+from jaxrlhf.data.tokenize import (
+                                   Encoded,
+                                   ListData,
+                                   PairData,
+                                   RatedData,
+                                   special_tokens,
+                                   tokenize_lists,
+                                   tokenize_pairs,
+                                   tokenize_rated,
+)
 
 __all__ = [
     "BUILTIN", "DataError", "DataReport", "Encoded", "FORMATS", "ListBatcher", "ListData", "Pair",

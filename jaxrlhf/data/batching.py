@@ -20,7 +20,7 @@ Batch keys (shape suffixes: B batch rows on this process, T tokens, K list size)
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -14,8 +14,7 @@ from jaxrlhf.data.formats import Parsed, parse_table
 from jaxrlhf.data.records import Pair, RankedList, Rated, ranked_to_pairs, ratings_to_pairs
 from jaxrlhf.data.sources import load_table
 from jaxrlhf.data.split import split_by_prompt
-from jaxrlhf.data.tokenize import (ListData, PairData, RatedData, tokenize_lists, tokenize_pairs,
-                                   tokenize_rated)
+from jaxrlhf.data.tokenize import ListData, PairData, RatedData, tokenize_lists, tokenize_pairs, tokenize_rated
 
 _LOAD_KEYS = ("config", "split", "data_dir", "revision", "cache_dir", "max_rows", "column_map", "name")
 

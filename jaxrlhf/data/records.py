@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from jaxrlhf.data.errors import DataReport
 

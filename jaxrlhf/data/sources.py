@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -50,5 +50,5 @@ class _Indexed:
         self.prompt, self.index = prompt, index
 
     @staticmethod
-    def wrap(records: Sequence) -> list["_Indexed"]:
+    def wrap(records: Sequence) -> list[_Indexed]:
         return [_Indexed(r.prompt, i) for i, r in enumerate(records)]

@@ -12,7 +12,7 @@ the start of the response; special tokens and the EOS always survive.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -14,8 +14,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-
-_OPEN: "weakref.WeakSet[Checkpointer]" = weakref.WeakSet()
+_OPEN: weakref.WeakSet[Checkpointer] = weakref.WeakSet()
 
 
 def finish_pending_saves() -> None:
@@ -25,7 +24,7 @@ def finish_pending_saves() -> None:
     for ckpt in list(_OPEN):
         try:
             ckpt.close()
-        except Exception:  # already closed, or the error being reported came from here
+        except Exception:  # noqa: BLE001 (already closed, or the error being reported came from here)
             pass
 
 

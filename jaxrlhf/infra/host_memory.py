@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 TUNABLE = "glibc.malloc.hugetlb"
 OPT_OUT = "JAXRLHF_MALLOC_TUNING"

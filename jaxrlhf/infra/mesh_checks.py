@@ -10,7 +10,7 @@ warning: those parameters are replicated along it.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from flax import nnx
 

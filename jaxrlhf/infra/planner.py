@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -48,7 +49,7 @@ class Dims:
     vocab: int
 
     @classmethod
-    def of(cls, cfg: Any) -> "Dims":
+    def of(cls, cfg: Any) -> Dims:
         def first(*names):
             return next(int(getattr(cfg, n)) for n in names if getattr(cfg, n, None) is not None)
 
@@ -125,7 +126,10 @@ def activation_bytes(dims: Dims, work: Workload, mesh_shape: Mapping[str, int]) 
     phases = [0]
     if work.train_batch:
         B, T = work.train_batch, work.train_length
-        saved = (dims.layers * local(B) * T * dims.hidden * s + block(B, T)) if work.remat else dims.layers * block(B, T)
+        if work.remat:
+            saved = dims.layers * local(B) * T * dims.hidden * s + block(B, T)
+        else:
+            saved = dims.layers * block(B, T)
         phases.append(saved + logits(B, 2))
     if work.forward_batch:
         phases.append(block(work.forward_batch, work.forward_length) + logits(work.forward_batch, 1))

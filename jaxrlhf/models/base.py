@@ -16,7 +16,7 @@ A family module (`llama.py`, `gpt2.py`, `bert.py`) provides:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

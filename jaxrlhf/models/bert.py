@@ -37,9 +37,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_linear_specs, stacked_specs
-from jaxrlhf.models.layers import (Embed, LayerNorm, Linear, LoRAConfig, activation, apply_stacked, create_stacked,
-                                   check_dropout_rate, check_lora_targets, dot_product_attention, dropout,
-                                   lora_for, split_keys)
+from jaxrlhf.models.layers import (
+    Embed,
+    LayerNorm,
+    Linear,
+    LoRAConfig,
+    activation,
+    apply_stacked,
+    check_dropout_rate,
+    check_lora_targets,
+    create_stacked,
+    dot_product_attention,
+    dropout,
+    lora_for,
+    split_keys,
+)
 
 MODEL_TYPES = ("bert", "roberta")
 IS_DECODER = False
@@ -97,7 +109,7 @@ class Config:
         return HF_BASE_PREFIXES[self.model_type]
 
     @classmethod
-    def from_hf(cls, d: dict) -> "Config":
+    def from_hf(cls, d: dict) -> Config:
         model_type = d.get("model_type", "bert")
         if d.get("is_decoder") or d.get("add_cross_attention"):
             raise ValueError(f"{model_type} as a decoder / with cross-attention is not supported")

@@ -19,8 +19,19 @@ from flax import nnx
 
 from jaxrlhf.models import kv_cache
 from jaxrlhf.models.base import HeadSpec, WeightSpec, classifier_pad_id, linear_specs, stacked_specs, transpose
-from jaxrlhf.models.layers import (Embed, LayerNorm, Linear, LoRAConfig, activation, apply_stacked, create_stacked,
-                                   check_lora_targets, dot_product_attention, lora_for, split_keys)
+from jaxrlhf.models.layers import (
+    Embed,
+    LayerNorm,
+    Linear,
+    LoRAConfig,
+    activation,
+    apply_stacked,
+    check_lora_targets,
+    create_stacked,
+    dot_product_attention,
+    lora_for,
+    split_keys,
+)
 
 MODEL_TYPES = ("gpt2",)
 IS_DECODER = True
@@ -60,7 +71,7 @@ class Config:
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_hf(cls, d: dict) -> "Config":
+    def from_hf(cls, d: dict) -> Config:
         if d.get("add_cross_attention"):
             raise ValueError("GPT-2 with cross-attention (add_cross_attention) is not supported")
         hidden = int(d.get("n_embd", d.get("hidden_size", 768)))

@@ -87,7 +87,8 @@ class RewardModel(nnx.Module):
         """Scalar reward per sequence, reward_B (float32)."""
         hidden, _ = self.backbone(input_ids_BxT, attention_mask_BxT, positions_BxT=positions_BxT,
                                   dropout_rng=dropout_rng)
-        index = last_token_index(attention_mask_BxT) if self.pooling == "last" else first_token_index(attention_mask_BxT)
+        pool = last_token_index if self.pooling == "last" else first_token_index
+        index = pool(attention_mask_BxT)
         return self.head(gather_positions(hidden, index))
 
 

@@ -42,7 +42,7 @@ def resolve_model_dir(name_or_path: str, revision: str | None = None) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=str(name_or_path), revision=revision, allow_patterns=HUB_PATTERNS))
-    except Exception as e:  # network, auth, unknown repo: one line, not a traceback
+    except Exception as e:  # noqa: BLE001 (network, auth, unknown repo: one line, not a traceback)
         raise WeightLoadError(f"{name_or_path}: not a local directory and could not be fetched from the "
                               f"Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 

@@ -85,7 +85,8 @@ def from_pretrained(name_or_path: str, task: str = "causal_lm", *, mesh: Mesh | 
     try:
         cfg = family.Config.from_hf(hf_config)
     except (KeyError, TypeError, ValueError) as e:
-        raise WeightLoadError(f"{model_dir / 'config.json'}: cannot read the {hf_config['model_type']} config ({e})") from None
+        raise WeightLoadError(f"{model_dir / 'config.json'}: cannot read the {hf_config['model_type']} config "
+                              f"({e})") from None
     files = WeightFiles(model_dir)
     mesh = mesh if mesh is not None else shd.make_mesh(devices=jax.devices()[:1])
 
@@ -131,7 +132,7 @@ def load_tokenizer(model_dir: str | Path):
 
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (any tokenizer failure: one line, not a traceback)
         raise WeightLoadError(f"{model_dir}: cannot load the tokenizer ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     if tok.pad_token is None and tok.eos_token is not None:

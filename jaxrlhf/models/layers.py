@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ class LoRAConfig:
     dropout: float = 0.0
     targets: str = "q_proj|k_proj|v_proj|o_proj"
 
-    def for_layer(self, name: str) -> "LoRAConfig | None":
+    def for_layer(self, name: str) -> LoRAConfig | None:
         return self if re.search(self.targets, name) else None
 
 
@@ -228,7 +229,7 @@ def apply_stacked(layers: nnx.Module, h: Any, body: Callable, *, scan: bool = Tr
     num_layers = jax.tree_util.tree_leaves(state)[0].shape[0]
     ys = []
     for i in range(num_layers):
-        h, y = step(h, jax.tree_util.tree_map(lambda a: a[i], (state, xs)))
+        h, y = step(h, jax.tree_util.tree_map(lambda a, i=i: a[i], (state, xs)))
         ys.append(y)
     stacked = None if ys[0] is None else jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys)
     return h, stacked

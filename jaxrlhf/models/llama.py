@@ -20,10 +20,28 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
-from jaxrlhf.models.base import (HeadSpec, WeightSpec, classifier_pad_id, linear_specs, stacked_linear_specs,
-                                 stacked_specs, transpose)
-from jaxrlhf.models.layers import (Embed, Linear, LoRAConfig, RMSNorm, activation, apply_stacked, create_stacked,
-                                   check_lora_targets, dot_product_attention, lora_for, split_keys)
+from jaxrlhf.models.base import (
+    HeadSpec,
+    WeightSpec,
+    classifier_pad_id,
+    linear_specs,
+    stacked_linear_specs,
+    stacked_specs,
+    transpose,
+)
+from jaxrlhf.models.layers import (
+    Embed,
+    Linear,
+    LoRAConfig,
+    RMSNorm,
+    activation,
+    apply_stacked,
+    check_lora_targets,
+    create_stacked,
+    dot_product_attention,
+    lora_for,
+    split_keys,
+)
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 IS_DECODER = True
@@ -83,7 +101,7 @@ class Config:
         activation(self.hidden_act)  # fails early on an unknown activation
 
     @classmethod
-    def from_hf(cls, d: dict) -> "Config":
+    def from_hf(cls, d: dict) -> Config:
         model_type = d.get("model_type", "llama")
         hidden, heads = int(d["hidden_size"]), int(d["num_attention_heads"])
         layers = int(d["num_hidden_layers"])

@@ -69,7 +69,7 @@ class RunningMoments(NamedTuple):
     count: jax.Array
 
     @classmethod
-    def init(cls) -> "RunningMoments":
+    def init(cls) -> RunningMoments:
         return cls(jnp.float32(0.0), jnp.float32(1.0), jnp.float32(0.0))
 
     @property

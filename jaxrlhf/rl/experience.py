@@ -20,7 +20,6 @@ from jaxrlhf.ops.logprobs import token_logprobs
 from jaxrlhf.ops.metrics import explained_variance
 from jaxrlhf.rl.rewards import RewardShaping, process_scores, token_rewards
 
-
 WHITEN_SCOPES = ("rollout", "minibatch")
 
 

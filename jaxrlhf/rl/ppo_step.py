@@ -13,7 +13,8 @@ in MOSS-RLHF's PPO-Max and the old TRL `loss()`; by default the experience step 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

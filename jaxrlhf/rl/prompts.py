@@ -11,7 +11,7 @@ the left would leave a broken chat template.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -98,7 +98,7 @@ class PromptSet:
         ids, mask = left_pad([self.ids[r] for r in local], self.pad_id, length=width)
         return {"ids_BxP": ids, "mask_BxP": mask, "prompts": [self.prompts[r] for r in local]}
 
-    def hold_out(self, n: int) -> tuple["PromptSet", "PromptSet | None"]:
+    def hold_out(self, n: int) -> tuple[PromptSet, PromptSet | None]:
         """(training set, evaluation set of `n` prompts rounded down to whole batches, in a fixed order).
 
         The split is seeded, so a resumed run holds out the same prompts."""

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 
-from jaxrlhf.data import (ListBatcher, PairBatcher, RegressionBatcher, detect_format, load_list_data, load_pair_data,
-                          load_rated_data, load_table)
+from jaxrlhf.data import (
+    ListBatcher,
+    PairBatcher,
+    RegressionBatcher,
+    detect_format,
+    load_list_data,
+    load_pair_data,
+    load_rated_data,
+    load_table,
+)
 from jaxrlhf.data.errors import DataReport
 from jaxrlhf.rm.evaluate import score_lists, score_pairs, score_rated, summarise
 

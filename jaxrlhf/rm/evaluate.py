@@ -6,8 +6,8 @@ scored responses: a reward model that mostly rewards length shows it here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import jax
 import numpy as np

@@ -97,7 +97,8 @@ def use_distinct_pad(loaded: LoadedModel, tokenizer) -> None:
     early in `transformers`. Pad with another special token (ours masks padding either way)."""
     import dataclasses
 
-    if not loaded.family.IS_DECODER or tokenizer.eos_token_id is None or tokenizer.pad_token_id != tokenizer.eos_token_id:
+    eos = tokenizer.eos_token_id
+    if not loaded.family.IS_DECODER or eos is None or tokenizer.pad_token_id != eos:
         return
     for candidate in (tokenizer.unk_token, tokenizer.bos_token):
         if candidate is not None and candidate != tokenizer.eos_token:

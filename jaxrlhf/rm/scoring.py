@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import numpy as np
@@ -51,7 +51,7 @@ class ScoringSpec:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
 
     @classmethod
-    def of_training(cls, config, data, is_decoder: bool) -> "ScoringSpec":
+    def of_training(cls, config, data, is_decoder: bool) -> ScoringSpec:
         """What train_rm's config and its prepared data (`rm.data.RMData`) say about the inputs the model
         learned from."""
         report = data.report
@@ -64,7 +64,7 @@ class ScoringSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def read(cls, directory: Path, is_decoder: bool) -> "ScoringSpec":
+    def read(cls, directory: Path, is_decoder: bool) -> ScoringSpec:
         """The spec saved in `directory`; a model exported before it existed (or not by jaxrlhf) is read as
         HH-style text with raw rewards, as every consumer read it then."""
         path = Path(directory) / SPEC_FILE

@@ -7,7 +7,8 @@ and divides once at the end, so the mean is exact even when the last batch carri
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -105,8 +106,10 @@ def make_train_step(graphdef: nnx.GraphDef, loss_cfg, optimizer: optax.GradientT
         denom = jnp.maximum(aux["denom"], 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
         new_state, nonfinite = apply_update(state, grads, optimizer, loss_sum)
-        metrics = {"nonfinite": nonfinite, "loss": loss_sum / denom, "accuracy": aux["correct"] / jnp.maximum(aux["compared"], 1.0),
-                   "reward_mean": aux["reward_sum"] / jnp.maximum(aux["reward_count"], 1.0), "grad_norm": optax.global_norm(grads),
+        metrics = {"nonfinite": nonfinite, "loss": loss_sum / denom,
+                   "accuracy": aux["correct"] / jnp.maximum(aux["compared"], 1.0),
+                   "reward_mean": aux["reward_sum"] / jnp.maximum(aux["reward_count"], 1.0),
+                   "grad_norm": optax.global_norm(grads),
                    "learning_rate": schedule(state["step"]), "pairs": aux["denom"]}
         return new_state, metrics
 

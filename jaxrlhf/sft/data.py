@@ -15,7 +15,7 @@ on the response tokens and the EOS only, so prompt and padding never enter the l
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import numpy as np

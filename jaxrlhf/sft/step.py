@@ -7,7 +7,8 @@ beside it; the mean is taken once after gradient accumulation (`jaxrlhf.training
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

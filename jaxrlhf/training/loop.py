@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -52,7 +52,7 @@ class Cadence:
     on_nonfinite: str = "stop"   # training.nonfinite.POLICIES
 
     @classmethod
-    def of(cls, train_cfg, total: int, **kw) -> "Cadence":
+    def of(cls, train_cfg, total: int, **kw) -> Cadence:
         """The keys every trainer's `train` block has, plus the trainer's own choices in `kw`."""
         return cls(total=total, log_every=train_cfg.log_every, stop_after=train_cfg.stop_after,
                    on_nonfinite=train_cfg.on_nonfinite, **kw)

@@ -46,7 +46,8 @@ def load_block(model_cfg, name: str, task: str, mesh, seed: int, lora: bool = Tr
                            param_dtype=dtype_of(model_cfg.param_dtype), scan_layers=model_cfg.scan_layers,
                            remat=model_cfg.remat, lora=lora_from_config(model_cfg) if lora else None, seed=seed,
                            # .get: a run_config.json written before these keys existed lacks them
-                           dropout=model_cfg.get("dropout", 0.0), attention_dropout=model_cfg.get("attention_dropout", 0.0))
+                           dropout=model_cfg.get("dropout", 0.0),
+                           attention_dropout=model_cfg.get("attention_dropout", 0.0))
 
 
 def load_model(config, mesh, task: str) -> LoadedModel:
