@@ -24,9 +24,10 @@ from jaxrlhf.rl.ppo_models import load_ppo_models
 from jaxrlhf.rl.prompts import build_prompt_set
 from jaxrlhf.training.loop import Cadence, HostLoop, Reporting, StepHook
 from jaxrlhf.training.memory_plan import check_ppo_batch, report_ppo_plan
-from jaxrlhf.training.run_setup import open_checkpoints, start_run
+from jaxrlhf.training.run_setup import open_checkpoints, releases_workdir, start_run
 
 
+@releases_workdir
 def train(config, hooks: Sequence[StepHook] = ()) -> dict:
     """Runs PPO as configured; returns the last iteration's metrics (`{"stopped_at": iteration}` when stopped)."""
     workdir, mesh = start_run(config, "ppo")

@@ -25,9 +25,10 @@ from jaxrlhf.rm.step import make_eval_step, make_reward_fn, make_train_step
 from jaxrlhf.training import supervised
 from jaxrlhf.training.loop import Reporting, StepHook, mean_of_window
 from jaxrlhf.training.memory_plan import check_rm_batch, report_rm_plan
-from jaxrlhf.training.run_setup import start_run
+from jaxrlhf.training.run_setup import releases_workdir, start_run
 
 
+@releases_workdir
 def train(config, hooks: Sequence[StepHook] = ()) -> dict:
     """Runs training as configured; returns the final held-out metrics (`{"stopped_at": step}` when stopped)."""
     workdir, mesh = start_run(config, "rm")

@@ -23,7 +23,7 @@ from jaxrlhf.sft.evaluate import held_out_nll
 from jaxrlhf.sft.step import make_eval_step, make_train_step
 from jaxrlhf.training import supervised
 from jaxrlhf.training.loop import Reporting, StepHook, host_scalar
-from jaxrlhf.training.run_setup import load_model, start_run
+from jaxrlhf.training.run_setup import load_model, releases_workdir, start_run
 
 
 def summarise(window: list[dict]) -> tuple[dict, float]:
@@ -34,6 +34,7 @@ def summarise(window: list[dict]) -> tuple[dict, float]:
         sums["seq_tokens"]
 
 
+@releases_workdir
 def train(config, hooks: Sequence[StepHook] = ()) -> dict:
     """Runs fine-tuning as configured; returns the final held-out metrics (`{"stopped_at": step}` when stopped)."""
     workdir, mesh = start_run(config, "sft")

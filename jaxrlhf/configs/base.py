@@ -120,6 +120,8 @@ def run_block(*, log_every: int, checkpoint_every: int) -> ml_collections.Config
         "checkpoint_every": checkpoint_every,
         "keep_checkpoints": 2,
         "resume": True,
+        "allow_config_change": False,  # resume although the config changed what the run is (model, data,
+                                       # batch size, objective, schedule...): training/resume_guard.py
         "stop_after": 0,            # >0: save and stop after this step, as a preemption would
         "on_nonfinite": "stop",     # stop | skip: a non-finite loss or gradient (never applied either way;
                                     # PPO skips that minibatch update)

@@ -1,29 +1,35 @@
-"""Stop requests: SIGTERM (TPU VMs send it before preemption) or a configured step count.
+"""Stop requests: SIGTERM (TPU VMs send it before preemption), Ctrl-C (SIGINT), or a configured step count.
 
-The trainer polls `should_stop()` after each step; when set, it saves a checkpoint and returns, so a
-restart resumes where it left off.
+The first signal only sets a flag: the loop finishes the step in flight, saves a checkpoint and returns, so
+a rerun resumes where it stopped. A second Ctrl-C raises KeyboardInterrupt at once (the command-line
+entry points turn it into one line and exit code 130; a notebook gets its usual interrupt).
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 _requested = threading.Event()
 
 
-def _on_sigterm(signum, frame):
-    del signum, frame
+def _on_signal(signum, frame):
+    del frame
+    if signum == signal.SIGINT and _requested.is_set():
+        raise KeyboardInterrupt
+    if not _requested.is_set():
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after the step in flight and saving a checkpoint"
+              f"{' (Ctrl-C again quits at once)' if signum == signal.SIGINT else ''}", file=sys.stderr, flush=True)
     _requested.set()
 
 
-def install_sigterm_handler() -> None:
+def install_handlers() -> None:
+    """SIGTERM and SIGINT request a stop (only the main thread may install signal handlers)."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def request_stop() -> None:
-    _requested.set()
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
 
 
 def should_stop() -> bool:
@@ -48,4 +54,5 @@ def should_stop_everywhere(step: int, every: int) -> bool:
 
 
 def clear() -> None:
+    """Forgets an earlier request: a new run in the same process (a notebook) starts unstopped."""
     _requested.clear()

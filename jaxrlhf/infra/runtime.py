@@ -75,6 +75,14 @@ def cli_errors():
         _close_progress_bars()  # else the message lands inside a half-drawn bar line
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if os.environ.get("JAXRLHF_TRACEBACK"):
+            raise
+        _close_progress_bars()
+        print("interrupted: quit at once (the last complete checkpoint is intact; rerun to resume from it)",
+              file=sys.stderr, flush=True)
+        # At once: no waiting on background writers, whose folders Orbax never takes for complete.
+        os._exit(130)
 
 
 def run_app(main) -> None:

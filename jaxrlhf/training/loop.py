@@ -100,7 +100,7 @@ class HostLoop:
         """Steps `start` .. `cadence.total` (or until stopped); `batches` yields step `start`'s batch first."""
         c, r = self.cadence, self.reporting
         base_key = jax.random.key(self.seed)
-        preemption.install_sigterm_handler()
+        preemption.install_handlers()
         guard = NonFiniteGuard(c.on_nonfinite)
         bar = progress(total=c.total, initial=start, desc=r.desc)
         if self.evaluate is not None and c.eval_at_start and start == 0:

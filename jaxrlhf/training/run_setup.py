@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import time
 from pathlib import Path
 
 import jax
@@ -10,26 +13,66 @@ import numpy as np
 import optax
 
 from jaxrlhf.configs.validate import check_choices
-from jaxrlhf.infra import preemption
+from jaxrlhf.infra import preemption, workdir_lock
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.infra.runtime import dtype_of, setup_runtime
 from jaxrlhf.models.hub import LoadedModel, from_pretrained
 from jaxrlhf.models.layers import LoRAConfig
 from jaxrlhf.training.optim import init_opt_state
+from jaxrlhf.training.resume_guard import check_resume
 
 
 def start_run(config, trainer: str) -> tuple[Path, jax.sharding.Mesh]:
-    """The config's choices checked (`trainer`: "rm", "sft" or "ppo"), multi-host setup, the workdir (with
-    run_config.json, so tools can rebuild the model) and the mesh."""
+    """The config's choices checked (`trainer`: "rm", "sft" or "ppo"), multi-host setup, the workdir (locked
+    for this run, with run_config.json so tools can rebuild the model; a resume only with the config of the
+    run it continues) and the mesh."""
     check_choices(config, trainer)
     setup_runtime(config)
-    preemption.install_sigterm_handler()  # from the start: a SIGTERM while loading stops after the first step
-    workdir = Path(config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    preemption.clear()  # an earlier run's stop (a notebook) does not stop this one
+    preemption.install_handlers()  # from the start: a signal while loading stops after the first step
+    workdir = Path(config.workdir).expanduser()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"workdir {workdir} is a file, not a folder: set --config.workdir to a folder") from None
+    except OSError as e:
+        raise ValueError(f"workdir {workdir}: cannot create it ({e.strerror})") from None
+    if not os.access(workdir, os.W_OK):
+        raise ValueError(f"workdir {workdir} is not writable: set --config.workdir to a folder you can write")
     if jax.process_index() == 0:
+        workdir_lock.acquire(workdir)
+        check_resume(config, workdir)
+        if not config.train.resume:
+            _set_aside_checkpoints(workdir)
         (workdir / "run_config.json").write_text(config.to_json_best_effort(indent=2))
     return workdir, shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+
+
+def _set_aside_checkpoints(workdir: Path) -> None:
+    """train.resume=False in a workdir with checkpoints: a fresh run, so the old ones move aside (kept, and
+    never mixed with the new run's steps)."""
+    old = workdir / "checkpoints"
+    if not (old.is_dir() and any(old.iterdir())):
+        return
+    if jax.process_count() > 1:
+        raise ValueError(f"{old} holds checkpoints and train.resume=False: use another workdir for a fresh "
+                         "multi-host run, or move them away")
+    aside = workdir / time.strftime("checkpoints.before-%Y%m%d-%H%M%S")
+    old.rename(aside)
+    print(f"train.resume=False: the earlier checkpoints moved to {aside}")
+
+
+def releases_workdir(train):
+    """Decorates a trainer's `train(config, ...)`: its workdir's lock is released when it returns or raises,
+    so the same process (a notebook, a test) or the next command can use the workdir again."""
+    @functools.wraps(train)
+    def wrapper(config, *args, **kwargs):
+        try:
+            return train(config, *args, **kwargs)
+        finally:
+            workdir_lock.release(Path(config.workdir).expanduser())
+    return wrapper
 
 
 def lora_from_config(model_cfg) -> LoRAConfig | None:
