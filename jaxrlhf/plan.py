@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from flax import nnx
 
-from jaxrlhf.configs_base import model_block
+from jaxrlhf.configs.base import model_block
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.mesh_checks import check_axes, check_batch
 from jaxrlhf.infra.planner import Dims, Workload, format_plan, plan_model

@@ -97,7 +97,7 @@ def policy_dir(name: str) -> str:
 
 def jax_config(args, workdir: str):
     """ppo_defaults() set to the benchmark job; the TRL side reads the same numbers from `args`."""
-    from jaxrlhf.configs_base import ppo_defaults
+    from jaxrlhf.configs.base import ppo_defaults
 
     c = ppo_defaults()
     c.workdir = workdir

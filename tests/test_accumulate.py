@@ -16,12 +16,12 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxrlhf.configs_base import rm_defaults
+from jaxrlhf.configs.base import rm_defaults
 from jaxrlhf.models.hub import from_pretrained
 from jaxrlhf.rm.step import make_train_step as make_rm_train_step
 from jaxrlhf.sft.step import make_train_step as make_sft_train_step
 from jaxrlhf.training.trainable import split_trainable
-from tests.rm_helpers import make_tiny_llama_dir
+from tests.helpers.models import make_tiny_llama_dir
 
 pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
 
@@ -169,7 +169,7 @@ def test_rm_accumulation_with_unequal_micro_batches_equals_one_big_batch(model_d
                 (0.0, None), jax.tree_util.tree_map(jnp.zeros_like, trainable))
             losses.append(float(loss))
             grads.append(g)
-        mom_grads = jax.tree_util.tree_map(lambda *g: sum(g) / grad_accum, *grads)
+        mom_grads = jax.tree_util.tree_map(lambda *g, n=grad_accum: sum(g) / n, *grads)
         check_accumulated(big, acc, loss64, ref, float(np.mean(losses)), mom_grads)
         for _, metrics in (big, acc):
             assert metrics["pairs"] == RM_REAL
@@ -247,7 +247,7 @@ def test_sft_accumulation_with_unequal_token_counts_equals_token_mean(model_dir)
             (loss, _), g = reference(trainable, {k: v[sl] for k, v in batch.items()})
             losses.append(float(loss))
             grads.append(g)
-        mom_grads = jax.tree_util.tree_map(lambda *g: sum(g) / grad_accum, *grads)
+        mom_grads = jax.tree_util.tree_map(lambda *g, n=grad_accum: sum(g) / n, *grads)
         check_accumulated(big, acc, loss64, ref, float(np.mean(losses)), mom_grads)
         for _, metrics in (big, acc):
             assert metrics["tokens"] == count

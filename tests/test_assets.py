@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from jaxrlhf import assets
-from tests.assets_helpers import REQUIRE_ENV, require_asset
+from tests.helpers.assets import REQUIRE_ENV, require_asset
 
 FILES = {
     "fakepkg/model/config.json": b'{"model_type": "bert", "hidden_size": 8}',
@@ -206,9 +206,9 @@ def test_pinned_table():
 def test_gguf_asset_is_converted(env, monkeypatch, tmp_path):
     """kind='gguf': the GGUF is kept under gguf/ and converted into an HF directory next to it."""
     import torch
-
-    from tests.test_gguf import make_tiny, write_tiny_gguf
     from gguf import GGMLQuantizationType as QT
+
+    from tests.helpers.gguf_files import make_tiny, write_tiny_gguf
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     gpath = tmp_path / "tiny.gguf"
@@ -230,6 +230,7 @@ def test_gguf_asset_is_converted(env, monkeypatch, tmp_path):
     assert model.config.num_hidden_layers == 2
 
 
+@pytest.mark.real_model
 @pytest.mark.parametrize("name,model_type,hidden", [("minilm", "bert", 384), ("smollm2", "llama", 576)])
 def test_real_asset_in_default_cache(name, model_type, hidden):
     d = require_asset(name)

@@ -21,7 +21,7 @@ import pytest
 
 from jaxrlhf.data.prompts import Prompt
 from jaxrlhf.rl.policy_compare import read_prompts
-from tests.rm_helpers import make_tiny_llama_dir
+from tests.helpers.models import make_tiny_llama_dir
 
 pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
 
@@ -103,6 +103,7 @@ def direct_greedy(model_dir: Path) -> tuple[list[str], list[int]]:
     return texts, mask_BxN.sum(-1).tolist()
 
 
+@pytest.mark.multiprocess
 def test_responses_unblinded_through_key_equal_direct_generate(run):
     labels_of_a = [item["a"] for item in run.key["items"]]
     assert set(labels_of_a) == {1, 2}, "the seeded order should put A first for some prompts, second for others"
@@ -114,6 +115,7 @@ def test_responses_unblinded_through_key_equal_direct_generate(run):
     assert run.summary["mean_length_a"] == pytest.approx(np.mean(direct_greedy(run.a)[1]))
 
 
+@pytest.mark.multiprocess
 def test_blind_files_show_every_prompt_and_no_key(run):
     assert [row["prompt"] for row in run.pairs] == PROMPTS
     assert all(set(row) == {"id", "prompt", "response_1", "response_2"} for row in run.pairs)
@@ -133,6 +135,7 @@ def test_blind_files_show_every_prompt_and_no_key(run):
     assert "Response 1" in chrome and "Response 2" in chrome
 
 
+@pytest.mark.multiprocess
 def test_win_rate_and_rewards_match_score_texts(run):
     from jaxrlhf.score import score_texts
 
@@ -151,6 +154,7 @@ def test_win_rate_and_rewards_match_score_texts(run):
     np.testing.assert_allclose(np.concatenate([rewards_a, rewards_b]), reference, atol=2e-4)
 
 
+@pytest.mark.multiprocess
 def test_bad_inputs_are_one_line_errors(run, tmp_path):
     prompts_file = tmp_path / "p.txt"
     prompts_file.write_text("hello\n")

@@ -115,14 +115,6 @@ def test_defaults_are_fresh_per_call():
     assert b.data.batch_size == 16 and b.model.name == "minilm"
 
 
-def test_configs_base_is_a_shim_over_configs_base_module():
-    from jaxrlhf import configs_base
-
-    for name in ("rm_defaults", "sft_defaults", "ppo_defaults", "model_block", "optim_block", "mesh_block",
-                 "distributed_block"):
-        assert getattr(configs_base, name) is getattr(base, name)
-
-
 # ---- overrides -----------------------------------------------------------------------------------------
 
 def _parse(monkeypatch, *argv: str):

@@ -5,10 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxrlhf.data import (ListBatcher, Pair, PairBatcher, RankedList, Rated, RegressionBatcher,
-                          load_pair_data, tokenize_lists, tokenize_pairs, tokenize_rated)
-from tests.test_data_fixtures import (WORDS, decoder_tokenizer, hf_cache_env,  # noqa: F401
-                                      minilm_tokenizer)
+from jaxrlhf.data import (
+    ListBatcher,
+    Pair,
+    PairBatcher,
+    RankedList,
+    Rated,
+    RegressionBatcher,
+    load_pair_data,
+    tokenize_lists,
+    tokenize_pairs,
+    tokenize_rated,
+)
+from tests.helpers.tokenizers import WORDS
 
 PAIR_KEYS = {"chosen_ids_BxT", "chosen_mask_BxT", "rejected_ids_BxT", "rejected_mask_BxT", "margin_B",
              "weight_B", "chosen_len_B", "rejected_len_B"}
@@ -117,6 +126,7 @@ def test_two_processes_split_each_global_batch(pair_data):
         PairBatcher(pair_data, 9, process_count=2)
 
 
+@pytest.mark.real_model
 def test_length_bucketing_on_hh_with_minilm(minilm_tokenizer, tmp_path):
     data, _, _ = load_pair_data("builtin:hh_rlhf_harmless", minilm_tokenizer, 256,
                                 cache_dir=str(tmp_path / "c"))

@@ -6,11 +6,22 @@ import os
 
 import pytest
 
-from jaxrlhf.data import (DataError, Pair, RankedList, Rated, as_pairs, detect_format, load_records,
-                          load_table, parse_table, ranked_to_pairs, ratings_to_pairs, split_hh)
+from jaxrlhf.data import (
+    DataError,
+    Pair,
+    RankedList,
+    Rated,
+    as_pairs,
+    detect_format,
+    load_records,
+    load_table,
+    parse_table,
+    ranked_to_pairs,
+    ratings_to_pairs,
+    split_hh,
+)
 from jaxrlhf.data.errors import DataReport
-from tests.test_data_fixtures import (decoder_tokenizer, hf_cache_env, hh_rows,  # noqa: F401
-                                      write_jsonl)
+from tests.helpers.data import write_jsonl
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 

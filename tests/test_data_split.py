@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from jaxrlhf.data import Pair, load_pair_data, load_records, split_by_prompt
-from tests.test_data_fixtures import decoder_tokenizer, hf_cache_env  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxrlhf.data import Pair, load_records, parse_table, load_table, special_tokens, tokenize_pairs
+from jaxrlhf.data import Pair, load_records, load_table, parse_table, special_tokens, tokenize_pairs
 from jaxrlhf.data.tokenize import TextEncoder
-from tests.test_data_fixtures import (decoder_tokenizer, hf_cache_env, ids_of,  # noqa: F401
-                                      make_decoder_tokenizer, minilm_tokenizer)
+from tests.helpers.tokenizers import ids_of, make_decoder_tokenizer
 
 
 def _tokens(tok, ids) -> str:
     return " ".join(tok.convert_ids_to_tokens([int(i) for i in ids]))
 
 
+@pytest.mark.real_model
 def test_bert_frame_and_layout(minilm_tokenizer):
     tok = minilm_tokenizer
     sp = special_tokens(tok)
@@ -25,6 +25,7 @@ def test_bert_frame_and_layout(minilm_tokenizer):
     assert (enc.prompt_len[0], enc.response_len[0], enc.truncated[0]) == (4, 2, False)
 
 
+@pytest.mark.real_model
 def test_bert_truncation_cuts_prompt_left_then_response_start(minilm_tokenizer):
     tok = minilm_tokenizer
     prompt, response = "one two three four five six", " red green blue"
@@ -36,6 +37,7 @@ def test_bert_truncation_cuts_prompt_left_then_response_start(minilm_tokenizer):
     assert (enc.prompt_len[0], enc.response_len[0]) == (1, 2)
 
 
+@pytest.mark.real_model
 def test_hh_with_minilm_matches_joint_tokenisation_and_keeps_response_end(minilm_tokenizer, tmp_path):
     tok = minilm_tokenizer
     pairs = load_records("builtin:hh_rlhf_harmless", cache_dir=str(tmp_path / "c")).records[:300]

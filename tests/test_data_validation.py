@@ -10,7 +10,7 @@ import gzip
 import pytest
 
 from jaxrlhf.data import DataError, load_records, load_table
-from tests.test_data_fixtures import hf_cache_env, write_jsonl  # noqa: F401
+from tests.helpers.data import write_jsonl
 
 GOOD = {"prompt": "p", "chosen": "good", "rejected": "bad"}
 

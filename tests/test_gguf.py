@@ -15,30 +15,19 @@ import torch
 from gguf import GGMLQuantizationType as QT
 
 from jaxrlhf.models.gguf import GGUFConversionError, convert_gguf_to_hf, unpermute_qk
-from tests.assets_helpers import require_asset
+from tests.helpers.assets import require_asset
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM  # noqa: E402
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint  # noqa: E402
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
-    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% endif %}"
-)
+from tests.helpers.gguf_files import llama_cpp_permute, make_tiny, tiny_vocab, write_tiny_gguf  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _hf_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-
-
-def llama_cpp_permute(w, n_head):
-    """What llama.cpp's HF->GGUF converter does to q_proj/k_proj rows (written from its description)."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2)
-            .reshape(w.shape))
 
 
 def test_unpermute_hand_case():
@@ -61,110 +50,7 @@ def test_unpermute_inverts_permute(n_head, head_dim):
 
 
 # --------------------------------------------------------------------------------------------------
-# Tiny Llama written as GGUF
-
-
-def _byte_tokens():
-    """GPT-2 byte-level alphabet: printable Latin-1 bytes stand for themselves, the others are shifted
-    to code points 256, 257, ... in byte order (so b' ' -> 'Ġ', b'\\n' -> 'Ċ')."""
-    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    out, shift = [], 0
-    for b in range(256):
-        if b in keep:
-            out.append(chr(b))
-        else:
-            out.append(chr(256 + shift))
-            shift += 1
-    assert out[ord(" ")] == "Ġ" and out[ord("\n")] == "Ċ"
-    return out
-
-
-def tiny_vocab():
-    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + _byte_tokens()
-    merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d"]
-    for m in merges:
-        tokens.append(m.replace(" ", ""))
-    types = [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (len(tokens) - 3)
-    return tokens, merges, types
-
-
-def tiny_config(vocab_size, tied):
-    return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tied,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2,
-    )
-
-
-def write_tiny_gguf(path, model, qtype, embed_qtype=None):
-    """Writes `model` (transformers Llama) as a llama.cpp-style GGUF; returns {hf_name: array written}."""
-    cfg = model.config
-    tokens, merges, types = tiny_vocab()
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHAT_TEMPLATE)
-
-    sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
-
-    def put(name, arr, q):
-        if q in (QT.F32, QT.F16):
-            w.add_tensor(name, gguf.quants.quantize(arr, q))
-        else:
-            w.add_tensor(name, gguf.quants.quantize(arr, q), raw_dtype=q)
-
-    put("token_embd.weight", sd["model.embed_tokens.weight"], embed_qtype or qtype)
-    put("output_norm.weight", sd["model.norm.weight"], QT.F32)
-    if not cfg.tie_word_embeddings:
-        put("output.weight", sd["lm_head.weight"], qtype)
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"], QT.F32)
-        put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], QT.F32)
-        put(f"blk.{i}.attn_q.weight",
-            llama_cpp_permute(sd[p + "self_attn.q_proj.weight"], cfg.num_attention_heads), qtype)
-        put(f"blk.{i}.attn_k.weight",
-            llama_cpp_permute(sd[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads), qtype)
-        put(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"], qtype)
-        put(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"], qtype)
-        put(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"], qtype)
-        put(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"], qtype)
-        put(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"], qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return sd
-
-
-def make_tiny(tied, seed=0):
-    torch.manual_seed(seed)
-    tokens, _, _ = tiny_vocab()
-    model = LlamaForCausalLM(tiny_config(len(tokens), tied)).float().eval()
-    with torch.no_grad():  # norms away from 1 so a dropped/misplaced norm shows
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-    return model
+# Tiny Llamas written as GGUF (tests/helpers/gguf_files.py)
 
 
 def reference_via_transformers_gguf(gguf_path):
@@ -366,6 +252,7 @@ def _chat_ids(tok):
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 def test_smollm2_logits_match_transformers_gguf_loader(smollm2):
     tok, ours, gguf_file = smollm2
     ref = reference_via_transformers_gguf(gguf_file)
@@ -378,6 +265,7 @@ def test_smollm2_logits_match_transformers_gguf_loader(smollm2):
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 def test_smollm2_greedy_says_paris(smollm2):
     tok, ours, _ = smollm2
     ids = _chat_ids(tok)

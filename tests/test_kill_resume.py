@@ -4,37 +4,22 @@ checkpoint and ends with the parameters of a run that was never interrupted."""
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.rm_helpers import make_tiny_llama_dir, tiny_rm_config, write_separable_pairs
+from tests.helpers.data import write_separable_pairs
+from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.runs import complete_steps, rm_cli_args, tiny_rm_config
 
-pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
-
-ROOT = Path(__file__).parents[1]
-
-
-def train_args(model, data, workdir):
-    return [sys.executable, "-m", "jaxrlhf.train_rm", f"--config={ROOT / 'jaxrlhf/configs/rm.py'}",
-            f"--config.model.name={model}", f"--config.data.source={data}", f"--config.workdir={workdir}",
-            "--config.data.eval_size=16", "--config.data.max_length=32", "--config.data.batch_size=8",
-            "--config.data.eval_batch_size=8", "--config.data.pad_to_multiple=16",
-            "--config.optim.learning_rate=3e-3", "--config.optim.warmup_steps=2", "--config.train.epochs=2",
-            "--config.train.log_every=5", "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2",
-            "--config.train.export=False", "--config.train.histogram=False"]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]  # killed and restarted training CLIs
 
 
 def in_progress_save(ckpt_dir: Path) -> bool:
     """Orbax writes a step into a temporary folder and renames it when complete."""
     return ckpt_dir.is_dir() and any("tmp" in p.name for p in ckpt_dir.iterdir())
-
-
-def complete_steps(ckpt_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) if ckpt_dir.is_dir() else []
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +29,8 @@ def setup(tmp_path_factory):
 
 
 def test_sigkill_during_saves_then_restart_matches_uninterrupted(setup, tmp_path):
-    from flax import nnx
     import jax
+    from flax import nnx
 
     from jaxrlhf.rm.load import load_trained_rm
     from jaxrlhf.train_rm import train
@@ -58,7 +43,7 @@ def test_sigkill_during_saves_then_restart_matches_uninterrupted(setup, tmp_path
     # Kill at several moments: the first as soon as a save is seen in progress, then after growing delays.
     for attempt, extra_delay in enumerate((0.0, 0.05, 0.3)):
         before = complete_steps(ckpt_dir)
-        proc = subprocess.Popen(train_args(model, data, work), env=env, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(rm_cli_args(model, data, work), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
@@ -82,7 +67,7 @@ def test_sigkill_during_saves_then_restart_matches_uninterrupted(setup, tmp_path
         assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
     assert kills == 3 and killed_mid_save >= 1, (kills, killed_mid_save)
 
-    out = subprocess.run(train_args(model, data, work), env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(rm_cli_args(model, data, work), env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from step" in out.stdout
 

@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxrlhf"
 
 LAYERS = {
-    "configs": 0, "configs_base": 0,
+    "configs": 0,
     "infra": 1,
     "data": 2, "models": 2, "ops": 2,
     "training": 3,
@@ -20,7 +20,6 @@ LAYERS = {
 }
 # Packages of one layer stay apart, except where named here, each with its reason.
 ALLOWED_SIDEWAYS = {
-    ("configs", "configs_base"): "the per-experiment files start from the default blocks",
     ("rl", "rm"): "PPO and compare score with a trained reward model (rm.load, rm.scoring)",
 }
 

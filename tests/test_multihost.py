@@ -4,67 +4,25 @@ parameters, one checkpoint and one metrics file are written, a stopped run resum
 
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.multihost_helpers import gloo_available, run_results
-from tests.rm_helpers import make_tiny_llama_dir, write_separable_pairs
+from tests.helpers.data import write_separable_pairs
+from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.processes import gloo_available, run_results
 
 pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
 
-ROOT = str(Path(__file__).parents[1])
-
-# Runs train_rm.train in one process of a (possibly one-process) run, recording what the host loop hands
-# to the devices (row hashes of each training batch) and the parameters of the last checkpoint saved.
-WORKER = textwrap.dedent("""
-    import hashlib, json, sys
-    sys.path.insert(0, {root!r})
-    import numpy as np
-    from tests.rm_helpers import tiny_rm_config
-    from jaxrlhf import train_rm
-    from jaxrlhf.infra.checkpoint import Checkpointer
-
-    cfg = tiny_rm_config({model!r}, {data!r}, {work!r})
-    for dotted, value in {overrides!r}.items():
-        block, key = dotted.rsplit(".", 1)
-        cfg[block][key] = value
-
-    rows, saved = [], {{}}
-    from jaxrlhf.training import loop as step_loop  # the training batches pass its to_global
-    to_global = step_loop.to_global
-    def recording_to_global(batch, mesh):
-        rows.append([hashlib.md5(r.tobytes()).hexdigest()[:10] for r in batch["chosen_ids_BxT"]])
-        return to_global(batch, mesh)
-    step_loop.to_global = recording_to_global
-    save = Checkpointer.save
-    def recording_save(self, step, state, meta):
-        save(self, step, state, meta)
-        saved["params"] = state["params"]  # the last one saved is the final state (never donated after)
-    Checkpointer.save = recording_save
-
-    summary = train_rm.train(cfg)
-
-    import jax
-    local = {{}}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(saved["params"]):
-        assert leaf.is_fully_replicated, (path, leaf.sharding)  # data parallel: a whole copy on each process
-        local[jax.tree_util.keystr(path)] = np.asarray(leaf.addressable_data(0))
-    checksum = hashlib.sha256(b"".join(local[k].tobytes() for k in sorted(local))).hexdigest()
-    np.savez({out!r} + f"/params_{{jax.process_index()}}.npz", **local)
-    print("RESULT " + json.dumps(dict(process=jax.process_index(), processes=jax.process_count(),
-                                      devices=jax.device_count(), checksum=checksum, rows=rows, summary=summary)))
-""")
-
 
 def launch(shared: Path, work: Path, out: Path, processes: int, devices: int, **overrides) -> list[dict]:
-    """Starts `processes` workers of one run, waits for all (killing the rest if one fails or hangs)."""
+    """Starts `processes` processes of one run of the worker multihost_rm (tests/workers.py), waits for all
+    (killing the rest if one fails or hangs)."""
     out.mkdir(parents=True, exist_ok=True)
-    script = WORKER.format(root=ROOT, model=str(shared / "model"), data=str(shared / "pairs.jsonl"), work=str(work),
-                           out=str(out), overrides=overrides)
-    return run_results(script, processes, devices, {"HF_DATASETS_CACHE": str(shared / "hf")})
+    args = ["--model", shared / "model", "--data", shared / "pairs.jsonl", "--work", work, "--out", out,
+            *(f"--set={key}={json.dumps(value)}" for key, value in overrides.items())]
+    return run_results("multihost_rm", args, processes, devices, {"HF_DATASETS_CACHE": str(shared / "hf")})
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +38,7 @@ def load_params(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+@pytest.mark.multiprocess
 def test_two_processes_train_resume_and_export_like_one(shared, tmp_path):
     if not gloo_available():
         pytest.skip("this jaxlib has no gloo CPU collectives, so two CPU processes cannot run one computation")
@@ -104,7 +63,8 @@ def test_two_processes_train_resume_and_export_like_one(shared, tmp_path):
 
     # Both processes hold the same parameters, and they are those of the one-process run.
     assert second[0]["checksum"] == second[1]["checksum"]
-    two, one = load_params(tmp_path / "out_second" / "params_0.npz"), load_params(tmp_path / "out_single" / "params_0.npz")
+    two = load_params(tmp_path / "out_second" / "params_0.npz")
+    one = load_params(tmp_path / "out_single" / "params_0.npz")
     assert two.keys() == one.keys() and len(one) > 5
     worst = max(float(np.max(np.abs(two[k] - one[k]))) for k in one)
     print(f"largest parameter difference, two processes vs one: {worst:.3g}")
@@ -143,7 +103,7 @@ def check_export(export: Path, final: dict[str, np.ndarray]) -> None:
 
 
 def test_distributed_arguments_from_config_env_or_tpu_pod(monkeypatch):
-    from jaxrlhf.configs_base import rm_defaults
+    from jaxrlhf.configs.base import rm_defaults
     from jaxrlhf.infra.multihost import distributed_args
 
     for name in ("JAXRLHF_COORDINATOR", "JAXRLHF_NUM_PROCESSES", "JAXRLHF_PROCESS_ID", "TPU_WORKER_HOSTNAMES",

@@ -2,52 +2,24 @@
 per-iteration metrics, one metrics file and one export written by process 0, identical final actors."""
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.multihost_helpers import gloo_available, run_results
-from tests.ppo_helpers import make_tiny_rm_export, write_prompts
-from tests.rm_helpers import make_tiny_llama_dir
+from tests.helpers.data import write_prompts
+from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.processes import gloo_available, run_results
+from tests.helpers.runs import make_tiny_rm_export
 
-pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
-
-ROOT = str(Path(__file__).parents[1])
-WORKER = textwrap.dedent("""
-    import hashlib, json, sys
-    sys.path.insert(0, {root!r})
-    from pathlib import Path
-    import jax, numpy as np
-    from tests.ppo_helpers import tiny_ppo_config
-    from jaxrlhf.infra.multihost import to_host
-    from jaxrlhf.infra.checkpoint import Checkpointer
-    from jaxrlhf.train_ppo import train
-
-    cfg = tiny_ppo_config(Path({policy!r}), Path({rm!r}), Path({prompts!r}), Path({work!r}))
-    cfg.train.iterations = 3
-    cfg.train.checkpoint_every = 0
-    cfg.train.export = True
-    cfg.ppo.rollout_batch_size, cfg.ppo.minibatch_size = 8, 4
-    saved = {{}}
-    save = Checkpointer.save
-    def recording_save(self, step, state, meta):
-        save(self, step, state, meta)
-        saved["actor"] = state["actor"]["params"]
-    Checkpointer.save = recording_save
-    train(cfg)
-    leaves = [to_host(x) for x in jax.tree_util.tree_leaves(saved["actor"])]
-    checksum = hashlib.sha256(b"".join(np.ascontiguousarray(x).tobytes() for x in leaves)).hexdigest()
-    print("RESULT " + json.dumps(dict(process=jax.process_index(), processes=jax.process_count(),
-                                      devices=jax.device_count(), checksum=checksum)))
-""")
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]  # two PPO runs in worker processes
 
 
 def launch(setup, work: Path, processes: int, devices: int) -> list[dict]:
+    """`processes` processes of one run of the worker multihost_ppo (tests/workers.py), `devices` CPU devices each."""
     policy, rm, prompts, root = setup
-    script = WORKER.format(root=ROOT, policy=str(policy), rm=str(rm), prompts=str(prompts), work=str(work))
-    return run_results(script, processes, devices, {"HF_DATASETS_CACHE": str(root / "hf")})
+    args = ["--policy", policy, "--rm", rm, "--prompts", prompts, "--work", work]
+    return run_results("multihost_ppo", args, processes, devices, {"HF_DATASETS_CACHE": str(root / "hf")})
 
 
 def test_two_process_ppo_equals_one_process(tmp_path):

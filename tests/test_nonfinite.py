@@ -13,7 +13,9 @@ import pytest
 from flax import nnx
 
 from jaxrlhf.training.accumulate import guarded_update
-from tests.rm_helpers import make_tiny_llama_dir, tiny_rm_config, write_separable_pairs
+from tests.helpers.data import write_separable_pairs
+from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.runs import tiny_rm_config
 
 pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
 
@@ -52,6 +54,7 @@ def exploding_config(model, data, workdir):
     return config
 
 
+@pytest.mark.multiprocess
 def test_stop_mode_is_one_line_and_keeps_only_finite_checkpoints(exploding, tmp_path):
     model, data = exploding
     root = Path(__file__).parents[1]

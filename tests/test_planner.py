@@ -5,18 +5,19 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 from flax import nnx
 
 from jaxrlhf.infra import planner
-from jaxrlhf.models import registry
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.mesh_checks import check_axes, check_batch
-
-ROOT = Path(__file__).parents[1]
+from jaxrlhf.models import registry
+from tests.helpers import REPO_ROOT as ROOT
+from tests.helpers.data import write_separable_pairs
+from tests.helpers.mesh import FakeMesh
+from tests.helpers.models import make_tiny_llama_dir, tiny_llama_dir_config
+from tests.helpers.processes import run_worker
 
 SMOLLM2_CONFIG = {"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
                   "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
@@ -24,71 +25,19 @@ SMOLLM2_CONFIG = {"model_type": "llama", "vocab_size": 49152, "hidden_size": 576
 MINILM_CONFIG = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 384, "intermediate_size": 1536,
                  "num_hidden_layers": 6, "num_attention_heads": 12, "max_position_embeddings": 512,
                  "type_vocab_size": 2, "pad_token_id": 0}
-# make_tiny_llama_dir's shapes: vocab 39, hidden 32, intermediate 64, 4 heads of 8, 2 kv heads
-TINY_LLAMA_CONFIG = {"model_type": "llama", "vocab_size": 39, "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                     "tie_word_embeddings": True}
-
-
-class FakeMesh:
-    def __init__(self, data=1, fsdp=1, tensor=1):
-        self.shape = {"data": data, "fsdp": fsdp, "tensor": tensor}
 
 
 @pytest.fixture(scope="module")
 def tiny_llama_dir(tmp_path_factory):
-    from tests.rm_helpers import make_tiny_llama_dir, write_separable_pairs
-
     root = tmp_path_factory.mktemp("planner")
     write_separable_pairs(root / "pairs.jsonl", 32)
     return make_tiny_llama_dir(root / "model")
 
 
-PLACED_SCRIPT = textwrap.dedent("""
-    import collections, json, sys
-    sys.path.insert(0, {root!r})
-    import jax
-    from flax import nnx
-    from jaxrlhf.configs_base import optim_block
-    from jaxrlhf.infra import planner, sharding as shd
-    from jaxrlhf.models import registry
-    from jaxrlhf.models.hub import from_pretrained
-    from jaxrlhf.models.layers import LoRAConfig
-    from jaxrlhf.training.optim import init_opt_state, make_optimizer
-    from jaxrlhf.training.trainable import split_trainable
-
-    def placed(tree):  # bytes each device actually holds
-        per_device = collections.Counter({{d.id: 0 for d in jax.devices()}})
-        for x in jax.tree_util.tree_leaves(tree):
-            for shard in x.addressable_shards:
-                per_device[shard.device.id] += shard.data.nbytes
-        return sorted(per_device.values())
-
-    out = []
-    for sizes, mode in [((8, 1, 1), "full"), ((1, 8, 1), "full"), ((1, 1, 8), "full"), ((2, 2, 2), "full"),
-                        ((1, 4, 2), "lora")]:
-        mesh = shd.make_mesh(*sizes)
-        lora = LoRAConfig(rank=4, targets="q_proj|v_proj") if mode == "lora" else None
-        loaded = from_pretrained({model!r}, "reward", mesh=mesh, lora=lora)
-        _, trainable, frozen = split_trainable(loaded.model, mode)
-        optimizer, _ = make_optimizer(optim_block(), 10)
-        work = planner.Workload()
-        plan = planner.plan_model("rm", trainable, frozen, planner.Dims.of(loaded.config), work, mesh)
-        abstract = registry.abstract_model(loaded.hf_config, "reward", lora=lora)[0]
-        out.append({{"mesh": sizes, "mode": mode, "planned_params": plan.params, "planned_optimiser": plan.optimiser,
-                    "planned_abstract": planner.state_bytes(nnx.state(abstract), mesh),
-                    "placed_params": placed(nnx.state(loaded.model)),
-                    "placed_optimiser": placed(init_opt_state(optimizer, trainable))}})
-    print("RESULT" + json.dumps(out))
-""")
-
-
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_planned_parameter_bytes_equal_bytes_placed_on_each_device(tiny_llama_dir):
-    script = PLACED_SCRIPT.format(root=str(ROOT), model=str(tiny_llama_dir))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_worker("placed_bytes", "--model", tiny_llama_dir, devices=8)  # tests/workers.py
     results = json.loads(run.stdout.split("RESULT", 1)[1])
     for r in results:
         assert r["placed_params"] == [r["planned_params"]] * 8, r
@@ -161,7 +110,8 @@ def test_batch_that_does_not_divide_is_one_line():
 
 
 def test_axis_that_splits_nothing_is_refused_and_partial_splits_warn():
-    model, _ = registry.abstract_model(TINY_LLAMA_CONFIG, "reward")
+    # the shapes of make_tiny_llama_dir: vocab 39, hidden 32, intermediate 64, 4 heads of 8, 2 kv heads
+    model, _ = registry.abstract_model(tiny_llama_dir_config().to_diff_dict(), "reward")
     states = {"reward model": nnx.state(model)}
     with pytest.raises(shd.MeshError) as e:
         check_axes(states, FakeMesh(tensor=7))
@@ -187,6 +137,7 @@ def _cli(tiny_llama_dir, devices, *overrides):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_cli_batch_error_is_one_stderr_line(tiny_llama_dir):
     run = _cli(tiny_llama_dir, 3, "--config.mesh.data=3")
     assert run.returncode == 2, run.stderr[-2000:]
@@ -196,6 +147,7 @@ def test_cli_batch_error_is_one_stderr_line(tiny_llama_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_cli_axis_error_is_one_stderr_line(tiny_llama_dir):
     run = _cli(tiny_llama_dir, 7, "--config.mesh.data=1", "--config.mesh.tensor=7")
     assert run.returncode == 2, run.stderr[-2000:]
@@ -210,6 +162,7 @@ def test_table_warns_when_the_plan_exceeds_a_device():
         "warning: the plan needs 4.4 KiB per device, a device has 4.4 KiB")
 
 
+@pytest.mark.multiprocess
 def test_planner_cli_plans_from_config_json_alone(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
     cmd = [sys.executable, "-m", "jaxrlhf.plan", f"--model={tmp_path}", "--mesh=1,8,1", "--batch=16"]

@@ -53,7 +53,7 @@ def test_process_scores_penalty_running_normalisation_and_clip():
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
     from jaxrlhf.models.hub import from_pretrained, load_tokenizer
-    from tests.rm_helpers import make_tiny_llama_dir
+    from tests.helpers.models import make_tiny_llama_dir
 
     path = make_tiny_llama_dir(tmp_path_factory.mktemp("policy") / "p", seed=3)
     return path, from_pretrained(str(path), "causal_lm").model, load_tokenizer(path)
@@ -112,8 +112,8 @@ def test_sampler_logprobs_equal_recomputed_ones(tiny_policy):
 
 
 def test_prompts_from_hh_dialogues_and_batches(tiny_policy):
-    from jaxrlhf.data.sources import load_table
     from jaxrlhf.data.prompts import hh_messages
+    from jaxrlhf.data.sources import load_table
     from jaxrlhf.rl.prompts import build_prompt_set, parse_prompts
 
     assert hh_messages("\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: why\n\nAssistant:") == [

@@ -34,7 +34,7 @@ ROWS = [(6, 7, False), (4, 4, True), (2, 1, True), (5, 6, True)]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     from jaxrlhf.models.hub import from_pretrained
-    from tests.rm_helpers import make_tiny_llama_dir
+    from tests.helpers.models import make_tiny_llama_dir
 
     root = tmp_path_factory.mktemp("ppo_steps")
     actor_dir = make_tiny_llama_dir(root / "actor", seed=3)
@@ -422,7 +422,7 @@ def test_minibatch_whitening_equals_prewhitened_rollout_scope(models, batch, ref
 
 
 def test_adaptive_kl_controller_direction_and_default_horizon():
-    from jaxrlhf.configs_base import ppo_defaults
+    from jaxrlhf.configs.base import ppo_defaults
     from jaxrlhf.ops.kl import FixedKLController, KLControllerState
     from jaxrlhf.rl.ppo_setup import kl_controller
 
@@ -459,9 +459,9 @@ def test_adaptive_kl_controller_direction_and_default_horizon():
 
 
 def test_initial_moments_seed_count_and_weight_after_three_batches():
-    from jaxrlhf.configs_base import ppo_defaults
-    from jaxrlhf.rl.rewards import process_scores
+    from jaxrlhf.configs.base import ppo_defaults
     from jaxrlhf.rl.ppo_setup import initial_moments
+    from jaxrlhf.rl.rewards import process_scores
 
     mean, std = 1.5, 2.0
     stats = {"reward_mean": mean, "reward_std": std, "n_pairs": 512, "n_rewards": 1024}

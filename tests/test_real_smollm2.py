@@ -11,18 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxrlhf import assets
-from tests.assets_helpers import require_asset
+from tests.helpers.assets import require_asset
 
-pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
-
-MODEL_DIR = Path(assets.asset_dir("smollm2"))  # ~/.cache/jaxrlhf/smollm2 unless $JAXRLHF_CACHE says otherwise
+pytestmark = [pytest.mark.slow, pytest.mark.real_model]  # loads the real SmolLM2
 
 
 @pytest.fixture(scope="module", autouse=True)
-def smollm2_fetched():
-    """Skips every test here when SmolLM2 is not fetched (fails them under JAXRLHF_REQUIRE_ASSETS=1)."""
-    require_asset("smollm2")
+def smollm2_dir() -> Path:
+    """The fetched SmolLM2 directory (in $JAXRLHF_CACHE or the default cache); skips every test here when
+    it is not fetched (fails them under JAXRLHF_REQUIRE_ASSETS=1)."""
+    return Path(require_asset("smollm2"))
 
 
 QUESTION = "What is the capital of France?"
@@ -36,21 +34,21 @@ def loaded():
     return lm, load_tokenizer(lm.model_dir)
 
 
-def test_next_token_logits_match_transformers(loaded):
+def test_next_token_logits_match_transformers(loaded, smollm2_dir):
     import torch
     import transformers
 
     from jaxrlhf.rl.sampling import chat_prompts, left_pad
 
     lm, tok = loaded
-    assert lm.model_dir.resolve() == MODEL_DIR.resolve() and lm.family.__name__.endswith("llama")
+    assert lm.model_dir.resolve() == smollm2_dir.resolve() and lm.family.__name__.endswith("llama")
     seqs = chat_prompts(tok, [QUESTION, "Write one short sentence about the sea."])
     ids, mask = left_pad(seqs, tok.pad_token_id)
     logits, _ = lm.model(ids, mask)
     logits = np.asarray(logits)
 
     torch.set_num_threads(2)
-    ref = transformers.LlamaForCausalLM.from_pretrained(str(MODEL_DIR), dtype=torch.float32).eval()
+    ref = transformers.LlamaForCausalLM.from_pretrained(str(smollm2_dir), dtype=torch.float32).eval()
     worst = 0.0
     for row, s in enumerate(seqs):  # torch runs each prompt unpadded
         with torch.no_grad():

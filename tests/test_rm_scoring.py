@@ -21,7 +21,9 @@ from jaxrlhf.data.prompts import Prompt, prompt_of_text
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.rm.load import load_trained_rm
 from jaxrlhf.rm.scoring import SPEC_FILE
-from tests.rm_helpers import make_tiny_llama_dir, tiny_rm_config, write_separable_pairs
+from tests.helpers.data import write_separable_pairs
+from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.runs import tiny_rm_config
 
 pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
 
@@ -58,6 +60,7 @@ def normalised_run(tmp_path_factory):
     return root, summary, held_file, train_file
 
 
+@pytest.mark.multiprocess
 def test_eval_rm_on_the_export_gives_what_eval_json_gave(normalised_run):
     root, summary, held_file, _ = normalised_run
     work = root / "work"

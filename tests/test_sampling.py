@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import nnx
 
 from jaxrlhf.models import llama, registry
 from jaxrlhf.rl.sampling import SamplingConfig, chat_prompts, decode, generate, left_pad
 from jaxrlhf.rl.sampling_filters import filter_logits, sample_token, top_k_filter, top_p_filter
+from tests.helpers.models import tiny_llama_jax_config
+from tests.helpers.tokenizers import make_decoder_tokenizer
 
 V = 101
 PAD = 0
 
 
 def tiny_model(tied: bool = False, seed: int = 0):
-    cfg = llama.Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5,
-                       max_position_embeddings=128, tie_word_embeddings=tied, pad_token_id=PAD)
+    cfg = tiny_llama_jax_config(vocab_size=V, head_dim=8, rms_norm_eps=1e-5, max_position_embeddings=128,
+                                tie_word_embeddings=tied, pad_token_id=PAD)
     model = registry.build_model(llama, cfg, "causal_lm", rngs=nnx.Rngs(seed))
     flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     keys = iter(jax.random.split(jax.random.key(seed + 100), len(flat)))
@@ -57,7 +57,7 @@ def prompts(padding: str = "left"):
     return ids, mask
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward(graphdef):
     return jax.jit(lambda state, ids, mask: nnx.merge(graphdef, state)(ids, mask)[0])
 
@@ -449,8 +449,6 @@ def test_left_pad():
 
 
 def test_chat_prompts_apply_the_template_with_generation_prompt():
-    from tests.test_data_fixtures import make_decoder_tokenizer
-
     tok = make_decoder_tokenizer()
     tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
                          "{% if add_generation_prompt %}<assistant>{% endif %}")

@@ -2,44 +2,23 @@
 same losses as on one device, also when a run resumes on a different mesh from another mesh's checkpoint."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.rm_helpers import make_tiny_llama_dir, write_separable_pairs
+from tests.helpers.data import write_separable_pairs
+from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.processes import run_worker
 
-pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
-
-SCRIPT = textwrap.dedent("""
-    import json, sys
-    sys.path.insert(0, {root!r})
-    from tests.rm_helpers import tiny_rm_config
-    from jaxrlhf.train_rm import train
-    import jax
-    cfg = tiny_rm_config({model!r}, {data!r}, {work!r})
-    cfg.train.epochs = 1
-    cfg.train.log_every = 1
-    cfg.train.checkpoint_every = {checkpoint_every}
-    cfg.train.stop_after = {stop_after}
-    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = {mesh}
-    print("DEVICES", len(jax.devices()))
-    train(cfg)
-""")
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]  # training runs on 8 fake devices in worker processes
 
 
 def run(tmp_path, name, mesh, devices, model, data, stop_after=0, checkpoint_every=0):
+    """The worker train_rm (tests/workers.py) on `devices` fake devices: its losses by step and eval.json."""
     work = tmp_path / name
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               HF_DATASETS_CACHE=str(tmp_path / "hf"))
-    script = SCRIPT.format(root=str(Path(__file__).parents[1]), model=str(model), data=str(data), work=str(work),
-                           mesh=mesh, stop_after=stop_after, checkpoint_every=checkpoint_every)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_worker("train_rm", "--model", model, "--data", data, "--work", work, "--mesh", ",".join(map(str, mesh)),
+                     "--stop-after", stop_after, "--checkpoint-every", checkpoint_every, devices=devices,
+                     env={"HF_DATASETS_CACHE": str(tmp_path / "hf")})
     assert f"DEVICES {devices}" in out.stdout
     if stop_after:
         return None, None

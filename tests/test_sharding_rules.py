@@ -1,16 +1,11 @@
 """Mesh construction and the parameter-to-mesh rule table (runs on one device; the 8-device
 equivalence tests live with the trainers)."""
 
-import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxrlhf.infra import sharding as shd
-
-
-class FakeMesh:
-    def __init__(self, **shape):
-        self.shape = shape
+from tests.helpers.mesh import FakeMesh
 
 
 def test_rules_shard_the_expected_dims():

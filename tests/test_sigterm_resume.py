@@ -11,22 +11,29 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.test_kill_resume import complete_steps, setup, train_args  # noqa: F401 (fixture)
+from tests.helpers.data import write_separable_pairs
+from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.runs import complete_steps, rm_cli_args, tiny_rm_config
 
-pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]  # a training CLI stopped by SIGTERM and rerun
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sigterm")
+    return make_tiny_llama_dir(d / "model"), write_separable_pairs(d / "pairs.jsonl", 96), d
 
 
 def test_sigterm_saves_exits_zero_and_resume_is_exact(setup, tmp_path):
     from jaxrlhf.rm.load import load_trained_rm
     from jaxrlhf.train_rm import train
-    from tests.rm_helpers import tiny_rm_config
 
     model, data, _ = setup
     env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path / "hf"))
     work = tmp_path / "preempted"
     # 300 steps (a few seconds), long enough for the signal to land mid-run; no periodic checkpoints.
     args = [a.replace("checkpoint_every=1", "checkpoint_every=1000").replace("epochs=2", "epochs=30")
-            for a in train_args(model, data, work)] + ["--config.train.eval_every=100000"]
+            for a in rm_cli_args(model, data, work)] + ["--config.train.eval_every=100000"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     metrics = work / "metrics.jsonl"

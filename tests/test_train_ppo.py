@@ -1,18 +1,16 @@
 """PPO end to end on tiny models: the reward rises, resume is exact, 8 sharded devices equal one, export."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from tests.ppo_helpers import make_tiny_rm_export, tiny_ppo_config, write_prompts
-from tests.rm_helpers import make_tiny_llama_dir
+from tests.helpers.data import write_prompts
+from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.processes import run_worker
+from tests.helpers.runs import make_tiny_rm_export, tiny_ppo_config
 
 pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
 
@@ -20,7 +18,8 @@ pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo")
-    return make_tiny_llama_dir(root / "policy", seed=0), make_tiny_rm_export(root), write_prompts(root / "prompts.jsonl"), root
+    policy = make_tiny_llama_dir(root / "policy", seed=0)
+    return policy, make_tiny_rm_export(root), write_prompts(root / "prompts.jsonl"), root
 
 
 def records(workdir: Path) -> list[dict]:
@@ -113,32 +112,12 @@ def test_stop_and_resume_equals_uninterrupted(setup, whole_run, tmp_path):
     assert last(whole_run)["ppo/score_mean"] == last(tmp_path / "split")["ppo/score_mean"]
 
 
-SHARDED = textwrap.dedent("""
-    import json, sys
-    sys.path.insert(0, {root!r})
-    from pathlib import Path
-    from tests.ppo_helpers import tiny_ppo_config
-    from jaxrlhf.train_ppo import train
-    import jax
-    cfg = tiny_ppo_config(Path({policy!r}), Path({rm!r}), Path({prompts!r}), Path({work!r}))
-    cfg.train.iterations = 2
-    cfg.train.checkpoint_every = 0
-    cfg.ppo.rollout_batch_size, cfg.ppo.minibatch_size = 16, 8  # minibatches divide over 8 devices
-    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = {mesh}
-    print("DEVICES", len(jax.devices()))
-    train(cfg)
-""")
-
-
 def run_sharded(setup, tmp_path, name, mesh, devices):
     policy, rm, prompts, _ = setup
     work = tmp_path / name
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               HF_DATASETS_CACHE=str(tmp_path / "hf"))
-    script = SHARDED.format(root=str(Path(__file__).parents[1]), policy=str(policy), rm=str(rm),
-                            prompts=str(prompts), work=str(work), mesh=mesh)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_worker("sharded_ppo", "--policy", policy, "--rm", rm, "--prompts", prompts, "--work", work,
+                     "--mesh", ",".join(map(str, mesh)), devices=devices,
+                     env={"HF_DATASETS_CACHE": str(tmp_path / "hf")})
     assert f"DEVICES {devices}" in out.stdout
     return records(work)
 
@@ -148,6 +127,7 @@ def one_device(setup, tmp_path_factory):
     return run_sharded(setup, tmp_path_factory.mktemp("ppo_one"), "one", (1, 1, 1), 1)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("name,mesh", [("mixed", (2, 2, 2)), ("data", (8, 1, 1)), ("fsdp", (1, 8, 1)),
                                        ("tensor", (1, 1, 8))])
 def test_sharded_ppo_iterations_match_one_device(setup, one_device, tmp_path, name, mesh):

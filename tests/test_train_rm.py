@@ -11,7 +11,9 @@ from flax import nnx
 
 from jaxrlhf.rm.load import load_trained_rm
 from jaxrlhf.train_rm import train
-from tests.rm_helpers import make_tiny_llama_dir, tiny_rm_config, write_separable_pairs
+from tests.helpers.data import write_separable_pairs
+from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.runs import tiny_rm_config
 
 pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
 
@@ -27,6 +29,7 @@ def params_of(workdir):
     return jax.tree_util.tree_leaves(nnx.state(loaded.model, nnx.Param))
 
 
+@pytest.mark.multiprocess
 def test_learns_separable_pairs_and_exports(setup, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
     model_dir, data, _ = setup
@@ -88,6 +91,7 @@ def test_resume_after_stop_gives_identical_parameters(setup, tmp_path, monkeypat
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.multiprocess
 def test_eval_rm_reports_kendall_tau_for_ranked_lists(setup, tmp_path):
     model_dir, _, _ = setup
     # Two lists of 4 responses, ranks untied: 6 pairs each, 12 in all. On a list without ties tau-b is
@@ -106,6 +110,7 @@ def test_eval_rm_reports_kendall_tau_for_ranked_lists(setup, tmp_path):
     assert result["kendall_tau"] == pytest.approx(2 * result["accuracy"] - 1, abs=1e-6)
 
 
+@pytest.mark.multiprocess
 def test_bad_input_is_one_line_error(setup, tmp_path):
     model_dir, _, _ = setup
     bad = tmp_path / "bad.jsonl"
@@ -188,7 +193,7 @@ def test_parameter_efficient_modes_touch_only_their_parameters(setup, tmp_path, 
     train(config)
     after = _final_params(tmp_path / "work")
     from jaxrlhf.models.hub import from_pretrained
-    from jaxrlhf.train_rm import lora_from_config
+    from jaxrlhf.training.run_setup import lora_from_config
 
     base = from_pretrained(str(model_dir), "reward", lora=lora_from_config(config.model))
     from jaxrlhf.infra.sharding import path_str
@@ -228,12 +233,15 @@ def test_bfloat16_compute_trains(setup, tmp_path, monkeypatch):
     assert summary["accuracy"] >= 0.9
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("args,expected", [
     (["--config.train.epochz=1"], 'Did you mean "epochs"'),
     (["--config.train.epochs=abc"], "invalid literal"),
     (["--config.model.name=/no/such/model"], "model directory not found"),
-    (["--config.data.on_invalid=ignore"], "data.on_invalid"),
-    (["--config.model.name=smollm2", "--config.model.dropout=0.1"], "BERT family only"),
+    pytest.param(["--config.data.on_invalid=ignore"], "data.on_invalid",
+                 marks=pytest.mark.real_model),  # checked after the default model (MiniLM) loads
+    pytest.param(["--config.model.name=smollm2", "--config.model.dropout=0.1"], "BERT family only",
+                 marks=pytest.mark.real_model),  # reads the fetched SmolLM2's config
 ])
 def test_train_rm_bad_config_is_one_line_error(tmp_path, args, expected):
     out = subprocess.run([sys.executable, "-m", "jaxrlhf.train_rm", "--config=configs/rm.py",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxrlhf.configs_base import sft_defaults
+from jaxrlhf.configs.base import sft_defaults
 from jaxrlhf.data.errors import DataError
 from jaxrlhf.data.sources import load_table
 from jaxrlhf.infra.checkpoint import Checkpointer
@@ -22,8 +22,8 @@ from jaxrlhf.sft.step import response_nll
 from jaxrlhf.train_sft import train
 from jaxrlhf.training.run_setup import load_model
 from jaxrlhf.training.trainable import split_trainable
-from tests.rm_helpers import make_tiny_llama_dir
-from tests.test_data_fixtures import WORDS
+from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.tokenizers import WORDS
 
 pytestmark = pytest.mark.slow  # trains, spawns processes or loads a real model
 
@@ -34,7 +34,7 @@ def write_memorisable(path: Path, n: int, seed: int = 0) -> Path:
     """Random prompts; the answer is one of two fixed phrases, picked by whether the prompt says "hello"."""
     rng = random.Random(seed)
     with open(path, "w") as f:
-        for i in range(n):
+        for _ in range(n):
             words = [rng.choice(FILLER) for _ in range(rng.randint(2, 6))]
             response = "yes good one two" if "hello" in words else "no bad red green blue"
             f.write(json.dumps({"prompt": " ".join(words), "response": response}) + "\n")
@@ -170,13 +170,15 @@ def test_stop_and_resume_matches_uninterrupted_run(trained):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.multiprocess
 def test_bad_row_is_one_line_error_naming_file_row_field(trained, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "hi", "response": "yes"}) + "\n" + json.dumps({"prompt": "hi there",
                                                                                           "response": " "}) + "\n")
     out = subprocess.run([sys.executable, "-m", "jaxrlhf.train_sft", "--config=configs/sft.py",
                           f"--config.model.name={trained['model_dir']}", f"--config.data.source={bad}",
-                          "--config.data.format=auto", f"--config.workdir={tmp_path / 'w'}"], capture_output=True, text=True,
+                          "--config.data.format=auto", f"--config.workdir={tmp_path / 'w'}"],
+                         capture_output=True, text=True,
                          cwd=str(Path(__file__).parents[1]))
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr

@@ -1,14 +1,19 @@
 """Malformed inputs (data files, configs, model directories) and the one-line error each must produce.
 
 Shared by tests/test_malformed_inputs.py (every case: exit 2, one `error:` line naming the problem, no
-traceback, no output mistaken for a good one) and scripts/malformed_inputs.py (the table in docs/).
+traceback, no output mistaken for a good one) and `python -m tests.tools.malformed_table` (the table in
+docs/malformed_inputs.md).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import gzip
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -95,7 +100,7 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
         Case("unknown config key", "config", "train_rm", rm("--config.train.epochz=1"), "epochs"),
         Case("wrong value type", "config", "train_rm", rm("--config.train.epochs=abc"), "epochs"),
         Case("unknown train mode", "config", "train_rm", rm("--config.model.train_mode=everything"),
-             "train mode"),
+             "model.train_mode='everything' is not one of full, lora"),
         Case("unknown dtype", "config", "train_rm", rm("--config.model.dtype=float8"), "dtype"),
         Case("unknown schedule", "config", "train_rm", rm("--config.optim.schedule=zigzag"), "schedule"),
         Case("mesh larger than the devices", "config", "train_rm", rm("--config.mesh.data=3"), "devices"),
@@ -127,11 +132,28 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
 
 def run_case(case: Case, cwd: Path, env: dict | None = None, timeout: float = 300):
     """(exit code, last stderr line, stderr) of the case's command run in `cwd`."""
-    import os
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-m", f"jaxrlhf.{case.command}", *case.args], cwd=str(cwd),
                          capture_output=True, text=True, timeout=timeout, env=env or dict(os.environ))
     lines = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.strip()]
     return out.returncode, (lines[-1] if lines else ""), out.stderr
+
+
+def run_all_cases(root: Path) -> list[tuple[Case, tuple[int, str, str]]]:
+    """Every case around a fresh tiny model and pairs file under `root`, each with what `run_case` gives."""
+    from tests.helpers.data import write_separable_pairs
+    from tests.helpers.models import make_tiny_llama_dir
+
+    model = make_tiny_llama_dir(root / "model")
+    pairs = write_separable_pairs(root / "pairs.jsonl", 32)
+    cases = build_cases(root / "cases", model, pairs)
+    env = dict(os.environ, HF_DATASETS_CACHE=str(root / "hf"), JAX_PLATFORMS="cpu")
+
+    def run_in_own_folder(numbered):  # two at once must not share the default workdir (and its lock)
+        i, case = numbered
+        cwd = root / "runs" / str(i)
+        cwd.mkdir(parents=True)
+        return run_case(case, cwd, env)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # the CLIs mostly wait on imports
+        outcomes = list(pool.map(run_in_own_folder, enumerate(cases, 1)))
+    return list(zip(cases, outcomes))

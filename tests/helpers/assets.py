@@ -1,7 +1,9 @@
 """`require_asset`: the one gate for tests that need a real model fetched by `python -m jaxrlhf.assets fetch`.
 
-Without the asset such a test skips, saying how to fetch it. With JAXRLHF_REQUIRE_ASSETS=1 (which
-`.ci/run` exports) it fails with the same message, so CI cannot pass by skipping the real-model tests.
+The asset is looked up where `jaxrlhf.assets` fetches it (`assets.asset_dir`: under `$JAXRLHF_CACHE` or
+the default cache) and counts only when complete (its marker names the pinned wheel). Without it such a
+test skips, saying how to fetch it. With JAXRLHF_REQUIRE_ASSETS=1 (which `.ci/run` exports) it fails with
+the same message, so CI cannot pass by skipping the real-model tests. Mark such tests `real_model`.
 """
 
 from __future__ import annotations

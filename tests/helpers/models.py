@@ -1,0 +1,73 @@
+"""One tiny-config builder per model family, and a saved tiny Llama.
+
+Each builder starts from one small shape and takes keyword overrides, so a test names only what it needs
+different (a vocabulary, a head_dim, tied embeddings, a sliding window). Building the config is cheap;
+weights are drawn by the caller (`transformers` model classes, or `registry.build_model`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Shared by the transformers LlamaConfig and our llama.Config: 2 layers, 4 heads of 8, 2 KV heads.
+TINY_LLAMA = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, pad_token_id=0)
+TINY_GPT2 = dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0)
+TINY_BERT = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 max_position_embeddings=64)
+# The special-token ids each encoder kind uses unless told otherwise (transformers' own defaults).
+_BERT_IDS = {"bert": dict(pad_token_id=0), "roberta": dict(pad_token_id=1, bos_token_id=0, eos_token_id=2)}
+
+
+def tiny_llama_config(config_class=None, **overrides):
+    """A `transformers` Llama-family config (LlamaConfig unless `config_class`, e.g. MistralConfig)."""
+    import transformers
+
+    return (config_class or transformers.LlamaConfig)(**{**TINY_LLAMA, **overrides})
+
+
+def tiny_llama_jax_config(**overrides):
+    """The same shape as our `jaxrlhf.models.llama.Config` (head_dim = hidden / heads unless given)."""
+    from jaxrlhf.models import llama
+
+    kw = {**TINY_LLAMA, **overrides}
+    kw.setdefault("head_dim", kw["hidden_size"] // kw["num_attention_heads"])
+    return llama.Config(**kw)
+
+
+def tiny_gpt2_config(**overrides):
+    import transformers
+
+    return transformers.GPT2Config(**{**TINY_GPT2, **overrides})
+
+
+def tiny_bert_config(kind: str = "bert", **overrides):
+    """A `transformers` BertConfig (kind "bert") or RobertaConfig (kind "roberta")."""
+    import transformers
+
+    cls = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}[kind]
+    return cls(**{**TINY_BERT, **_BERT_IDS[kind], **overrides})
+
+
+def tiny_llama_dir_config(tokenizer=None, **overrides):
+    """The config `make_tiny_llama_dir` saves: the tiny Llama sized to the word-level tokenizer, tied."""
+    from tests.helpers.tokenizers import make_decoder_tokenizer
+
+    tok = tokenizer or make_decoder_tokenizer()
+    return tiny_llama_config(**{**dict(vocab_size=len(tok), max_position_embeddings=128,
+                                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id, tie_word_embeddings=True), **overrides})
+
+
+def make_tiny_llama_dir(path: Path, seed: int = 0, **overrides) -> Path:
+    """A random Llama (torch seed `seed`) and the word-level tokenizer saved as an HF directory."""
+    import torch
+    import transformers
+
+    from tests.helpers.tokenizers import make_decoder_tokenizer
+
+    tok = make_decoder_tokenizer()
+    torch.manual_seed(seed)
+    transformers.LlamaForCausalLM(tiny_llama_dir_config(tok, **overrides)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -1,0 +1,88 @@
+"""Tiny trainer runs: RM and PPO configs over the tiny Llama, the RM command line, checkpoint folders."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.helpers import REPO_ROOT
+from tests.helpers.data import write_separable_pairs
+from tests.helpers.models import make_tiny_llama_dir
+
+
+def tiny_rm_config(model_dir: Path, data_file: Path, workdir: Path):
+    from jaxrlhf.configs.base import rm_defaults
+
+    config = rm_defaults()
+    config.workdir = str(workdir)
+    config.model.name = str(model_dir)
+    config.data.source = str(data_file)
+    config.data.eval_size = 16
+    config.data.max_length = 32
+    config.data.batch_size = 8
+    config.data.eval_batch_size = 8
+    config.data.pad_to_multiple = 16
+    config.optim.learning_rate = 3e-3
+    config.optim.warmup_steps = 2
+    config.train.epochs = 4
+    config.train.log_every = 5
+    config.train.checkpoint_every = 5
+    config.train.export = False
+    config.train.histogram = False
+    return config
+
+
+def rm_cli_args(model, data, workdir) -> list[str]:
+    """`python -m jaxrlhf.train_rm` with the tiny run's settings (2 epochs, a checkpoint every step, keep 2)."""
+    return [sys.executable, "-m", "jaxrlhf.train_rm", f"--config={REPO_ROOT / 'jaxrlhf/configs/rm.py'}",
+            f"--config.model.name={model}", f"--config.data.source={data}", f"--config.workdir={workdir}",
+            "--config.data.eval_size=16", "--config.data.max_length=32", "--config.data.batch_size=8",
+            "--config.data.eval_batch_size=8", "--config.data.pad_to_multiple=16",
+            "--config.optim.learning_rate=3e-3", "--config.optim.warmup_steps=2", "--config.train.epochs=2",
+            "--config.train.log_every=5", "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2",
+            "--config.train.export=False", "--config.train.histogram=False"]
+
+
+def complete_steps(ckpt_dir: Path) -> list[int]:
+    """The checkpoint steps saved completely (Orbax renames a step's folder to its number when done)."""
+    return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) if ckpt_dir.is_dir() else []
+
+
+def make_tiny_rm_export(root: Path) -> Path:
+    """Trains the tiny Llama RM on separable pairs (held-out accuracy 1.0) and returns its export dir."""
+    from jaxrlhf.train_rm import train
+
+    model = make_tiny_llama_dir(root / "rm_base", seed=1)
+    data = write_separable_pairs(root / "pairs.jsonl", 96)
+    config = tiny_rm_config(model, data, root / "rm_work")
+    config.train.export = True
+    config.train.epochs = 3
+    train(config)
+    return root / "rm_work" / "export"
+
+
+def tiny_ppo_config(policy_dir: Path, rm_dir: Path, prompts: Path, workdir: Path):
+    from jaxrlhf.configs.base import ppo_defaults
+
+    config = ppo_defaults()
+    config.workdir = str(workdir)
+    config.policy.name = str(policy_dir)
+    config.reward_model.path = str(rm_dir)
+    config.reward_model.max_length = 64
+    config.critic.init = "reward_model"
+    config.data.source = str(prompts)
+    config.data.max_prompt_length = 24
+    config.data.eval_prompts = 8
+    config.data.pad_to_multiple = 8
+    config.sampling.max_new_tokens = 8
+    config.ppo.rollout_batch_size = 8
+    config.ppo.minibatch_size = 4
+    config.ppo.epochs = 2
+    config.actor_optim.learning_rate = 3e-3
+    config.critic_optim.learning_rate = 3e-3
+    config.train.iterations = 4
+    config.train.checkpoint_every = 2
+    config.train.sample_every = 0
+    config.train.eval_every = 0
+    config.train.export = False
+    return config
