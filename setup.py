@@ -30,6 +30,6 @@ setup(
     extras_require={
         # torch only for the PyTorch reference models the tests compare against.
         # nbclient and ipykernel run the Colab notebook in tests/test_notebook.py.
-        "test": ["torch==2.13.0", "pytest", "sentencepiece", "nbclient", "ipykernel"],
+        "test": ["torch==2.13.0", "pytest", "ruff==0.17.6", "sentencepiece", "nbclient", "ipykernel"],
     },
 )
