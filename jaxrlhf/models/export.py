@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -59,14 +60,50 @@ def export_hf(model: nnx.Module, family: ModuleType, cfg: Any, task: str, out_di
 
 
 def _write(out_dir: Path, tensors: dict, cfg: Any, task: str, tokenizer, extra_json: dict | None) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(cfg.to_hf(task), indent=2))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    for name, content in (extra_json or {}).items():
-        (tmp / name).write_text(json.dumps(content, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    """A write that fails (disk full, quota, permissions) is one OSError naming the file and the cause; the
+    temporary folder goes, and an earlier export in `out_dir` stays as it was."""
+    tmp = old = None
+    current = out_dir.parent
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        current = tmp / "model.safetensors"
+        save_file(tensors, str(current), metadata={"format": "pt"})
+        current = tmp / "config.json"
+        current.write_text(json.dumps(cfg.to_hf(task), indent=2))
+        if tokenizer is not None:
+            current = tmp / "tokenizer files"
+            tokenizer.save_pretrained(str(tmp))
+        for name, content in (extra_json or {}).items():
+            current = tmp / name
+            current.write_text(json.dumps(content, indent=2))
+        current = out_dir
+        old = out_dir.with_name(f".{out_dir.name}.replaced") if out_dir.exists() else None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)  # renames need no space: the earlier export stays until the new one is in
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except Exception as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not out_dir.exists():
+            os.replace(old, out_dir)
+        if not (isinstance(e, OSError) or "os error" in str(e).lower()):  # safetensors' error wraps the OS's
+            raise  # not a write failure: keep its traceback
+        raise _export_error(out_dir, current, e) from None
+
+
+def _export_error(out_dir: Path, current: Path, e: Exception) -> OSError:
+    errno_ = getattr(e, "errno", None)
+    code = re.search(r"os error (\d+)", str(e))
+    if errno_ is None and code:
+        errno_ = int(code.group(1))
+    cause = os.strerror(errno_) if errno_ else " ".join(str(e).split())[:200]
+    if getattr(e, "filename", None):
+        current = Path(e.filename)
+    name = current.name if current.parent != out_dir.parent else current
+    err = OSError(f"export to {out_dir} failed: cannot write {name}: {cause}")
+    err.errno = errno_
+    return err

@@ -113,11 +113,15 @@ def _zero_step(params) -> jax.Array:
 
 
 def open_checkpoints(config, workdir: Path, state: dict) -> tuple[Checkpointer, dict, int]:
-    """(checkpointer, state, first step): the newest complete checkpoint's state when resuming, else `state`."""
+    """(checkpointer, state, first step): the newest intact checkpoint's state when resuming, else `state`.
+
+    Damaged newer checkpoints (a partial copy, a truncated file) are named in one line and moved to
+    `checkpoints.damaged/`, so this run can save those steps again; none intact is a one-line error.
+    """
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints,
                         save_every=config.train.checkpoint_every)
     if not (config.train.resume and ckpt.latest_step() is not None):
         return ckpt, state, 0
-    state, _, start = ckpt.restore(state)
+    state, _, start = ckpt.restore(state, set_aside_damaged=True)
     print(f"resumed from step {start} ({workdir / 'checkpoints'})")
     return ckpt, state, start
