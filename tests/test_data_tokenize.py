@@ -114,3 +114,54 @@ def test_pair_data_margins_groups_and_pad(decoder_tokenizer):
     with pytest.raises(ValueError, match="no room"):
         tokenize_pairs(pairs, decoder_tokenizer, 2)
     assert data.chosen.sequence(2).tolist() == ids_of(decoder_tokenizer, "<s> one e </s>")
+
+
+def test_untruncated_lengths_and_which_responses_lost_their_start(decoder_tokenizer):
+    enc = TextEncoder(decoder_tokenizer, 6).encode(["one two three four", "one", "one two"],
+                                                   ["red green", "a b c d e f", "hi"])
+    # budget 6 - BOS - EOS = 4: "<s> three four red green </s>" (prompt cut only), "<s> c d e f </s>" (response
+    # cut, prompt gone), "<s> one two hi </s>" (whole)
+    assert enc.full_length.tolist() == [8, 9, 5]
+    assert enc.full_response_len.tolist() == [3, 7, 2]
+    assert enc.response_len.tolist() == [3, 5, 2]
+    assert enc.response_cut.tolist() == [False, True, False]
+    assert enc.truncated.tolist() == [True, True, False]
+
+
+def test_max_length_that_cuts_most_responses_is_an_error(decoder_tokenizer):
+    from jaxrlhf.data.usable import check_truncation
+
+    tok = decoder_tokenizer
+    prompts, responses = ["one two"] * 4, ["a b c d", "a b c d", "a b c", "a"]  # full: 8, 8, 7, 5 tokens
+    half = TextEncoder(tok, 5).encode(prompts, responses)  # budget 3: responses 1 and 2 cut, exactly half
+    check_truncation([half], 5, "s.jsonl")
+    most = TextEncoder(tok, 4).encode(prompts, responses)  # budget 2: three of four cut
+    with pytest.raises(ValueError) as info:
+        check_truncation([most], 4, "s.jsonl", {"max_length": "data.max_length"})
+    assert str(info.value) == ("s.jsonl: data.max_length=4 cuts 3 of 4 responses (75%) to their last 3 tokens, with "
+                               "none of the prompt left; the median prompt + response is 8 tokens: set "
+                               "data.max_length to at least 8")
+    with pytest.raises(ValueError, match=r"at least 6 \(the model's limit of 6 tokens\)$"):
+        check_truncation([most], 4, "s.jsonl", limit=6)
+    check_truncation([most], 4, "s.jsonl", limit=4)  # already at the model's limit: nothing longer would fit
+
+
+def test_hh_max_length_rule_against_whitespace_token_counts(decoder_tokenizer, tmp_path):
+    """The word-level tokenizer splits on whitespace, so each untruncated length is 2 + words (BOS, EOS)."""
+    import numpy as np
+
+    from jaxrlhf.data import load_pair_data
+
+    pairs = load_records("builtin:hh_rlhf_harmless", cache_dir=str(tmp_path / "c")).records
+    full = [2 + len(p.prompt.split()) + len(r.split()) for p in pairs for r in (p.chosen, p.rejected)]
+    cut_at = {n: np.mean([len(r.split()) + 1 > n - 1 for p in pairs for r in (p.chosen, p.rejected)])
+              for n in (8, 256)}
+    assert cut_at[8] > 0.5 > cut_at[256]  # the rule's two sides on real data
+    load_pair_data("builtin:hh_rlhf_harmless", decoder_tokenizer, 256, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError) as info:
+        load_pair_data("builtin:hh_rlhf_harmless", decoder_tokenizer, 8, cache_dir=str(tmp_path / "c"))
+    msg = str(info.value)
+    cut = sum(len(r.split()) + 1 > 7 for p in pairs for r in (p.chosen, p.rejected))
+    assert msg.startswith(f"builtin:hh_rlhf_harmless: max_length=8 cuts {cut} of {len(full)} responses")
+    assert msg.endswith(f"the median prompt + response is {int(np.ceil(np.median(full)))} tokens: set max_length to "
+                        f"at least {int(np.ceil(np.median(full)))}")

@@ -14,10 +14,12 @@ def results(tmp_path_factory):
     return root, run_all_cases(root)
 
 
-def test_at_least_twenty_cases_of_each_kind(results):
+def test_at_least_fifty_cases_over_every_kind_and_command(results):
     _, pairs = results
-    kinds = [case.kind for case, _ in pairs]
-    assert len(pairs) >= 20 and {"data", "config", "model"} <= set(kinds)
+    kinds = {case.kind for case, _ in pairs}
+    commands = {case.command for case, _ in pairs}
+    assert len(pairs) >= 50 and {"data", "config", "model"} <= kinds
+    assert {"train_rm", "train_sft", "train_ppo", "eval_rm", "score", "compare"} <= commands
 
 
 def test_each_case_is_one_clear_line_and_exit_2(results):
@@ -29,4 +31,4 @@ def test_each_case_is_one_clear_line_and_exit_2(results):
             failures.append(f"{case.name}: exit {code}, last line {last!r}")
     assert not failures, "\n".join(failures)
     # Nothing that passes for a finished run was left behind.
-    assert not list(root.rglob("eval.json")) and not list(root.rglob("export"))
+    assert not list(root.rglob("eval.json")) and not list(root.rglob("export")) and not list(root.rglob("key.json"))

@@ -7,6 +7,7 @@
     tokenize  records -> ragged token sequences with truncation that keeps the response end
     batching  fixed-shape numpy batches: length bucketing, resumable, per-process slices
     split     train / held-out by prompt group
+    usable    one-line errors for data that leaves nothing sensible to train (and their rules)
     pipeline  the above in one call
 """
 

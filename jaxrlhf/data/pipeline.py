@@ -3,18 +3,25 @@
     train, held, report = load_pair_data("builtin:hh_rlhf_harmless", tokenizer, max_length=256,
                                          held_out=256, seed=0)
     batches = PairBatcher(train, batch_size=16, seed=0).epoch(0)
+
+Data that leaves nothing sensible to train (no usable record, a held-out size that takes everything, no
+pairs, a max_length that cuts most responses to their tail) raises a one-line `ValueError`
+(`jaxrlhf.data.usable`); `names` maps the arguments to what the caller calls them in those messages
+(`{"held_out": "data.eval_size", "max_length": "data.max_length", ...}`), `max_positions` is the model's
+limit for the max_length suggestion (default: the tokenizer's `model_max_length` when it states one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from jaxrlhf.data.errors import DataReport
 from jaxrlhf.data.formats import Parsed, parse_table
 from jaxrlhf.data.records import Pair, RankedList, Rated, ranked_to_pairs, ratings_to_pairs
 from jaxrlhf.data.sources import load_table
-from jaxrlhf.data.split import split_by_prompt
 from jaxrlhf.data.tokenize import ListData, PairData, RatedData, tokenize_lists, tokenize_pairs, tokenize_rated
+from jaxrlhf.data.usable import check_truncation, model_limit, require_pairs, split_for_training
 
 _LOAD_KEYS = ("config", "split", "data_dir", "revision", "cache_dir", "max_rows", "column_map", "name")
 
@@ -51,10 +58,9 @@ def as_pairs(records: list, report: DataReport | None = None, margin_scale: floa
     raise TypeError(f"cannot make pairs from {type(records[0]).__name__}")
 
 
-def _split(parsed: Parsed, held_out: int | float, seed: int) -> tuple[list, list]:
-    if not held_out:
-        return parsed.records, []
-    return split_by_prompt(parsed.records, held_out, seed)
+def _split(parsed: Parsed, held_out: int | float, seed: int, names, kwargs) -> tuple[list, list]:
+    values = {"min_agreement": kwargs.get("min_agreement"), "on_invalid": kwargs.get("on_invalid", "raise")}
+    return split_for_training(parsed.records, held_out, seed, report=parsed.report, names=names, values=values)
 
 
 def load_pair_data(
@@ -66,6 +72,8 @@ def load_pair_data(
     seed: int = 0,
     append_eos: bool | None = None,
     margin_scale: float = 0.0,
+    names: Mapping[str, str] | None = None,
+    max_positions: int | None = None,
     **kwargs,
 ) -> tuple[PairData, PairData | None, DataReport]:
     """Comparisons for Bradley-Terry training, split by prompt into (train, held-out or None).
@@ -76,34 +84,40 @@ def load_pair_data(
     parsed = load_records(source, tokenizer=tokenizer, **kwargs)
     report = parsed.report
     out = []
-    for part in _split(parsed, held_out, seed):
+    parts = _split(parsed, held_out, seed, names, kwargs)
+    for side, part in zip(("training", "held-out") if parts[1] else ("",), parts):
         pairs = as_pairs(part, report, margin_scale)
+        require_pairs(pairs, part, report, side=side, names=names)
         out.append(tokenize_pairs(pairs, tokenizer, max_length, append_eos) if pairs else None)
     report.kept = sum(len(d) for d in out if d is not None)
     for d in out:
         if d is not None:
             report.notes["truncated_chosen"] += int(d.chosen.truncated.sum())
             report.notes["truncated_rejected"] += int(d.rejected.truncated.sum())
-    if out[0] is None:
-        raise ValueError(f"{report.source}: no training pairs left ({report})")
+    check_truncation([out[0].chosen, out[0].rejected], max_length, report.source, names,
+                     max_positions or model_limit(tokenizer))
     return out[0], (out[1] if len(out) > 1 else None), report
 
 
 def load_list_data(source: Any, tokenizer, max_length: int, *, held_out: int | float = 0,
-                   seed: int = 0, append_eos: bool | None = None,
+                   seed: int = 0, append_eos: bool | None = None, names: Mapping[str, str] | None = None,
+                   max_positions: int | None = None,
                    **kwargs) -> tuple[ListData, ListData | None, DataReport]:
     """Ranked lists kept whole (Plackett-Luce, Kendall's tau), split by prompt."""
     parsed = load_records(source, tokenizer=tokenizer, format=kwargs.pop("format", "ranked"), **kwargs)
-    parts = _split(parsed, held_out, seed)
+    parts = _split(parsed, held_out, seed, names, kwargs)
     out = [tokenize_lists(p, tokenizer, max_length, append_eos) if p else None for p in parts]
+    check_truncation([out[0].seqs], max_length, parsed.report.source, names, max_positions or model_limit(tokenizer))
     return out[0], (out[1] if len(out) > 1 else None), parsed.report
 
 
 def load_rated_data(source: Any, tokenizer, max_length: int, *, held_out: int | float = 0,
-                    seed: int = 0, append_eos: bool | None = None,
+                    seed: int = 0, append_eos: bool | None = None, names: Mapping[str, str] | None = None,
+                    max_positions: int | None = None,
                     **kwargs) -> tuple[RatedData, RatedData | None, DataReport]:
     """(prompt + response, rating) rows for reward regression, split by prompt."""
     parsed = load_records(source, tokenizer=tokenizer, format=kwargs.pop("format", "ratings"), **kwargs)
-    parts = _split(parsed, held_out, seed)
+    parts = _split(parsed, held_out, seed, names, kwargs)
     out = [tokenize_rated(p, tokenizer, max_length, append_eos) if p else None for p in parts]
+    check_truncation([out[0].seqs], max_length, parsed.report.source, names, max_positions or model_limit(tokenizer))
     return out[0], (out[1] if len(out) > 1 else None), parsed.report

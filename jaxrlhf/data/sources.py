@@ -136,6 +136,9 @@ def load_table(
 
     column_map renames columns, `{"question": "prompt"}`; max_rows keeps the first rows only.
     """
+    if max_rows is not None and max_rows < 0:
+        raise ValueError(f"a row limit of {max_rows!r} (data.limit, max_rows) must be a count >= 0; "
+                         f"0 in a config reads every row")
     if isinstance(source, str):
         ds, display = load_dataset_source(
             source, config=config, split=split, data_dir=data_dir, revision=revision,

@@ -17,8 +17,11 @@ def held_out_count(n: int, held_out: int | float) -> int:
         if not 0.0 <= held_out < 1.0:
             raise ValueError(f"held_out fraction {held_out} not in [0, 1)")
         return int(round(held_out * n))
-    if not 0 <= held_out < max(n, 1):
-        raise ValueError(f"held_out={held_out} must be in [0, {n}) records")
+    if held_out < 0:
+        raise ValueError(f"held_out={held_out} must be >= 0")
+    if held_out and held_out >= n:
+        raise ValueError(f"held_out={held_out} would hold out all {n} records, leaving none to train on: "
+                         f"pass a count below {n} or a fraction")
     return int(held_out)
 
 

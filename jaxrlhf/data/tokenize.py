@@ -68,6 +68,7 @@ class Encoded:
 
     ids[offsets[i]:offsets[i+1]] is sequence i; prompt_len[i] counts the tokens before its response
     (special prefix + prompt), response_len[i] the response tokens (with an appended EOS).
+    full_length and full_response_len are the same counts before truncation (None when unknown).
     """
 
     ids: np.ndarray  # int32 [total]
@@ -75,6 +76,8 @@ class Encoded:
     prompt_len: np.ndarray  # int32 [N]
     response_len: np.ndarray  # int32 [N]
     truncated: np.ndarray  # bool [N]
+    full_length: np.ndarray | None = None  # int32 [N]: the whole sequence, untruncated
+    full_response_len: np.ndarray | None = None  # int32 [N]: the whole response (+ EOS), untruncated
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -85,6 +88,13 @@ class Encoded:
 
     def sequence(self, i: int) -> np.ndarray:
         return self.ids[self.offsets[i]:self.offsets[i + 1]]
+
+    @property
+    def response_cut(self) -> np.ndarray:
+        """bool [N]: the response lost its start to truncation (and so the prompt is gone entirely)."""
+        if self.full_response_len is None:
+            return np.zeros(len(self), bool)
+        return self.response_len < self.full_response_len
 
 
 class TextEncoder:
@@ -118,10 +128,14 @@ class TextEncoder:
         prompt_len = np.zeros(n, np.int32)
         response_len = np.zeros(n, np.int32)
         truncated = np.zeros(n, bool)
+        full_length = np.zeros(n, np.int32)
+        full_response_len = np.zeros(n, np.int32)
         pieces = []
         for i, (p, r) in enumerate(zip(p_ids, r_ids)):
             eos = [sp.eos_id] if sp.eos_id is not None and (not r or r[-1] != sp.eos_id) else []
             budget = self.max_length - sp.num_fixed - len(eos)
+            full_length[i] = sp.num_fixed + len(p) + len(r) + len(eos)
+            full_response_len[i] = len(r) + len(eos)
             if len(p) + len(r) > budget:
                 truncated[i] = True
                 if len(r) >= budget:
@@ -135,7 +149,8 @@ class TextEncoder:
         offsets = np.zeros(n + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         ids = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
-        return Encoded(ids.astype(np.int32), offsets, prompt_len, response_len, truncated)
+        return Encoded(ids.astype(np.int32), offsets, prompt_len, response_len, truncated, full_length,
+                       full_response_len)
 
 
 @dataclasses.dataclass

@@ -5,7 +5,8 @@ conversation as messages, which the policy's chat template renders. Sources: HH-
 optionally `rejected`) or a `prompt` column (a string or a message list).
 
 Prompts longer than `max_prompt_length` policy tokens are dropped and counted: cutting a conversation from
-the left would leave a broken chat template.
+the left would leave a broken chat template. Too few prompts left for one rollout batch, or an evaluation
+hold-out that leaves less than one, is a one-line `ValueError` naming the config keys to change.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import numpy as np
 from jaxrlhf.data.errors import DataReport, RowGuard, RowInvalid
 from jaxrlhf.data.prompts import Prompt, prompt_of_row
 from jaxrlhf.data.sources import Table
+from jaxrlhf.data.usable import losses
 from jaxrlhf.rl.sampling import left_pad
+
+# What train_ppo's config calls each option, for the messages below.
+NAMES = {"max_prompt_length": "data.max_prompt_length", "on_invalid": "data.on_invalid"}
 
 
 def parse_prompts(table: Table, on_invalid: str = "raise") -> tuple[list[Prompt], DataReport]:
@@ -72,8 +77,8 @@ class PromptSet:
 
     def __post_init__(self):
         if len(self.prompts) < self.batch_size:
-            raise ValueError(f"{len(self.prompts)} usable prompts make no batch of {self.batch_size} "
-                             f"({self.report})")
+            raise ValueError(f"{self.report.source}: {len(self.prompts)} usable prompts make no batch of "
+                             f"ppo.rollout_batch_size={self.batch_size} ({self.report})")
 
     @property
     def batches_per_epoch(self) -> int:
@@ -102,9 +107,17 @@ class PromptSet:
         """(training set, evaluation set of `n` prompts rounded down to whole batches, in a fixed order).
 
         The split is seeded, so a resumed run holds out the same prompts."""
-        n = n // self.batch_size * self.batch_size
+        requested, b, total = n, self.batch_size, len(self.prompts)
+        n = n // b * b
         if n <= 0:
             return self, None
+        if total - n < b:
+            most = (total - b) // b * b
+            fix = f"set data.eval_prompts to at most {most} (or 0)" if most > 0 else \
+                "set data.eval_prompts=0, or give more prompts"
+            raise ValueError(f"{self.report.source}: data.eval_prompts={requested} holds out {n} of the {total} usable "
+                             f"prompts (whole batches of ppo.rollout_batch_size={b}), leaving {total - n}, less than "
+                             f"one rollout batch: {fix}")
         order = np.random.default_rng([self.seed, 7919]).permutation(len(self.prompts))
         part = lambda rows, shuffle: dataclasses.replace(
             self, prompts=[self.prompts[r] for r in rows], ids=[self.ids[r] for r in rows], shuffle=shuffle)
@@ -127,6 +140,26 @@ def build_prompt_set(table: Table, tokenizer, *, batch_size: int, max_prompt_len
     keep = [i for i, x in enumerate(ids) if len(x) <= max_prompt_length]
     report.filtered["too_long"] = len(ids) - len(keep)
     report.kept = len(keep)
+    if len(keep) < batch_size:
+        raise ValueError(_no_batch(report, sorted(len(x) for x in ids), batch_size, max_prompt_length, on_invalid))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return PromptSet([prompts[i] for i in keep], [ids[i] for i in keep], report, int(pad_id or 0), batch_size,
                      pad_to_multiple, seed)
+
+
+def _no_batch(report: DataReport, lengths: list[int], batch_size: int, max_prompt_length: int,
+              on_invalid: str) -> str:
+    """Why fewer than `batch_size` prompts are left (`lengths`: the rendered length of every parsed prompt)."""
+    kept = report.kept
+    values = {"max_prompt_length": max_prompt_length, "on_invalid": "error" if on_invalid == "raise" else on_invalid}
+    if report.filtered["too_long"] and len(lengths) >= batch_size:
+        fix = (f"set data.max_prompt_length to at least {lengths[batch_size - 1]} for one batch (the median prompt "
+               f"is {lengths[len(lengths) // 2]} tokens)")
+    elif not lengths and sum(report.invalid.values()):
+        fix = "set data.on_invalid=error to see the first bad row"
+    elif kept:
+        fix = f"set ppo.rollout_batch_size to at most {kept}, or give more prompts"
+    else:
+        fix = "give more prompts"
+    return (f"{report.source}: {kept} usable prompts make no batch of ppo.rollout_batch_size={batch_size}: "
+            f"{losses(report, 'prompts', NAMES, values)}; {fix}")

@@ -30,6 +30,10 @@ from jaxrlhf.rm.evaluate import score_lists, score_pairs, score_rated, summarise
 
 _LOADERS = {"pairs": (load_pair_data, PairBatcher), "plackett_luce": (load_list_data, ListBatcher),
             "regression": (load_rated_data, RegressionBatcher)}
+# What the config calls each loader option, for the messages of data that leaves nothing to train.
+NAMES = {"held_out": "data.eval_size", "max_length": "data.max_length", "min_agreement": "data.min_agreement",
+         "on_invalid": "data.on_invalid", "ratings_mode": "data.ratings_mode", "eval_source": "data.eval_source",
+         "limit": "data.limit"}
 
 
 @dataclasses.dataclass
@@ -82,6 +86,8 @@ class RMData:
 
 
 def _load_kwargs(data_cfg) -> dict:
+    if data_cfg.limit < 0:
+        raise ValueError(f"data.limit={data_cfg.limit} must be >= 0 (0: every row)")
     kw = dict(format=data_cfg.format, on_invalid="raise" if data_cfg.on_invalid == "error" else data_cfg.on_invalid,
               min_agreement=data_cfg.min_agreement or None, split=data_cfg.split)
     if data_cfg.subset:
@@ -108,14 +114,20 @@ def _is_ranked(source: str, data_cfg) -> bool:
     return detect_format(load_table(source, **kw)) == "ranked"
 
 
-def prepare(config, tokenizer, *, is_decoder: bool) -> RMData:
-    """Loads, validates, tokenises and splits the data named in `config.data`."""
+def prepare(config, tokenizer, *, is_decoder: bool, max_positions: int | None = None) -> RMData:
+    """Loads, validates, tokenises and splits the data named in `config.data`.
+
+    Data that leaves nothing sensible to train is a one-line `ValueError` naming the config keys to change
+    (`jaxrlhf.data.usable`); max_positions: the model's limit for a suggested data.max_length (default: the
+    tokenizer's `model_max_length` when it states one).
+    """
     d = config.data
     if d.on_invalid not in ("error", "skip"):
         raise ValueError(f"data.on_invalid must be 'error' or 'skip', got {d.on_invalid!r}")
     objective = objective_of(d)
     load, batcher_cls = _LOADERS[objective]
-    common = dict(append_eos=bool(d.append_eos) and is_decoder, **_load_kwargs(d))
+    common = dict(append_eos=bool(d.append_eos) and is_decoder, names=NAMES, max_positions=max_positions,
+                  **_load_kwargs(d))
     if objective != "pairs":
         common.pop("format")  # the list / rating loaders pick their format
     held_out = 0 if d.eval_source else d.eval_size

@@ -26,10 +26,13 @@ from jaxrlhf.data.errors import DataError, DataReport, RowGuard, RowInvalid
 from jaxrlhf.data.formats import text
 from jaxrlhf.data.prompts import hh_prompt
 from jaxrlhf.data.sources import Table, load_table
-from jaxrlhf.data.split import split_by_prompt
 from jaxrlhf.data.tokenize import Encoded, TextEncoder
+from jaxrlhf.data.usable import check_truncation, model_limit, require_records, split_for_training
 
 SFT_FORMATS = ("auto", "prompt_response", "hh", "chat")
+# What the config calls each option, for the messages of data that leaves nothing to train (data.usable).
+NAMES = {"held_out": "data.eval_size", "max_length": "data.max_length", "on_invalid": "data.on_invalid",
+         "eval_source": "data.eval_source", "limit": "data.limit"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,28 +165,37 @@ class SFTDataset:
 
 
 def _load(source: str, data_cfg, tokenizer, on_invalid: str) -> tuple[list[Example], DataReport]:
+    if data_cfg.limit < 0:
+        raise ValueError(f"data.limit={data_cfg.limit} must be >= 0 (0: every row)")
     table = load_table(source, config=data_cfg.subset or None, split=data_cfg.split,
                        max_rows=data_cfg.limit or None)
     return parse_sft_table(table, data_cfg.format, tokenizer=tokenizer, on_invalid=on_invalid)
 
 
-def prepare(config, tokenizer) -> SFTDataset:
-    """Loads, validates, splits (by prompt), tokenises and batches the data named in `config.data`."""
+def prepare(config, tokenizer, max_positions: int | None = None) -> SFTDataset:
+    """Loads, validates, splits (by prompt), tokenises and batches the data named in `config.data`.
+
+    Data that leaves nothing sensible to train is a one-line `ValueError` naming the config keys to change
+    (`jaxrlhf.data.usable`); max_positions: the model's limit for a suggested data.max_length (default: the
+    tokenizer's `model_max_length` when it states one).
+    """
     d = config.data
     if d.on_invalid not in ("error", "skip"):
         raise ValueError(f"data.on_invalid must be 'error' or 'skip', got {d.on_invalid!r}")
     on_invalid = "raise" if d.on_invalid == "error" else "skip"
+    values = {"on_invalid": d.on_invalid}
     examples, report = _load(d.source, d, tokenizer, on_invalid)
     if d.eval_source:
-        train, held = examples, _load(d.eval_source, d, tokenizer, on_invalid)[0]
-    elif d.eval_size:
-        train, held = split_by_prompt(examples, d.eval_size, d.split_seed)
+        require_records(examples, report, "examples", NAMES, values)
+        held, held_report = _load(d.eval_source, d, tokenizer, on_invalid)
+        train = examples
+        require_records(held, held_report, "examples", NAMES, values)
     else:
-        train, held = examples, []
-    if not train:
-        raise ValueError(f"{report.source}: no training examples left ({report})")
+        train, held = split_for_training(examples, d.eval_size, d.split_seed, report=report, unit="examples",
+                                         names=NAMES, values=values)
     train_data = tokenize_examples(train, tokenizer, d.max_length, bool(d.append_eos))
     held_data = tokenize_examples(held, tokenizer, d.max_length, bool(d.append_eos)) if held else None
+    check_truncation([train_data.seqs], d.max_length, report.source, NAMES, max_positions or model_limit(tokenizer))
     report.notes["truncated"] += int(train_data.seqs.truncated.sum())
     procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
     batcher_kwargs = dict(pad_to_multiple=d.pad_to_multiple, padding_side=d.padding_side, **procs)

@@ -21,7 +21,7 @@ from pathlib import Path
 class Case:
     name: str            # what is wrong, for the table
     kind: str            # data | config | model
-    command: str         # train_rm | train_ppo | train_sft | eval_rm | score
+    command: str         # train_rm | train_sft | train_ppo | eval_rm | score | compare
     args: tuple[str, ...]
     expected: str        # a substring of the error line
 
@@ -49,7 +49,8 @@ def _model_variant(src: Path, dst: Path, *, config_edit=None, weights: bytes | N
 
 
 def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
-    """Cases under `root`, around a good tiny model dir and a good pairs file."""
+    """Cases under `root`, around a good tiny model dir and a good pairs file (the model also stands in for the
+    reward model and the policies: each case fails before any of them would be trained or sampled)."""
     root.mkdir(parents=True, exist_ok=True)
     good = (f"--config.model.name={model}", f"--config.data.source={pairs}", "--config.data.eval_size=8",
             "--config.data.max_length=32", "--config.data.batch_size=8", "--config.train.export=False")
@@ -70,6 +71,47 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
     corrupt = _model_variant(model, root / "corrupt", weights=b"not a safetensors file")
     gz = root / "truncated.jsonl.gz"
     gz.write_bytes(gzip.compress(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n' * 50)[:60])
+    # Data that leaves nothing sensible to train (jaxrlhf/data/usable.py).
+    tied = data("tied", [{"prompt": f"one two {i}", "responses": ["red", "blue", "green"], "ranks": [1, 1, 1]}
+                         for i in range(10)])
+    agree = data("agree", [{"prompt": f"one {i}", "chosen": "good", "rejected": "bad", "agreement": 0.5}
+                           for i in range(20)])
+    all_bad = data("allbad", [{"prompt": f"one {i}", "chosen": "good", "rejected": "good"} for i in range(20)])
+    rating_ties = data("ratingties", [{"prompt": f"one {i}", "response": r, "reward": 1} for i in range(10)
+                                      for r in ("red", "blue")])
+    one_rating = data("onerating", [{"prompt": f"one {i}", "response": "red", "reward": i} for i in range(10)])
+    few = data("few", [{"prompt": f"one {i}", "chosen": "good", "rejected": "bad"} for i in range(6)])
+    one_prompt = data("oneprompt", [{"prompt": "one two", "chosen": f"good {w}", "rejected": f"bad {w}"}
+                                    for w in "abcdefghij"])
+    lists = data("lists", [{"prompt": f"one two {i}", "responses": ["red green blue", "yes no good bad", "a b c"],
+                            "ranks": [0, 1, 2]} for i in range(12)])
+    scalar = data("scalar", [{"prompt": f"one {i}", "response": "red green blue yes", "reward": i} for i in range(12)])
+    workfile = root / "workfile"
+    workfile.write_text("a file, not a folder\n")
+    # SFT: (prompt, response) rows
+    sft_rows = data("sft", [{"prompt": f"one two {i}", "response": "red green blue yes no good bad"}
+                            for i in range(20)])
+    sft_empty = data("sftempty", [{"chosen": f"\n\nHuman: hi {i}\n\nAssistant:"} for i in range(10)])
+    sft = lambda *extra: (f"--config.model.name={model}", f"--config.data.source={sft_rows}",
+                          "--config.data.format=auto", "--config.data.eval_size=4", "--config.data.max_length=32",
+                          "--config.data.batch_size=8", "--config.train.export=False") + tuple(extra)
+    # PPO: prompts; the tiny model is the policy and (with a fresh head) the reward model
+    prompts = data("prompts", [{"prompt": f"one {a} {b}"} for a in "abcdef" for b in "abcdefgh"])  # 48 prompts
+    no_prompt = data("noprompt", [{"question": "hi"}] * 10)
+    blank_prompt = data("blankprompt", [{"prompt": "one two"}, {"prompt": "  "}])
+    ppo = lambda *extra: (f"--config.policy.name={model}", f"--config.reward_model.path={model}",
+                          "--config.critic.init=actor", f"--config.data.source={prompts}",
+                          "--config.data.max_prompt_length=64", "--config.data.eval_prompts=8",
+                          "--config.ppo.rollout_batch_size=8", "--config.ppo.minibatch_size=4",
+                          "--config.sampling.max_new_tokens=4", "--config.train.iterations=1",
+                          "--config.train.export=False") + tuple(extra)
+    texts = root / "texts.txt"
+    texts.write_text("one two\n")
+    bad_lines = data("badlines", ['{"prompt": "a"', '{"nothing": 1}'])
+    no_texts = root / "notexts.txt"
+    no_texts.write_text("\n")
+    cmp = lambda *extra: (f"--a={model}", f"--b={model}", f"--prompts={prompts}", f"--out={root / 'compare_out'}",
+                          "--limit=2", "--max_new_tokens=2") + tuple(extra)
     cases = [
         Case("data file does not exist", "data", "train_rm", rm(f"--config.data.source={root / 'nope.jsonl'}"),
              "nope.jsonl"),
@@ -97,6 +139,36 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
              rm(f"--config.data.source={hh}"),
              "row 1"),
         Case("truncated gzip file", "data", "train_rm", rm(f"--config.data.source={gz}"), "truncated.jsonl.gz"),
+        Case("every ranked list tied", "data", "train_rm", rm(f"--config.data.source={tied}"),
+             "no usable ranked lists left: 10 rows read; 10 ranked lists with every response tied"),
+        Case("every pair below data.min_agreement", "data", "train_rm",
+             rm(f"--config.data.source={agree}", "--config.data.min_agreement=0.8"),
+             "20 comparisons below data.min_agreement=0.8: lower data.min_agreement"),
+        Case("every row invalid, skipped (on_invalid=skip)", "data", "train_rm",
+             rm(f"--config.data.source={all_bad}", "--config.data.on_invalid=skip"),
+             "20 invalid rows skipped (data.on_invalid=skip: 20 identical)"),
+        Case("every two ratings of a prompt tied", "data", "train_rm", rm(f"--config.data.source={rating_ties}"),
+             "make no pairs: every two responses to the same prompt have the same rating"),
+        Case("one rated response per prompt", "data", "train_rm", rm(f"--config.data.source={one_rating}"),
+             "has a single rated response"),
+        Case("eval size larger than the data", "data", "train_rm", rm(f"--config.data.source={few}"),
+             "data.eval_size=8 would hold out all 6 usable comparisons, leaving none to train on"),
+        Case("eval size equal to the data left by a filter", "data", "train_rm",
+             rm(f"--config.data.source={agree}", "--config.data.min_agreement=0.5", "--config.data.eval_size=20"),
+             "data.eval_size=20 would hold out all 20 usable comparisons"),
+        Case("every pair shares one prompt: nothing to hold out", "data", "train_rm",
+             rm(f"--config.data.source={one_prompt}"), "holds out nothing: all 10 usable comparisons share one prompt"),
+        Case("max_length cuts most responses (pairs)", "data", "train_rm", rm("--config.data.max_length=4"),
+             "data.max_length=4 cuts"),
+        Case("max_length cuts most responses (ranked lists)", "data", "train_rm",
+             rm(f"--config.data.source={lists}", "--config.data.ranked_mode=plackett_luce", "--config.data.eval_size=2",
+                "--config.data.max_length=4"), "data.max_length=4 cuts 30 of 30 responses"),
+        Case("max_length cuts most responses (ratings)", "data", "train_rm",
+             rm(f"--config.data.source={scalar}", "--config.data.ratings_mode=regression", "--config.data.eval_size=2",
+                "--config.data.max_length=4"), "data.max_length=4 cuts 10 of 10 responses"),
+        Case("negative data.limit", "config", "train_rm", rm("--config.data.limit=-1"), "data.limit=-1 must be >= 0"),
+        Case("eval_source does not exist", "data", "train_rm",
+             rm(f"--config.data.eval_source={root / 'no_eval.jsonl'}"), "no_eval.jsonl"),
         Case("unknown config key", "config", "train_rm", rm("--config.train.epochz=1"), "epochs"),
         Case("wrong value type", "config", "train_rm", rm("--config.train.epochs=abc"), "epochs"),
         Case("unknown train mode", "config", "train_rm", rm("--config.model.train_mode=everything"),
@@ -106,6 +178,10 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
         Case("mesh larger than the devices", "config", "train_rm", rm("--config.mesh.data=3"), "devices"),
         Case("config file does not exist", "config", "train_rm", (f"--config={root / 'no_config.py'}",),
              "no_config.py"),
+        Case("workdir is a file", "config", "train_rm", rm(f"--config.workdir={workfile}"),
+             "workfile is a file, not a folder"),
+        Case("max_length leaves no room for text", "config", "train_rm", rm("--config.data.max_length=1"),
+             "max_length=1 leaves no room for text"),
         Case("model directory does not exist", "model", "train_rm", rm(f"--config.model.name={root / 'nomodel'}"),
              "nomodel"),
         Case("model dir without config.json", "model", "train_rm",
@@ -120,12 +196,69 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
         Case("corrupt safetensors file", "model", "train_rm",
              rm(f"--config.model.name={corrupt}"),
              "model.safetensors"),
+        Case("SFT: every response empty", "data", "train_sft", sft(f"--config.data.source={sft_empty}"),
+             "no usable examples left: 10 rows read; 10 rows with an empty response"),
+        Case("SFT: eval size as large as the data", "data", "train_sft", sft("--config.data.eval_size=20"),
+             "data.eval_size=20 would hold out all 20 usable examples"),
+        Case("SFT: max_length cuts most responses", "data", "train_sft", sft("--config.data.max_length=4"),
+             "data.max_length=4 cuts 16 of 16 responses"),
+        Case("SFT: comparison file forced as prompt_response", "data", "train_sft",
+             sft(f"--config.data.source={pairs}", "--config.data.format=prompt_response"),
+             "field 'response': column missing"),
+        Case("SFT: unknown data format", "config", "train_sft", sft("--config.data.format=ranked"),
+             "data.format='ranked' is not one of"),
+        Case("SFT: wrong value type", "config", "train_sft", sft("--config.data.max_length=abc"),
+             "data.max_length=abc"),
+        Case("SFT: workdir is a file", "config", "train_sft", sft(f"--config.workdir={workfile}"),
+             "is a file, not a folder"),
         Case("reward model to score with does not exist", "model", "eval_rm",
              (f"--model={root / 'no_rm'}", f"--data={pairs}"), "no_rm"),
+        Case("eval_rm: a data file as the model", "model", "eval_rm", (f"--model={pairs}", f"--data={pairs}"),
+             "neither an exported model"),
+        Case("eval_rm: every ranked list tied", "data", "eval_rm", (f"--model={model}", f"--data={tied}"),
+             "every response tied"),
+        Case("eval_rm: max_length cuts most responses", "data", "eval_rm",
+             (f"--model={model}", f"--data={pairs}", "--max_length=4"), "max_length=4 cuts"),
         Case("PPO: reward model path does not exist", "model", "train_ppo",
              (f"--config.policy.name={model}", f"--config.reward_model.path={root / 'no_rm'}"), "no_rm"),
         Case("PPO: unknown critic init", "config", "train_ppo",
              (f"--config.policy.name={model}", "--config.critic.init=random"), "critic.init"),
+        Case("PPO: policy does not exist", "model", "train_ppo", ppo(f"--config.policy.name={root / 'nomodel'}"),
+             "nomodel: model directory not found"),
+        Case("PPO: every prompt too long", "data", "train_ppo", ppo("--config.data.max_prompt_length=4"),
+             "48 longer than data.max_prompt_length=4 tokens; set data.max_prompt_length to at least"),
+        Case("PPO: eval_prompts takes every prompt", "data", "train_ppo", ppo("--config.data.eval_prompts=48"),
+             "data.eval_prompts=48 holds out 48 of the 48 usable prompts"),
+        Case("PPO: prompt file without a prompt column", "data", "train_ppo",
+             ppo(f"--config.data.source={no_prompt}"), "needs a 'prompt' column"),
+        Case("PPO: an empty prompt", "data", "train_ppo", ppo(f"--config.data.source={blank_prompt}"),
+             "row 2: field 'prompt': empty"),
+        Case("PPO: temperature < 0", "config", "train_ppo", ppo("--config.sampling.temperature=-1"),
+             "temperature must be >= 0"),
+        Case("PPO: top_p > 1", "config", "train_ppo", ppo("--config.sampling.top_p=1.5"), "top_p must be in (0, 1]"),
+        Case("PPO: minibatch larger than the rollout batch", "config", "train_ppo",
+             ppo("--config.ppo.minibatch_size=16"), "must be a multiple of ppo.minibatch_size=16"),
+        Case("PPO: wrong value type", "config", "train_ppo", ppo("--config.ppo.epochs=abc"), "ppo.epochs=abc"),
+        Case("PPO: workdir is a file", "config", "train_ppo", ppo(f"--config.workdir={workfile}"),
+             "is a file, not a folder"),
+        Case("score: model does not exist", "model", "score", (f"--model={root / 'nomodel'}", f"--input={texts}"),
+             "nomodel"),
+        Case("score: input file does not exist", "data", "score", (f"--model={model}", f"--input={root / 'no.txt'}"),
+             "no.txt"),
+        Case("score: a line is not JSON", "data", "score", (f"--model={model}", f"--input={bad_lines}"),
+             "line 1: invalid JSON"),
+        Case("score: no texts", "data", "score", (f"--model={model}", f"--input={no_texts}"), "no texts to score"),
+        Case("compare: policy does not exist", "model", "compare", cmp(f"--b={root / 'nomodel'}"),
+             "nomodel: model directory not found"),
+        Case("compare: prompts file does not exist", "data", "compare", cmp(f"--prompts={root / 'no_prompts.jsonl'}"),
+             "prompts file not found"),
+        Case("compare: empty prompts file", "data", "compare", cmp(f"--prompts={no_texts}"), "no prompts"),
+        Case("compare: a prompt line is not JSON", "data", "compare", cmp(f"--prompts={bad_lines}"),
+             "line 1: invalid JSON"),
+        Case("compare: temperature < 0", "config", "compare", cmp("--temperature=-1"), "temperature must be >= 0"),
+        Case("compare: top_p > 1", "config", "compare", cmp("--top_p=1.5"), "top_p must be in (0, 1]"),
+        Case("compare: reward model does not exist", "model", "compare", cmp(f"--rm={root / 'no_rm'}"),
+             "reward model not found"),
     ]
     return cases
 
