@@ -37,6 +37,12 @@ class SupervisedRun:
 
 
 def prepare(config, workdir: Path, loaded, batcher, describe_data: str) -> SupervisedRun:
+    accum = config.optim.grad_accum
+    if accum < 1 or config.data.batch_size % accum:
+        raise ValueError(f"optim.grad_accum={accum} must be a positive divisor of data.batch_size="
+                         f"{config.data.batch_size} (each step splits its batch into grad_accum microbatches)")
+    if config.optim.learning_rate <= 0:
+        raise ValueError(f"optim.learning_rate={config.optim.learning_rate} must be positive")
     steps_per_epoch = len(batcher)
     total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
     optimizer, schedule = make_optimizer(config.optim, total_steps)
