@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
+from jaxrlhf.data.errors import row_policy
 from jaxrlhf.data.sources import load_table
 from jaxrlhf.infra.metrics import MetricsWriter
 from jaxrlhf.infra.runtime import run_trainer
@@ -38,7 +39,7 @@ def train(config, hooks: Sequence[StepHook] = ()) -> dict:
     table = load_table(d.source, config=d.subset or None, split=d.split, max_rows=d.limit or None)
     prompts = build_prompt_set(table, models.tokenizer, batch_size=config.ppo.rollout_batch_size,
                                max_prompt_length=d.max_prompt_length, pad_to_multiple=d.pad_to_multiple,
-                               seed=config.seed, on_invalid="raise" if d.on_invalid == "error" else d.on_invalid,
+                               seed=config.seed, on_invalid=row_policy(d.on_invalid),
                                use_chat_template=d.chat_template, system=d.system or None)
     prompts, eval_prompts = prompts.hold_out(d.eval_prompts)
     state, iteration = ppo_setup.build(config, models, mesh, eval_prompts)

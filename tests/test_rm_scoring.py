@@ -108,7 +108,7 @@ def test_objectives_without_length_normalisation_refuse_it(tmp_path, objective):
     model = make_tiny_llama_dir(tmp_path / "model", seed=3)
     path = tmp_path / "data.jsonl"
     if objective == "regression":
-        rows = [{"prompt": "hi", "response": f"good {i}", "rating": float(i % 3)} for i in range(24)]
+        rows = [{"prompt": f"hi {i % 6}", "response": f"good {i}", "rating": float(i % 3)} for i in range(24)]
     else:
         rows = [{"prompt": f"hi {i}", "responses": ["good", "bad", "red"], "ranks": [0, 2, 1]} for i in range(24)]
     path.write_text("\n".join(json.dumps(r) for r in rows))

@@ -12,6 +12,11 @@ import dataclasses
 ON_INVALID = ("raise", "skip")
 
 
+def row_policy(config_value: str) -> str:
+    """A config's `data.on_invalid` ("error" | "skip", the words a user reads) as a `RowGuard` policy."""
+    return "raise" if config_value == "error" else config_value
+
+
 class DataError(ValueError):
     """A row of a data source is unusable. `str()` is one line naming source, row and field."""
 

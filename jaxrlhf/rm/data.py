@@ -25,7 +25,7 @@ from jaxrlhf.data import (
     load_rated_data,
     load_table,
 )
-from jaxrlhf.data.errors import DataReport
+from jaxrlhf.data.errors import DataReport, row_policy
 from jaxrlhf.rm.evaluate import score_lists, score_pairs, score_rated, summarise
 
 _LOADERS = {"pairs": (load_pair_data, PairBatcher), "plackett_luce": (load_list_data, ListBatcher),
@@ -88,7 +88,7 @@ class RMData:
 def _load_kwargs(data_cfg) -> dict:
     if data_cfg.limit < 0:
         raise ValueError(f"data.limit={data_cfg.limit} must be >= 0 (0: every row)")
-    kw = dict(format=data_cfg.format, on_invalid="raise" if data_cfg.on_invalid == "error" else data_cfg.on_invalid,
+    kw = dict(format=data_cfg.format, on_invalid=row_policy(data_cfg.on_invalid),
               min_agreement=data_cfg.min_agreement or None, split=data_cfg.split)
     if data_cfg.subset:
         kw["config"] = data_cfg.subset

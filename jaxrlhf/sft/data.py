@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxrlhf.data.batching import Batcher  # order, resumption and per-process slicing
 from jaxrlhf.data.chat import ChatRenderer, as_messages
-from jaxrlhf.data.errors import DataError, DataReport, RowGuard, RowInvalid
+from jaxrlhf.data.errors import DataError, DataReport, RowGuard, RowInvalid, row_policy
 from jaxrlhf.data.formats import text
 from jaxrlhf.data.prompts import hh_prompt
 from jaxrlhf.data.sources import Table, load_table
@@ -182,7 +182,7 @@ def prepare(config, tokenizer, max_positions: int | None = None) -> SFTDataset:
     d = config.data
     if d.on_invalid not in ("error", "skip"):
         raise ValueError(f"data.on_invalid must be 'error' or 'skip', got {d.on_invalid!r}")
-    on_invalid = "raise" if d.on_invalid == "error" else "skip"
+    on_invalid = row_policy(d.on_invalid)
     values = {"on_invalid": d.on_invalid}
     examples, report = _load(d.source, d, tokenizer, on_invalid)
     if d.eval_source:
