@@ -9,19 +9,17 @@ import numpy as np
 from jaxrlhf.data.records import group_by_prompt
 
 
-def held_out_count(n: int, held_out: int | float) -> int:
-    """`held_out` as a number of records: an int is a count, a float in [0, 1) a fraction."""
-    if isinstance(held_out, bool):
-        raise TypeError("held_out must be an int count or a float fraction")
+def held_out_count(n: int, held_out: int | float, name: str = "held_out") -> int:
+    """`held_out` (an int count or a float fraction in [0, 1)) as a number of the `n` records; checks range.
+    `name` is how the caller's config calls it, for the messages."""
+    if isinstance(held_out, bool) or not isinstance(held_out, (int, float)):
+        raise TypeError(f"{name} must be an int count or a float fraction, got {held_out!r}")
     if isinstance(held_out, float):
         if not 0.0 <= held_out < 1.0:
-            raise ValueError(f"held_out fraction {held_out} not in [0, 1)")
+            raise ValueError(f"{name}={held_out}: a held-out fraction must be in [0, 1)")
         return int(round(held_out * n))
     if held_out < 0:
-        raise ValueError(f"held_out={held_out} must be >= 0")
-    if held_out and held_out >= n:
-        raise ValueError(f"held_out={held_out} would hold out all {n} records, leaving none to train on: "
-                         f"pass a count below {n} or a fraction")
+        raise ValueError(f"{name}={held_out} must be >= 0")
     return int(held_out)
 
 
@@ -32,7 +30,11 @@ def split_by_prompt(records: Sequence, held_out: int | float, seed: int = 0) -> 
     fit, so the held-out side has at most (and, with many small groups, exactly) the requested number
     of records. Both sides keep the input order. Works for any record with a `.prompt`.
     """
-    target = held_out_count(len(records), held_out)
+    n = len(records)
+    target = held_out_count(n, held_out)
+    if target and target >= n:
+        raise ValueError(f"held_out={held_out} would hold out all {n} records, leaving none to train on: "
+                         f"pass a count below {n} or a fraction")
     groups = list(group_by_prompt(_Indexed.wrap(records)).values())
     rng = np.random.default_rng(seed)
     taken: list[int] = []

@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxrlhf.data.errors import DataReport
 from jaxrlhf.data.records import Pair, RankedList, Rated, group_by_prompt
-from jaxrlhf.data.split import split_by_prompt
+from jaxrlhf.data.split import held_out_count, split_by_prompt
 
 CUT_SHARE = 0.5  # more than this share of responses cut into (their start and the whole prompt gone): an error
 _UNITS = ((Pair, "comparisons"), (RankedList, "ranked lists"), (Rated, "rated responses"))
@@ -121,19 +121,6 @@ def require_records(records: Sequence, report: DataReport, unit: str | None = No
                      f"{_hint(report, names, values)}")
 
 
-def held_out_target(n: int, held_out: int | float, name: str = "held_out") -> int:
-    """`held_out` (an int count or a float fraction in [0, 1)) as a number of the `n` records; checks range."""
-    if isinstance(held_out, bool) or not isinstance(held_out, (int, float)):
-        raise TypeError(f"{name} must be an int count or a float fraction, got {held_out!r}")
-    if isinstance(held_out, float):
-        if not 0.0 <= held_out < 1.0:
-            raise ValueError(f"{name}={held_out}: a held-out fraction must be in [0, 1)")
-        return int(round(held_out * n))
-    if held_out < 0:
-        raise ValueError(f"{name}={held_out} must be >= 0 (0: no held-out set)")
-    return int(held_out)
-
-
 def split_for_training(records: Sequence, held_out: int | float, seed: int = 0, *, report: DataReport,
                        unit: str | None = None, names: Mapping[str, str] | None = None,
                        values: Mapping[str, Any] | None = None) -> tuple[list, list]:
@@ -142,7 +129,7 @@ def split_for_training(records: Sequence, held_out: int | float, seed: int = 0, 
     unit = unit or unit_of(records, FORMAT_UNITS.get(report.format, "records"))
     require_records(records, report, unit, names, values)
     name, n = _name(names, "held_out"), len(records)
-    target = held_out_target(n, held_out, name)
+    target = held_out_count(n, held_out, name)
     if not target:
         return list(records), []
     if target >= n:
