@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrlhf.models.attention import dot_product_attention
 from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_linear_specs, stacked_specs
 from jaxrlhf.models.layers import (
     Embed,
@@ -47,7 +48,6 @@ from jaxrlhf.models.layers import (
     check_dropout_rate,
     check_lora_targets,
     create_stacked,
-    dot_product_attention,
     dropout,
     lora_for,
     split_keys,

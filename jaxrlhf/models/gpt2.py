@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
+from jaxrlhf.models.attention import dot_product_attention
 from jaxrlhf.models.base import HeadSpec, WeightSpec, classifier_pad_id, linear_specs, stacked_specs, transpose
 from jaxrlhf.models.layers import (
     Embed,
@@ -28,7 +29,6 @@ from jaxrlhf.models.layers import (
     apply_stacked,
     check_lora_targets,
     create_stacked,
-    dot_product_attention,
     lora_for,
     split_keys,
 )

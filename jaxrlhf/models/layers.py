@@ -172,26 +172,6 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
-def dot_product_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
-                          mask_BxTxS: jax.Array, *, dropout_rate: float = 0.0,
-                          dropout_rng: jax.Array | None = None) -> jax.Array:
-    """Softmax attention with grouped-query heads (H query heads share K key/value heads).
-
-    Logits and softmax run in float32. A query row with no visible key (a left-pad position)
-    gets uniform weights instead of NaN; callers ignore those rows. With a `dropout_rng`, the
-    attention probabilities are dropped at `dropout_rate` (BERT's attention dropout).
-    """
-    B, T, H, D = q_BxTxHxD.shape
-    K = k_BxSxKxD.shape[2]
-    q_BxTxKxGxD = q_BxTxHxD.reshape(B, T, K, H // K, D)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, k_BxSxKxD,
-                        preferred_element_type=jnp.float32) / math.sqrt(D)
-    logits = jnp.where(mask_BxTxS[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, dropout_rng).astype(v_BxSxKxD.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
-    return out.reshape(B, T, H, D)
-
-
 def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
     """Position ids that start at 0 on the first real token, for left or right padding."""
     return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
+from jaxrlhf.models.attention import dot_product_attention
 from jaxrlhf.models.base import (
     HeadSpec,
     WeightSpec,
@@ -38,7 +39,6 @@ from jaxrlhf.models.layers import (
     apply_stacked,
     check_lora_targets,
     create_stacked,
-    dot_product_attention,
     lora_for,
     split_keys,
 )

@@ -1,0 +1,152 @@
+"""Softmax attention with grouped-query heads, the one entry point every model family calls.
+
+Two implementations of the same maths:
+
+- `reference_attention`: logits, mask, softmax and the value product as whole arrays, differentiated by
+  JAX. It carries BERT's attention dropout and is the reference the tests compare against.
+- `blocked_attention` (used whenever dropout is off): heads-major layout, `[B, K, G*T, D]`, so each
+  product is one batched matmul with no transpose of the `[.., T, S]` logits; on CPU the batch is cut into
+  blocks (`lax.map`) whose logits stay in cache while they are masked, normalised and multiplied by V; a
+  hand-written backward recomputes each block's probabilities from the saved row max and row sum instead
+  of keeping `[B, H, T, S]` probabilities alive from the forward pass. On accelerators it runs as one
+  block (XLA fuses it there; the fused kernels arrive with the accelerator work).
+
+A query row with no visible key (a left-pad position) gets uniform weights instead of NaN in both;
+callers ignore those rows. Logits and softmax run in float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxrlhf.models.layers import dropout
+
+_NEG = float(jnp.finfo(jnp.float32).min)
+# Logits bytes per block on CPU: small enough to stay in L2/L3 across the mask-softmax-matmul passes,
+# large enough that each block's matmuls are not dominated by loop overhead (docs/benchmarks.md).
+CPU_BLOCK_BYTES = 4 << 20
+LANES = 2
+
+
+def dot_product_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
+                          mask_BxTxS: jax.Array, *, dropout_rate: float = 0.0,
+                          dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Attention of H query heads over K key/value heads (H a multiple of K); `mask_BxTxS` True = visible.
+    With a `dropout_rng` and a positive `dropout_rate`, the probabilities are dropped (BERT training)."""
+    if dropout_rng is not None and dropout_rate > 0.0:
+        return reference_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, dropout_rate=dropout_rate,
+                                   dropout_rng=dropout_rng)
+    return blocked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS)
+
+
+def reference_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, dropout_rate: float = 0.0,
+                        dropout_rng: jax.Array | None = None) -> jax.Array:
+    B, T, H, D = q_BxTxHxD.shape
+    K = k_BxSxKxD.shape[2]
+    q_BxTxKxGxD = q_BxTxHxD.reshape(B, T, K, H // K, D)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, k_BxSxKxD,
+                        preferred_element_type=jnp.float32) / math.sqrt(D)
+    logits = jnp.where(mask_BxTxS[:, None, None, :, :], logits, _NEG)
+    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, dropout_rng).astype(v_BxSxKxD.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
+    return out.reshape(B, T, H, D)
+
+
+def blocked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, block_rows: int | None = None) -> jax.Array:
+    B, T, H, D = q_BxTxHxD.shape
+    S, K = k_BxSxKxD.shape[1:3]
+    G = H // K
+    if block_rows is None:
+        block_rows = default_block_rows(B, K * G * T * S * 4)
+    q_BxKxMxD = q_BxTxHxD.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
+    k_BxKxSxD = k_BxSxKxD.transpose(0, 2, 1, 3)
+    v_BxKxSxD = v_BxSxKxD.transpose(0, 2, 1, 3)
+    out_BxKxMxD = _attend(q_BxKxMxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS.astype(bool), block_rows)
+    return out_BxKxMxD.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
+
+
+def default_block_rows(batch: int, logits_bytes_per_row: int) -> int:
+    """Batch rows per block: the largest divisor of `batch` whose logits fit CPU_BLOCK_BYTES on CPU
+    (at least one row); the whole batch elsewhere."""
+    if jax.default_backend() != "cpu":
+        return batch
+    rows = max(1, min(batch, CPU_BLOCK_BYTES // max(1, logits_bytes_per_row)))
+    while batch % rows:
+        rows -= 1
+    return rows
+
+
+# ----------------------------------------------------------------------------- one block, both directions
+
+def _logits(q_bxKxMxD, k_bxKxSxD, mask_bxTxS):
+    D = q_bxKxMxD.shape[-1]
+    logits = jnp.einsum("bkmd,bksd->bkms", q_bxKxMxD, k_bxKxSxD, preferred_element_type=jnp.float32)
+    return _masked(logits * (1.0 / math.sqrt(D)), mask_bxTxS, _NEG)
+
+
+def _masked(x_bxKxMxS, mask_bxTxS, fill: float):
+    b, K, M, S = x_bxKxMxS.shape
+    T = mask_bxTxS.shape[1]
+    x = x_bxKxMxS.reshape(b, K, M // T, T, S)
+    return jnp.where(mask_bxTxS[:, None, None], x, fill).reshape(b, K, M, S)
+
+
+def _forward_block(q, k, v, mask):
+    logits = _logits(q, k, mask)
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    unnorm = jnp.exp(logits - row_max)
+    row_sum = jnp.sum(unnorm, axis=-1, keepdims=True)
+    probs = (unnorm / row_sum).astype(v.dtype)
+    out = jnp.einsum("bkms,bksd->bkmd", probs, v, preferred_element_type=jnp.float32).astype(v.dtype)
+    return out, row_max[..., 0], row_sum[..., 0]
+
+
+def _backward_block(q, k, v, mask, out, row_max, row_sum, d_out):
+    D = q.shape[-1]
+    probs = jnp.exp(_logits(q, k, mask) - row_max[..., None]) / row_sum[..., None]
+    d_v = jnp.einsum("bkms,bkmd->bksd", probs.astype(d_out.dtype), d_out, preferred_element_type=jnp.float32)
+    d_probs = jnp.einsum("bkmd,bksd->bkms", d_out, v, preferred_element_type=jnp.float32)
+    # softmax backward: d_logits = P * (dP - sum_s P dP); sum_s P dP = sum_d dO * O.
+    row_dot = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    d_logits = probs * (d_probs - row_dot) * (1.0 / math.sqrt(D))
+    # Masked logits get no gradient (as through the reference's `where`); a row with no visible key has
+    # uniform, non-zero probabilities, so the mask must be applied here, not left to the exponent.
+    d_logits = _masked(d_logits, mask, 0.0).astype(q.dtype)
+    d_q = jnp.einsum("bkms,bksd->bkmd", d_logits, k, preferred_element_type=jnp.float32)
+    d_k = jnp.einsum("bkms,bkmd->bksd", d_logits, q, preferred_element_type=jnp.float32)
+    return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype)
+
+
+def _map_blocks(fn, block_rows: int, *arrays):
+    """`fn` over blocks of `block_rows` batch rows (one call when the block is the whole batch). The blocks
+    go into LANES independent loops, which XLA's CPU executor runs on different threads at once."""
+    B = arrays[0].shape[0]
+    if block_rows >= B:
+        return fn(*arrays)
+    n = B // block_rows
+    lanes = LANES if n % LANES == 0 else 1
+    blocked = [a.reshape(lanes, n // lanes, block_rows, *a.shape[1:]) for a in arrays]
+    outs = [jax.lax.map(lambda xs: fn(*xs), [a[lane] for a in blocked]) for lane in range(lanes)]
+    return jax.tree.map(lambda *o: jnp.stack(o).reshape(B, *o[0].shape[2:]), *outs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attend(q, k, v, mask, block_rows):
+    return _map_blocks(_forward_block, block_rows, q, k, v, mask)[0]
+
+
+def _attend_fwd(q, k, v, mask, block_rows):
+    out, row_max, row_sum = _map_blocks(_forward_block, block_rows, q, k, v, mask)
+    return out, (q, k, v, mask, out, row_max, row_sum)
+
+
+def _attend_bwd(block_rows, residuals, d_out):
+    d_q, d_k, d_v = _map_blocks(_backward_block, block_rows, *residuals, d_out)
+    return d_q, d_k, d_v, None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
