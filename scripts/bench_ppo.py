@@ -3,6 +3,7 @@
     python -m jaxrlhf.assets fetch smollm2
     pip install --no-deps --target /tmp/trl112 trl==1.12.0 accelerate    # TRL's side only (pin: benchlib.py)
     python scripts/bench_ppo.py                                          # full job, writes docs/benchmarks.md
+    python scripts/bench_ppo.py --quick                                  # same iteration, 2 timed per side
     python scripts/bench_ppo.py --new 4 --iters 1 --out ''               # smoke test
 
 TRL removed PPO after 1.12.0, so its side runs TRL 1.12.0's `trl.experimental.ppo.PPOTrainer`, imported
@@ -29,20 +30,25 @@ The job, identical on both sides:
 
 What each side computes per iteration is listed in the doc section (`render`).
 
-Timing: each side runs in its own subprocess, one after the other (jaxrlhf first). jaxrlhf: `train(config)`
-from `jaxrlhf.train_ppo`, `ppo/iteration_seconds` from its metrics.jsonl (sampling through the last
-minibatch update, synchronised by the metrics read-back). TRL: the time between consecutive
-`on_step_end` callbacks (the first from `on_train_begin`), which covers one whole iteration of its loop.
-The first iteration of each side is a warm-up (jaxrlhf compiles in it; its compile time is reported as the
-first iteration minus the median of the others) and is not in best / median. Generation time: jaxrlhf's
+Timing: each side runs in its own subprocess, both started at once, taking turns iteration by iteration
+(`benchlib.run_in_turns`: jaxrlhf, TRL, jaxrlhf, TRL, ...; a side blocks before its next iteration until
+it holds the baton), so only one side computes at any moment and both sides' iterations are spread over the
+same minutes: a drift of the machine's speed hits both alike. Each side's first turn also holds its
+imports and model loading. jaxrlhf: `train(config, hooks=...)` from `jaxrlhf.train_ppo`, whose loop hook
+hands the baton over after each iteration; `ppo/iteration_seconds` from its metrics.jsonl (sampling through
+the last minibatch update, synchronised by the metrics read-back; measured inside the iteration, so the
+waits between turns are not in it). TRL: a `TrainerCallback` whose `on_step_end` hands the baton over; the
+time between consecutive `on_step_end` callbacks (the first from `on_train_begin`) on a clock that stops
+while the side waits for its turn (`Baton.clock`), which covers one whole iteration of its loop. The first
+iteration of each side is a warm-up (jaxrlhf compiles in it; its compile time is reported as the first
+iteration minus the median of the others) and is not in best / median. Generation time: jaxrlhf's
 `ppo/sample_seconds` (the sampling call through reading its tokens back to decode the texts); TRL's, by
-wrapping its `batch_generation`.
+wrapping its `batch_generation`. `--quick` keeps the iteration and times fewer of them.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -60,6 +66,8 @@ MARK_START = "<!-- bench_ppo:start (written by scripts/bench_ppo.py; rerun it ra
 MARK_END = "<!-- bench_ppo:end -->"
 TITLE = "## PPO iteration: jaxrlhf vs TRL"
 TRL_VERSION = benchlib.TRL_PPO_VERSION
+QUICK = {"iters": 2}  # the same iteration, fewer of them
+SIDES = {"jax": "jaxrlhf", "trl": "TRL"}
 
 
 def parse_args(argv=None):
@@ -72,17 +80,20 @@ def parse_args(argv=None):
     p.add_argument("--new", type=int, default=32, help="tokens sampled per prompt")
     p.add_argument("--minibatch", type=int, default=4, help="sequences per PPO minibatch (one optimiser step)")
     p.add_argument("--epochs", type=int, default=2, help="PPO epochs over each rollout")
-    p.add_argument("--iters", type=int, default=3, help="timed iterations per side, after one warm-up")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per side, after one warm-up")
     p.add_argument("--lr", type=float, default=3e-6, help="actor and critic learning rate (constant)")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on TRL's side")
-    p.add_argument("--trl_path", default="/tmp/trl" + "".join(TRL_VERSION.split(".")[:2]),
-                   help=f"folder with {benchlib.trl_requirement(TRL_VERSION)} (and accelerate)")
+    p.add_argument("--trl_path", default=benchlib.trl_folder(TRL_VERSION),
+                   help=f"folder with {benchlib.trl_requirement(TRL_VERSION)} (and accelerate): "
+                   f"{benchlib.trl_install_command(TRL_VERSION)}")
     p.add_argument("--commit", default="", help="benchmark jaxrlhf as committed at this git revision (extracted with "
                    "`git archive` into a temp folder) instead of the working tree")
     p.add_argument("--skip_trl", action="store_true")
     p.add_argument("--skip_jax", action="store_true")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update ('' : none)")
+    benchlib.add_json_arg(p)
+    benchlib.apply_quick(p, argv, QUICK)
     benchlib.add_worker_args(p, ("jax", "trl", "rm"))
     return p.parse_args(argv)
 
@@ -115,13 +126,16 @@ def jax_config(args, workdir: str):
     c.actor_optim.learning_rate = c.critic_optim.learning_rate = args.lr
     c.train.iterations = args.iters + 1
     c.train.checkpoint_every = 10 ** 9
+    c.train.eval_every = 0  # no held-out rollouts: they are not part of an iteration
     c.train.sample_every = 0
     c.train.export = False
     return c
 
 
 def prompt_batches(args) -> list[dict]:
-    """The prompt batches jaxrlhf's train() draws for iterations 0..iters (same library call, same config)."""
+    """The prompt batches jaxrlhf's train() draws for iterations 0..iters (same library calls, same config,
+    the same held-out prompts set aside)."""
+    from jaxrlhf.data.errors import row_policy
     from jaxrlhf.data.sources import load_table
     from jaxrlhf.models.hub import load_tokenizer
     from jaxrlhf.rl.prompts import build_prompt_set
@@ -131,7 +145,9 @@ def prompt_batches(args) -> list[dict]:
     d = c.data
     table = load_table(d.source, config=d.subset or None, split=d.split, max_rows=d.limit or None)
     ps = build_prompt_set(table, tok, batch_size=args.prompts, max_prompt_length=d.max_prompt_length,
-                          pad_to_multiple=d.pad_to_multiple, seed=c.seed, use_chat_template=d.chat_template)
+                          pad_to_multiple=d.pad_to_multiple, seed=c.seed, on_invalid=row_policy(d.on_invalid),
+                          use_chat_template=d.chat_template, system=d.system or None)
+    ps, _ = ps.hold_out(d.eval_prompts)
     out = []
     for it in range(args.iters + 1):
         b = ps.batch(it)
@@ -168,9 +184,11 @@ def jax_worker(args, spec: dict) -> dict:
     print(f"jaxrlhf: {Path(tp.__file__).parent}", flush=True)
     workdir = tempfile.mkdtemp(prefix="bench_ppo_jax_")
     config = jax_config(args, workdir)
-    t = time.perf_counter()
-    tp.train(config)
-    total = time.perf_counter() - t
+    baton = benchlib.baton()
+    t = baton.clock()
+    # the loop calls its hooks after each iteration's metrics are read back: the device is idle at the hand-over
+    tp.train(config, hooks=(lambda *_: baton.pass_on(),))
+    total = baton.clock() - t
     rows = [json.loads(line) for line in open(Path(workdir) / "metrics.jsonl")]
     rows = [r for r in rows if "ppo/iteration_seconds" in r]
     assert len(rows) == args.iters + 1, len(rows)
@@ -242,22 +260,27 @@ def trl_worker(args, spec: dict) -> dict:
 
     ppo_mod.batch_generation = timed_generation
     marks: list[float] = []
+    baton = benchlib.baton()
 
     class Clock(transformers.TrainerCallback):
+        """Marks each iteration's end on the held clock, then hands the baton over (torch on CPU is synchronous:
+        the iteration has finished)."""
+
         def on_train_begin(self, *a, **k):
-            marks.append(time.perf_counter())
+            marks.append(baton.clock())
 
         def on_step_end(self, *a, **k):
-            marks.append(time.perf_counter())
+            marks.append(baton.clock())
+            baton.pass_on()
 
         def on_log(self, _args, _state, _control, logs_=None, **k):
             logs.append(dict(k.get("logs") or logs_ or {}))
 
     trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                          value_model=value, train_dataset=dataset, eval_dataset=dataset, callbacks=[Clock()])
-    t = time.perf_counter()
+    t = baton.clock()
     trainer.train()
-    total = time.perf_counter() - t
+    total = baton.clock() - t
     its = [b - a for a, b in zip(marks, marks[1:])]
     assert len(its) == args.iters + 1, (len(its), marks)
     eos = [lg.get("val/num_eos_tokens") for lg in logs if "val/num_eos_tokens" in lg]
@@ -268,10 +291,9 @@ def trl_worker(args, spec: dict) -> dict:
 
 # ----------------------------------------------------------------------------- host
 
-def run_worker(kind: str, argv: list[str], spec: dict) -> dict:
+def side_env(kind: str) -> dict:
     # jaxrlhf with the malloc tunable its entry points set (jaxrlhf.infra.host_memory); TRL as shipped
-    env = host_memory.entry_point_env(os.environ) if kind == "jax" else dict(os.environ)
-    return benchlib.run_worker(__file__, argv, kind, spec, env=env, cwd=REPO)
+    return host_memory.entry_point_env(os.environ) if kind == "jax" else dict(os.environ)
 
 
 def summary(r: dict) -> dict:
@@ -286,13 +308,19 @@ def summary(r: dict) -> dict:
     return s
 
 
-def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command: str) -> str:
+def headline(jx: dict, tr: dict) -> dict:
+    js, ts = summary(jx), summary(tr)
+    return {"name": f"one PPO iteration vs TRL {TRL_VERSION} PPOTrainer", "best": ts["best"] / js["best"],
+            "median": ts["median"] / js["median"],
+            "detail": f"jaxrlhf {js['median']:.1f} s vs TRL {ts['median']:.1f} s per iteration (median)"}
+
+
+def render(args, jx: dict, tr: dict, mach: dict, command: str) -> str:
     a = args
     n_mb = a.prompts // a.minibatch
     js, ts = summary(jx), summary(tr)
-    mach = benchlib.machine()
     lines = [
-        MARK_START, TITLE, "",
+        MARK_START, TITLE, "", *benchlib.quick_note(a, QUICK),
         f"One PPO iteration (rollout + scoring + update), SmolLM2-135M-Instruct policy, reward model and critic "
         f"SmolLM2-135M with a 1-label `score` head (the same seeded HF directory on both sides; the critic starts "
         f"from the reward model), full fine-tuning, float32: {a.prompts} HH-RLHF harmless prompts per rollout "
@@ -300,7 +328,8 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         f"{a.new} sampled tokens per prompt at temperature {a.temperature:g} (no early stop on either side), "
         f"then {a.epochs} PPO epoch(s) of {n_mb} shuffled minibatches of {a.minibatch} sequences, one AdamW step "
         f"per minibatch for actor and critic (lr {a.lr:g}, constant). Seconds per iteration after one warm-up "
-        f"iteration: best and median of {a.iters} per side.", "",
+        f"iteration: best and median of {a.iters} per side. The two sides ran at the same time in two processes "
+        "taking turns iteration by iteration (only one computes at any moment), so both saw the same machine.", "",
         *benchlib.table(
             ["side", "best s/iter", "median s/iter", "speed-up (best)", "speed-up (median)", "generation s (median)",
              "rest of the iteration s (median)", "warm-up iter s", "compile s", "mean response tokens"],
@@ -315,7 +344,8 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         f"TRL {', '.join(f'{x:.1f}' for x in ts['timed'])}. Speed-up = TRL seconds / jaxrlhf seconds. "
         "jaxrlhf's compile s = its warm-up iteration minus its median iteration. Rest of the iteration = "
         "iteration minus its generation call: reward-model scoring, the log-prob/value passes, GAE and the "
-        "minibatch updates.", "",
+        f"minibatch updates. Turns: {benchlib.turns_text({SIDES['jax']: jx, SIDES['trl']: tr})} (a turn is one "
+        "iteration; each side's first turn also loads its models; a side's iteration time leaves out its waits).", "",
         "    " + command, "",
         "What each side runs per iteration:", "",
         f"- jaxrlhf (`jaxrlhf.train_ppo.train`, config from `ppo_defaults()`): one jitted sampling call ({a.new} "
@@ -326,8 +356,9 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         "critic values; log-probs in chunks), reward shaping (running reward normalisation, k1 KL penalty) and "
         f"GAE; then {a.epochs * n_mb} jitted updates, each a forward+backward of the actor and of the critic on "
         f"{a.minibatch} sequences, global-norm clipping at 1.0 and an AdamW step for each. Time from its "
-        "metrics.jsonl (`ppo/iteration_seconds`). Its only change for the benchmark: `sampling.ignore_eos` "
-        "(no stop id), so that every row has exactly the tokens TRL's rows have.",
+        "metrics.jsonl (`ppo/iteration_seconds`). Its only changes for the benchmark: `sampling.ignore_eos` "
+        "(no stop id), so that every row has exactly the tokens TRL's rows have, and no held-out evaluation "
+        "rollouts (`train.eval_every=0`; they are outside the iteration either way).",
         f"- TRL (`trl.experimental.ppo.PPOTrainer.train`, {TRL_VERSION}): `model.generate` (transformers, KV cache, "
         f"batch {a.prompts}) returning the step scores, from which it takes the policy's log-probs (no policy "
         "forward pass afterwards); forward passes of the reference policy, of the value model and of the "
@@ -340,14 +371,10 @@ def render(args, jx: dict, tr: dict, load_before: str, load_after: str, command:
         "generation scores) and clips gradients, and it updates actor and critic as two separate "
         "forward+backward passes where TRL runs one wrapper module; both whiten advantages, both sample "
         "without top-k/top-p, neither checkpoints inside the timed iterations. jaxrlhf ran with "
-        f"`GLIBC_TUNABLES={host_memory.entry_point_env(os.environ).get('GLIBC_TUNABLES') or 'unset'}` (what its "
+        f"`GLIBC_TUNABLES={side_env('jax').get('GLIBC_TUNABLES') or 'unset'}` (what its "
         "command-line entry points set: `jaxrlhf/infra/host_memory.py`), TRL with the machine's defaults.", "",
-        f"Machine: {mach['cpus']} CPUs ({mach['cpu']}); jaxrlhf's XLA uses all cores, torch threads {a.threads}. "
-        f"Load average (1/5/15 min) {load_before} before and {load_after} after the run; jaxrlhf ran "
-        f"first ({jx['load_before']} -> {jx['load_after']}), then TRL ({tr['load_before']} -> {tr['load_after']})"
-        f"{benchlib.busy_note(load_before)}. "
-        f"{jx['versions']}; {tr['versions']}; jaxrlhf at {benchlib.git_state(a.commit)}. "
-        f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.", "",
+        f"{benchlib.machine_line(mach)} jaxrlhf's XLA uses all cores, torch threads {a.threads}. "
+        f"{jx['versions']}; {tr['versions']}; jaxrlhf at {benchlib.git_state(a.commit)}. Run {mach['date']}.", "",
         f"TRL {TRL_VERSION} is installed with `pip install --no-deps --target` into its own folder, put on "
         "`sys.path` in "
         "the TRL subprocess only, with `accelerate` (which TRL and `transformers.Trainer` need) in the same "
@@ -361,6 +388,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args._worker:
+        benchlib.baton()  # first: nothing of this side runs outside its turns
         spec = benchlib.worker_spec(args)
         if spec.get("src"):
             sys.path.insert(0, spec["src"])
@@ -371,32 +399,42 @@ def main(argv=None) -> int:
         return 0
     if args.prompts % args.minibatch:
         sys.exit("--prompts must be a multiple of --minibatch")
-    load_before = benchlib.loadavg()
+    if not args.skip_trl and benchlib.trl_in_folder(args.trl_path) != TRL_VERSION:
+        sys.exit(f"error: TRL {TRL_VERSION} not found in {args.trl_path}: "
+                 f"{benchlib.trl_install_command(TRL_VERSION, args.trl_path)} (or pass --trl_path, or --skip_trl)")
+    start = benchlib.machine_snapshot()
     src = benchlib.use_commit(args.commit) if args.commit else ""
     if src:
         sys.path.insert(0, src)
         print(f"jaxrlhf from {args.commit} ({src})", flush=True)
     if not (Path(args.rm_dir) / "config.json").is_file():
-        run_worker("rm", argv, {"src": src})
+        benchlib.run_worker(__file__, argv, "rm", {"src": src}, env=side_env("rm"), cwd=REPO)
     spec = {"batches": prompt_batches(args), "src": src}
     print(f"prompts: {args.prompts} x {args.prompt_len} per iteration, {args.new} new tokens, "
-          f"{args.iters} timed iterations after a warm-up; load {load_before}", flush=True)
-    results = {}
-    for kind, skip in (("jax", args.skip_jax), ("trl", args.skip_trl)):
-        if not skip:
-            results[kind] = run_worker(kind, argv, spec)
-            s = summary(results[kind])
-            print(f"{kind}: iterations {', '.join(f'{x:.2f}' for x in results[kind]['iteration'])} s "
-                  f"(generation {', '.join(f'{x:.2f}' for x in results[kind]['generate'])} s), "
-                  f"best {s['best']:.2f}, median {s['median']:.2f}, mean response {s['length']:.1f} tokens; "
-                  f"load {results[kind]['load_before']} -> {results[kind]['load_after']}", flush=True)
+          f"{args.iters} timed iterations after a warm-up, the sides taking turns; load {start['load']}", flush=True)
+    sides = [benchlib.Side(SIDES[kind], kind, argv, spec, side_env(kind))
+             for kind, skip in (("jax", args.skip_jax), ("trl", args.skip_trl)) if not skip]
+    by_label = benchlib.run_in_turns(__file__, sides, cwd=REPO)
+    results = {kind: by_label[label] for kind, label in SIDES.items() if label in by_label}
+    for kind, r in results.items():
+        s = summary(r)
+        print(f"{kind}: iterations {', '.join(f'{x:.2f}' for x in r['iteration'])} s "
+              f"(generation {', '.join(f'{x:.2f}' for x in r['generate'])} s), "
+              f"best {s['best']:.2f}, median {s['median']:.2f}, mean response {s['length']:.1f} tokens; "
+              f"{r['turns']} turns", flush=True)
     if len(results) < 2:
         return 0
     Path(tempfile.gettempdir(), "bench_ppo_results.json").write_text(json.dumps(results))
+    mach = benchlib.machine_description(start)
     command = benchlib.command_line("scripts/bench_ppo.py", argv)
-    section = render(args, results["jax"], results["trl"], load_before, benchlib.loadavg(), command)
+    section = render(args, results["jax"], results["trl"], mach, command)
     print(section)
     benchlib.write_section(args.out, section, MARK_START, MARK_END)
+    head = headline(results["jax"], results["trl"])
+    print(f"headline: {head['name']}: {benchlib.ratio_text(head['best'])} best, "
+          f"{benchlib.ratio_text(head['median'])} median ({head['detail']})")
+    benchlib.write_json(args.json, "ppo", args, command, mach, head,
+                        jaxrlhf=summary(results["jax"]), trl=summary(results["trl"]))
     return 0
 
 

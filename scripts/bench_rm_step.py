@@ -2,12 +2,20 @@
 
     python scripts/bench_rm_step.py                       # prints a table
     python scripts/bench_rm_step.py --out docs/benchmarks.md
+    python scripts/bench_rm_step.py --quick               # the same step, 3 timed per variant
+    python scripts/bench_rm_step.py --steps 1 --length 32 --out ''   # smoke test
 
 The step of `configs/rm.py` (16 pairs = 32 sequences of --length tokens, AdamW, float32) timed after one
 compiling step, each variant in its own process: glibc's default malloc, `GLIBC_TUNABLES=
 glibc.malloc.hugetlb=1` (what jaxrlhf's entry points set, `jaxrlhf/infra/host_memory.py`), scanned or
 unrolled layers; and the same step in PyTorch (`BertForSequenceClassification`, torch.optim.AdamW,
 2 threads) for scale. Minor page faults are counted per step with getrusage.
+
+The variants' processes start at once and take turns step by step (`benchlib.run_in_turns`: each blocks
+before its next step until it holds the baton, the parent passes it round the variants in order), so only
+one computes at any moment and every variant's steps are spread over the same minutes: a drift of the
+machine's speed hits all alike. A step is timed from its call to its result on the host; the waits
+between turns are outside it. `--quick` times fewer of the same steps.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import benchlib  # first: puts this checkout on sys.path
 
 MARK_START = "<!-- bench_rm_step:start (written by scripts/bench_rm_step.py; rerun it rather than editing) -->"
 MARK_END = "<!-- bench_rm_step:end -->"
+QUICK = {"steps": 3}  # the same step, fewer of them
 TUNABLE = "glibc.malloc.hugetlb=1"
 VARIANTS = [  # (label, backend, GLIBC_TUNABLES, scan_layers)
     ("jaxrlhf, glibc default malloc, scanned layers", "jax", "", True),
@@ -31,6 +40,7 @@ VARIANTS = [  # (label, backend, GLIBC_TUNABLES, scan_layers)
     ("PyTorch, glibc default malloc", "torch", "", None),
     ("PyTorch, hugetlb=1", "torch", TUNABLE, None),
 ]
+HEADLINE = ("jaxrlhf, hugetlb=1, unrolled layers (configs/rm.py)", "PyTorch, glibc default malloc")  # as users run
 
 
 def parse_args(argv=None):
@@ -39,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--steps", type=int, default=6, help="timed steps after the compiling one")
     p.add_argument("--out", default="", help="markdown file whose bench_rm_step section is (re)written")
+    benchlib.add_json_arg(p)
+    benchlib.apply_quick(p, argv, QUICK)
     benchlib.add_worker_args(p, ("jax:0", "jax:1", "torch"))
     return p.parse_args(argv)
 
@@ -55,12 +67,15 @@ def batch_arrays(pairs: int, length: int):
 
 
 def timed_steps(step, n: int) -> tuple[list[float], list[int]]:
+    """The compiling step and `n` more, each one turn of the baton (the wait is outside its time)."""
     seconds, faults = [], []
+    baton = benchlib.baton()
     for _ in range(n + 1):
         f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
         step()
         seconds.append(time.perf_counter() - t0)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        baton.pass_on()
     return seconds, faults
 
 
@@ -122,23 +137,36 @@ def torch_worker(args) -> dict:
     return dict(zip(("seconds", "faults"), timed_steps(step, args.steps)))
 
 
-def run_variant(argv, label, backend, tunables, scan) -> dict:
+def variant_side(argv, label, backend, tunables, scan) -> benchlib.Side:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     env["JAXRLHF_MALLOC_TUNING"] = "0"  # the worker gets exactly the variant's setting
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
-    worker = backend if scan is None else f"jax:{int(scan)}"
-    result = benchlib.run_worker(__file__, argv, worker, env=env, capture=True, label=label)
+    return benchlib.Side(label, backend if scan is None else f"jax:{int(scan)}", argv, env=env)
+
+
+def row(label: str, result: dict) -> dict:
     steady_s, steady_f = result["seconds"][1:], result["faults"][1:]
     return {"label": label, "median_s": statistics.median(steady_s), "min_s": min(steady_s),
-            "faults": int(statistics.median(steady_f)), "first_s": result["seconds"][0]}
+            "faults": int(statistics.median(steady_f)), "first_s": result["seconds"][0], "seconds": steady_s}
 
 
-def render(rows, args) -> str:
+def headline(rows) -> dict:
+    """The configs/rm.py step against PyTorch's as its users run it."""
+    by = {r["label"]: r for r in rows}
+    jx, th = by[HEADLINE[0]], by[HEADLINE[1]]
+    return {"name": "reward-model train step vs PyTorch", "best": th["min_s"] / jx["min_s"],
+            "median": th["median_s"] / jx["median_s"],
+            "detail": f"jaxrlhf (configs/rm.py) {jx['median_s']:.2f} s vs PyTorch {th['median_s']:.2f} s per step "
+                      f"(median)"}
+
+
+def render(rows, args, mach: dict, results: dict) -> str:
     base = rows[0]["median_s"]
-    lines = [MARK_START, "## Reward-model step: malloc and layer layout", "",
+    lines = [MARK_START, "## Reward-model step: malloc and layer layout", "", *benchlib.quick_note(args, QUICK),
              f"One train step of `configs/rm.py` (MiniLM-L6, {args.pairs} pairs = {2 * args.pairs} sequences of "
-             f"{args.length} tokens, AdamW, float32) on this CPU, each row in its own process; median and best of "
+             f"{args.length} tokens, AdamW, float32) on this CPU, each row in its own process, the processes "
+             f"taking turns step by step (only one computes at any moment); median and best of "
              f"{args.steps} steps after the compiling one; minor page faults per step (median).", ""]
     lines += benchlib.table(
         ["variant", "median s", "best s", "vs first row", "page faults / step", "first step s"],
@@ -148,26 +176,41 @@ def render(rows, args) -> str:
               "mmap and unmaps them on free, so every step faults its pages back in, zero-filled, 4 KiB at a time. "
               "With `glibc.malloc.hugetlb=1` those mappings get transparent huge pages. PyTorch, shown for scale, "
               "does not gain from the tunable.", "",
-              f"    python scripts/bench_rm_step.py --length {args.length} --pairs {args.pairs} --steps {args.steps}",
-              "", f"Run {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {benchlib.machine()['cpus']} CPUs.",
+              f"    {command(args)}", "",
+              f"{benchlib.machine_line(mach)} Turns: {len(results)} processes, "
+              f"{'/'.join(sorted({str(r['turns']) for r in results.values()}))} turns each, over "
+              f"{max(r['last_turn'] for r in results.values()) / 60:.1f} min. Run {mach['date']}.",
               MARK_END]
     return "\n".join(lines) + "\n"
+
+
+def command(args) -> str:
+    flags = ["--quick"] if args.quick else []
+    return " ".join(["python scripts/bench_rm_step.py", *flags, f"--length {args.length} --pairs {args.pairs} "
+                     f"--steps {args.steps}"])
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args._worker:
+        benchlib.baton()  # first: nothing of this variant runs outside its turns
         result = torch_worker(args) if args._worker == "torch" else jax_worker(args, args._worker.endswith(":1"))
         benchlib.worker_result(args, result)
         return 0
-    rows = []
-    for label, backend, tunables, scan in VARIANTS:
-        rows.append(run_variant(argv, label, backend, tunables, scan))
-        print(f"{label}: {rows[-1]['median_s']:.2f} s/step, {rows[-1]['faults']:,} faults/step", flush=True)
-    section = render(rows, args)
+    start = benchlib.machine_snapshot()
+    results = benchlib.run_in_turns(__file__, [variant_side(argv, *v) for v in VARIANTS], capture=True)
+    rows = [row(label, results[label]) for label, *_ in VARIANTS]
+    for r in rows:
+        print(f"{r['label']}: {r['median_s']:.2f} s/step, {r['faults']:,} faults/step", flush=True)
+    mach = benchlib.machine_description(start)
+    section = render(rows, args, mach, results)
     print("\n" + section)
     benchlib.write_section(args.out, section, MARK_START, MARK_END)
+    head = headline(rows)
+    print(f"headline: {head['name']}: {benchlib.ratio_text(head['best'])} best, "
+          f"{benchlib.ratio_text(head['median'])} median ({head['detail']})")
+    benchlib.write_json(args.json, "rm_step", args, command(args), mach, head, rows=rows)
     return 0
 
 

@@ -2,7 +2,8 @@
 
     python -m jaxrlhf.assets fetch smollm2
     python scripts/bench_rollout.py                      # batch 8, prompt 64, 64 new tokens; writes docs/benchmarks.md
-    python scripts/bench_rollout.py --repeats 1 --out /tmp/b.md   # quicker look
+    python scripts/bench_rollout.py --quick              # the same calls, 3 timed per side and mode
+    python scripts/bench_rollout.py --repeats 1 --modes greedy --new 8 --out ''   # smoke test
 
 Same job on both sides: SmolLM2-135M-Instruct (the dequantised HF directory the asset fetcher builds),
 float32, a batch of real prompts (the first human turn of the shipped HH-RLHF harmless dialogues, in the
@@ -12,8 +13,9 @@ Modes: greedy; plain sampling at temperature 1 (what PPO rollouts use); sampling
 with top-p 0.9. Top-k is off on both sides.
 
 Timing (wall clock): tokens/s = batch x new tokens / seconds per `generate` call, the best and the
-median of `--repeats` calls per side. After a warm-up the two sides' calls alternate, so both see the
-same background load on a shared machine (the best call is the least disturbed one). jaxrlhf's first
+median of `--repeats` calls per side. Both sides run in this one process; after a warm-up their calls
+alternate call by call, so a drift of the machine's speed or background load hits both alike (the best
+call is the least disturbed one). `--quick` makes the same calls, fewer of them. jaxrlhf's first
 call traces and compiles; that time is reported apart (first call minus best call). torch runs with
 `torch.set_num_threads(--threads)`; XLA's CPU backend uses the machine's cores (`nproc` is printed
 with the table). Under contention torch's OpenMP threads degrade far more than XLA's (seen here: a
@@ -23,7 +25,6 @@ with the table). Under contention torch's OpenMP threads degrade far more than X
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
 import json
 import statistics
@@ -40,6 +41,7 @@ TITLE = "## Rollout: jaxrlhf sampling vs transformers generate"
 DATA = REPO / "jaxrlhf" / "data" / "builtin" / "hh_rlhf_harmless_2048.jsonl.gz"
 MODES = {"greedy": dict(temperature=0.0, top_p=1.0), "sample": dict(temperature=1.0, top_p=1.0),
          "top_p": dict(temperature=0.7, top_p=0.9)}
+QUICK = {"repeats": 3}  # the same calls, fewer of them
 
 
 def parse_args(argv=None):
@@ -52,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update ('' : none)")
+    benchlib.add_json_arg(p)
+    benchlib.apply_quick(p, argv, QUICK)
     return p.parse_args(argv)
 
 
@@ -151,8 +155,17 @@ def bench_mode(mode, jax_make, torch_make, repeats):
                 agree=float(np.mean(jax_tokens == torch_tokens)))
 
 
-def render(args, rows, mach, load_before, load_after, vers, command) -> str:
-    lines = [MARK_START, TITLE, "",
+def headline(rows) -> dict:
+    """The smallest speed-up over the modes run (best and median calls): the claim holds for every mode."""
+    best, med = min(rows, key=lambda r: r["speedup"]), min(rows, key=lambda r: r["speedup_med"])
+    return {"name": "rollout tokens/s vs transformers generate", "best": best["speedup"],
+            "median": med["speedup_med"],
+            "detail": f"the slowest of {len(rows)} mode(s): {med['mode']}, jaxrlhf {med['jax_med']:.0f} vs "
+                      f"transformers {med['torch_med']:.0f} tokens/s (median)"}
+
+
+def render(args, rows, mach, vers, command) -> str:
+    lines = [MARK_START, TITLE, "", *benchlib.quick_note(args, QUICK),
              f"SmolLM2-135M-Instruct, float32, batch {args.batch}, prompts left-padded to {args.prompt} tokens "
              f"(first human turns of HH-RLHF harmless in the chat template), exactly {args.new} new tokens per row "
              "(no early stop on either side). Modes: greedy; sample = temperature 1, no filter; "
@@ -167,9 +180,8 @@ def render(args, rows, mach, load_before, load_after, vers, command) -> str:
         [[r["mode"], f"{r['jax_tps']:.0f}", f"{r['torch_tps']:.0f}", f"{r['speedup']:.2f}x", f"{r['jax_med']:.0f}",
           f"{r['torch_med']:.0f}", f"{r['speedup_med']:.2f}x", f"{r['compile']:.1f}", r["agree"]] for r in rows])
     lines += ["", f"    {command}", "",
-              f"Machine: {mach['cpus']} CPUs ({mach['cpu']}), torch threads {args.threads}; load average "
-              f"(1/5/15 min) {load_before} before and {load_after} after the run{benchlib.busy_note(load_before)}."
-              f" {vers}. Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.", "",
+              f"{benchlib.machine_line(mach)} torch threads {args.threads}; XLA uses all cores. {vers}. "
+              f"Run {mach['date']}.", "",
               "\"same greedy tokens\": the share of greedy tokens both sides agree on (float32 rounding can flip a "
               "near-tie and the rows then diverge; the sampled rows differ by construction).",
               MARK_END]
@@ -178,7 +190,7 @@ def render(args, rows, mach, load_before, load_after, vers, command) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    load_before = benchlib.loadavg()
+    start = benchlib.machine_snapshot()
     from jaxrlhf.models.hf_files import resolve_model_dir
     from jaxrlhf.models.hub import load_tokenizer
 
@@ -200,10 +212,14 @@ def main(argv=None) -> int:
                          torch_med=n / tm, speedup_med=tm / jm, compile=r["compile"],
                          agree=f"{r['agree']:.0%}" if mode == "greedy" else "n/a"))
     command = benchlib.command_line("scripts/bench_rollout.py", sys.argv[1:] if argv is None else argv)
-    section = render(args, rows, benchlib.machine(), load_before, benchlib.loadavg(),
-                     benchlib.versions_text("jax", "flax", "torch", "transformers"), command)
+    mach = benchlib.machine_description(start)
+    section = render(args, rows, mach, benchlib.versions_text("jax", "flax", "torch", "transformers"), command)
     print(section)
     benchlib.write_section(args.out, section, MARK_START, MARK_END)
+    head = headline(rows)
+    print(f"headline: {head['name']}: {benchlib.ratio_text(head['best'])} best, "
+          f"{benchlib.ratio_text(head['median'])} median ({head['detail']})")
+    benchlib.write_json(args.json, "rollout", args, command, mach, head, modes=rows)
     return 0
 
 
