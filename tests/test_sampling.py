@@ -7,6 +7,7 @@ a scale where logits are of order one, so argmax near-ties (which float noise co
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -468,3 +469,33 @@ def test_config_validation():
     for bad in (dict(temperature=-1.0), dict(top_p=0.0), dict(max_new_tokens=0)):
         with pytest.raises(ValueError):
             SamplingConfig(**bad)
+
+
+def test_layers_sliced_once_gives_the_scanned_outputs(model, monkeypatch):
+    """On CPU `generate` slices each layer's weights out of the stack once, before the decode loop (slicing
+    inside the loop copied them at every step): it must run that path and give the tokens and log-probs of
+    the plain scanned forward."""
+    from jaxrlhf.models import layers
+    from jaxrlhf.rl import sampling
+
+    ids, mask = prompts()
+    backbone = model.backbone
+    plain, _ = backbone(jnp.asarray(ids), jnp.asarray(mask))
+    with layers.layers_sliced_once(backbone.layers):
+        sliced, _ = backbone(jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(sliced), np.asarray(plain), atol=1e-5)
+
+    cfg = SamplingConfig(max_new_tokens=5, eos_ids=(), pad_id=PAD, temperature=1.0)
+    graphdef, state = nnx.split(model)
+    key = jax.random.key(3)
+    run = lambda s: decode(nnx.merge(graphdef, s), jnp.asarray(ids), jnp.asarray(mask), key, cfg)  # noqa: E731
+    calls = []
+    unrolled = layers._unrolled
+    monkeypatch.setattr(layers, "_unrolled", lambda *a: (calls.append(1), unrolled(*a))[1])
+    out = jax.jit(run)(state)
+    assert len(calls) == 2  # the prefill and the decode step, both over the pre-sliced weights
+    monkeypatch.setattr(sampling, "_weights_sliced_once", lambda backbone: contextlib.nullcontext())
+    ref = jax.jit(run)(state)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(np.asarray(out["response_ids_BxN"]), np.asarray(ref["response_ids_BxN"]))
+    np.testing.assert_allclose(np.asarray(out["logprobs_BxN"]), np.asarray(ref["logprobs_BxN"]), atol=1e-5)

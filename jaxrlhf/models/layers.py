@@ -7,6 +7,8 @@ transposes). Every `Linear` can carry a LoRA adapter, so each family gets LoRA w
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import re
@@ -196,6 +198,9 @@ def apply_stacked(layers: nnx.Module, h: Any, body: Callable, *, scan: bool = Tr
     same stacked parameters, so both modes share one parameter layout (and one importer).
     """
     graphdef, state = nnx.split(layers)
+    sliced = _SLICED_ONCE.get()
+    if sliced is not None and sliced[0] is layers:
+        return _unrolled(graphdef, sliced[1], h, body, xs)
 
     def step(carry, layer_and_x):
         layer_state, x = layer_and_x
@@ -213,3 +218,32 @@ def apply_stacked(layers: nnx.Module, h: Any, body: Callable, *, scan: bool = Tr
         ys.append(y)
     stacked = None if ys[0] is None else jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys)
     return h, stacked
+
+
+# Set by `layers_sliced_once`: (the stacked layers module, its per-layer states).
+_SLICED_ONCE: contextvars.ContextVar = contextvars.ContextVar("layers_sliced_once", default=None)
+
+
+@contextlib.contextmanager
+def layers_sliced_once(layers: nnx.Module):
+    """Within, `apply_stacked(layers, ...)` unrolls over per-layer parameters sliced here, once, instead of
+    slicing the stacked parameters at every call. For a decode loop: XLA's CPU backend copies each layer's
+    weights out of the stack at each slice, which at one token per step costs about as much as the matmuls
+    (docs/benchmarks.md); slicing before the loop makes those copies once per `generate` call. It holds a
+    second copy of the layer weights while it lasts."""
+    graphdef, state = nnx.split(layers)
+    num_layers = jax.tree_util.tree_leaves(state)[0].shape[0]
+    per_layer = [jax.tree_util.tree_map(lambda a, i=i: a[i], state) for i in range(num_layers)]
+    token = _SLICED_ONCE.set((layers, per_layer))
+    try:
+        yield
+    finally:
+        _SLICED_ONCE.reset(token)
+
+
+def _unrolled(graphdef, per_layer: list, h: Any, body: Callable, xs: Any) -> tuple[Any, Any]:
+    ys = []
+    for i, layer_state in enumerate(per_layer):
+        h, y = body(nnx.merge(graphdef, layer_state), h, jax.tree_util.tree_map(lambda a, i=i: a[i], xs))
+        ys.append(y)
+    return h, None if ys[0] is None else jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys)

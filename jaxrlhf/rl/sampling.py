@@ -23,6 +23,7 @@ UNFILTERED temperature-scaled distribution (top-k/top-p only restrict what can b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.models.heads import gather_positions, last_token_index
+from jaxrlhf.models.layers import layers_sliced_once
 from jaxrlhf.rl.sampling_filters import filter_logits, sample_token, top_k_filter, top_p_filter  # noqa: F401
 
 
@@ -71,14 +73,9 @@ class SamplingConfig:
 def decode(model: nnx.Module, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, rng: jax.Array | None,
            cfg: SamplingConfig) -> dict[str, jax.Array]:
     """The traceable body of `generate` (a CausalLM module, not jitted here)."""
-    B, P = prompt_ids_BxP.shape
-    N = cfg.max_new_tokens
     rng = jax.random.key(0) if rng is None else rng
     eos = jnp.asarray(cfg.eos_ids, jnp.int32) if cfg.eos_ids else None
     backbone = model.backbone
-
-    def next_logits(hidden_BxD):
-        return model.logits(hidden_BxD[:, None, :])[:, 0].astype(jnp.float32)
 
     def is_stop(tok_B):
         return jnp.zeros(tok_B.shape, jnp.bool_) if eos is None else jnp.any(tok_B[:, None] == eos, axis=-1)
@@ -91,6 +88,25 @@ def decode(model: nnx.Module, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Ar
         new = (tok, alive.astype(jnp.int32), jnp.where(alive, logp, 0.0))
         bufs = tuple(jax.lax.dynamic_update_slice(b, x[:, None], (0, step)) for b, x in zip(bufs, new))
         return tok, alive, finished_B | (alive & is_stop(tok)), bufs
+
+    with _weights_sliced_once(backbone):
+        return _decode_loop(model, backbone, prompt_ids_BxP, prompt_mask_BxP, cfg, emit)
+
+
+def _weights_sliced_once(backbone):
+    # CPU only: there the per-step copies of each layer's weights cost as much as the matmuls; on an
+    # accelerator the second copy of the weights would cost memory a large model does not have.
+    if jax.default_backend() == "cpu" and getattr(backbone, "scan_layers", False):
+        return layers_sliced_once(backbone.layers)
+    return contextlib.nullcontext()
+
+
+def _decode_loop(model, backbone, prompt_ids_BxP, prompt_mask_BxP, cfg, emit):
+    B, P = prompt_ids_BxP.shape
+    N = cfg.max_new_tokens
+
+    def next_logits(hidden_BxD):
+        return model.logits(hidden_BxD[:, None, :])[:, 0].astype(jnp.float32)
 
     cache = backbone.init_cache(B, P + N)
     hidden_BxPxD, cache = backbone(prompt_ids_BxP, prompt_mask_BxP, cache=cache)
