@@ -141,7 +141,7 @@ def render(args, rows: list[tuple[Bench, dict | None, bool]], mach: dict) -> str
                       met(h, bench.floor),
                       h.get("detail", ""), when])
         if not fresh:
-            notes.append(f"- `{bench.name}` ({r['date']}): {r['machine_line']}")
+            notes.append(f"- `{bench.name}` ({r['date']}): {benchlib.machine_line(r['machine'])}")
     lines += benchlib.table(["ratio", "floor", "best", "median", "met", "measured", "run"], table)
     lines += ["", benchlib.machine_line(mach).replace("Machine:", "Machine (the whole bench_all run):", 1)]
     if notes:
@@ -171,14 +171,22 @@ def main(argv=None) -> int:
         rc = subprocess.run(cmd, cwd=REPO).returncode
         if rc:
             failed.append(f"{bench.name} (exit {rc})")
-    mach = benchlib.machine_description(start)
-    ran = {b.name for b in benches} if not args.dry_run else set()
-    rows = [(b, load(args, b), b.name in ran) for b in BENCHES]
-    section = render(args, rows, mach)
+    whole = Path(args.results) / "bench_all.json"  # the last real run: its machine and what it ran
+    if args.dry_run:
+        last = json.loads(whole.read_text()) if whole.is_file() else {"machine": benchlib.machine_description(start),
+                                                                       "ran": [], "quick": args.quick}
+        args.quick = last["quick"]
+    else:
+        last = {"machine": benchlib.machine_description(start), "ran": [b.name for b in benches],
+                "quick": args.quick}
+    rows = [(b, load(args, b), b.name in last["ran"]) for b in BENCHES]
+    section = render(args, rows, last["machine"])
     print("\n" + section)
     if failed:
         print(f"not writing the headline table: {', '.join(failed)} failed")
         return 1
+    if not args.dry_run:
+        whole.write_text(json.dumps(last, indent=1))
     benchlib.write_section(args.out, section, MARK_START, MARK_END)
     benchlib.write_section(args.readme, section, MARK_START, MARK_END, append=False)
     return 0

@@ -90,12 +90,13 @@ def loadavg() -> str:
 
 
 def busy_note(load: str) -> str:
-    """A remark for a table's machine line when the 1-minute load (`loadavg()`) was over 1 before the run."""
+    """A remark for a table's machine line when the 1-minute load (`loadavg()`) was over 1 before the run: the
+    cores were not idle when it began (a job just ended, or one still runs)."""
     try:
         busy = float(load.split()[0]) > 1.0
     except (ValueError, IndexError):
         busy = False
-    return " (the machine was busy: other jobs share these cores)" if busy else ""
+    return " (1-minute load over 1 at the start)" if busy else ""
 
 
 # The speed of the same code drifts on a shared or virtual machine (here a 2-vCPU guest: the same XLA matmul ran

@@ -54,7 +54,7 @@ def inputs(B, T, S, H, K, D, dtype=jnp.float32, seed=0):
 
 @pytest.mark.parametrize("kind", ["left", "right", "holed"])
 @pytest.mark.parametrize("heads", [(4, 4), (6, 2)])
-@pytest.mark.parametrize("block_rows", [1, 2, 4])
+@pytest.mark.parametrize("block_rows", [1, 4])
 def test_blocked_equals_float64_loop_and_reference(kind, heads, block_rows):
     H, K = heads
     B, T, D = 4, 7, 8
