@@ -199,8 +199,7 @@ def apply_stacked(layers: nnx.Module, h: Any, body: Callable, *, scan: bool = Tr
     """
     graphdef, state = nnx.split(layers)
     sliced = _SLICED_ONCE.get()
-    if sliced is not None and sliced[0] is layers:
-        return _unrolled(graphdef, sliced[1], h, body, xs)
+    sliced = sliced[1] if sliced is not None and sliced[0] is layers else None
 
     def step(carry, layer_and_x):
         layer_state, x = layer_and_x
@@ -209,14 +208,9 @@ def apply_stacked(layers: nnx.Module, h: Any, body: Callable, *, scan: bool = Tr
 
     if remat:
         step = jax.checkpoint(step, prevent_cse=not scan)
-    if scan:
+    if scan and sliced is None:
         return jax.lax.scan(step, h, (state, xs))
-    ys = []
-    for layer_and_x in unstack((state, xs)):
-        h, y = step(h, layer_and_x)
-        ys.append(y)
-    stacked = None if ys[0] is None else jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys)
-    return h, stacked
+    return _unrolled(step, unstack(state) if sliced is None else sliced, h, xs)
 
 
 def unstack(tree: Any) -> list[Any]:
@@ -249,9 +243,10 @@ def layers_sliced_once(layers: nnx.Module):
         _SLICED_ONCE.reset(token)
 
 
-def _unrolled(graphdef, per_layer: list, h: Any, body: Callable, xs: Any) -> tuple[Any, Any]:
+def _unrolled(step: Callable, per_layer: list, h: Any, xs: Any) -> tuple[Any, Any]:
+    xs_per_layer = unstack(xs) if jax.tree_util.tree_leaves(xs) else [xs] * len(per_layer)
     ys = []
-    for layer_state, x in zip(per_layer, unstack(xs) if jax.tree_util.tree_leaves(xs) else [xs] * len(per_layer)):
-        h, y = body(nnx.merge(graphdef, layer_state), h, x)
+    for layer_and_x in zip(per_layer, xs_per_layer):
+        h, y = step(h, layer_and_x)
         ys.append(y)
     return h, None if ys[0] is None else jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys)

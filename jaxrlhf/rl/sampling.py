@@ -90,7 +90,7 @@ def decode(model: nnx.Module, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Ar
         return tok, alive, finished_B | (alive & is_stop(tok)), bufs
 
     with _weights_sliced_once(backbone):
-        return _decode_loop(model, backbone, prompt_ids_BxP, prompt_mask_BxP, cfg, emit)
+        return _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit)
 
 
 def _weights_sliced_once(backbone):
@@ -101,7 +101,8 @@ def _weights_sliced_once(backbone):
     return contextlib.nullcontext()
 
 
-def _decode_loop(model, backbone, prompt_ids_BxP, prompt_mask_BxP, cfg, emit):
+def _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit):
+    backbone = model.backbone
     B, P = prompt_ids_BxP.shape
     N = cfg.max_new_tokens
 
