@@ -431,8 +431,7 @@ def main(argv=None) -> int:
     print(section)
     benchlib.write_section(args.out, section, MARK_START, MARK_END)
     head = headline(results["jax"], results["trl"])
-    print(f"headline: {head['name']}: {benchlib.ratio_text(head['best'])} best, "
-          f"{benchlib.ratio_text(head['median'])} median ({head['detail']})")
+    benchlib.print_headline(head)
     benchlib.write_json(args.json, "ppo", args, command, mach, head,
                         jaxrlhf=summary(results["jax"]), trl=summary(results["trl"]))
     return 0

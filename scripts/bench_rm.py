@@ -544,8 +544,7 @@ def main(argv=None) -> int:
     by_side = {r["side"]: r for r in results}
     if len(by_side) == 2:
         head = headline(by_side["jax"], by_side["trl"])
-        print(f"headline: {head['name']}: {benchlib.ratio_text(head['best'])} best turn, "
-              f"{benchlib.ratio_text(head['median'])} median turn ({head['detail']})")
+        benchlib.print_headline(head, " turn")
         benchlib.write_json(args.json, "rm", args, benchlib.command_line("scripts/bench_rm.py", argv), mach, head,
                             jaxrlhf=by_side["jax"], trl=by_side["trl"])
     return 0

@@ -208,8 +208,7 @@ def main(argv=None) -> int:
     print("\n" + section)
     benchlib.write_section(args.out, section, MARK_START, MARK_END)
     head = headline(rows)
-    print(f"headline: {head['name']}: {benchlib.ratio_text(head['best'])} best, "
-          f"{benchlib.ratio_text(head['median'])} median ({head['detail']})")
+    benchlib.print_headline(head)
     benchlib.write_json(args.json, "rm_step", args, command(args), mach, head, rows=rows)
     return 0
 

@@ -577,6 +577,12 @@ def ratio_text(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{x:.2f}x"
 
 
+def print_headline(head: Mapping, per: str = "") -> None:
+    """The one line each script prints for bench_all's log: its ratio, best and median (`per`: ' turn')."""
+    print(f"headline: {head['name']}: {ratio_text(head['best'])} best{per}, "
+          f"{ratio_text(head['median'])} median{per} ({head['detail']})")
+
+
 def quick_note(args: argparse.Namespace, quick: Mapping[str, object]) -> list[str]:
     """The line a section starts with when `--quick` made it."""
     if not getattr(args, "quick", False):
