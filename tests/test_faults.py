@@ -49,8 +49,8 @@ def test_keyboard_interrupt_on_the_command_line_is_one_line_and_exit_130():
 def test_ctrl_c_finishes_the_step_saves_and_exits_zero(setup, tmp_path):
     model, data, _ = setup
     work = tmp_path / "interrupted"
-    args = [a.replace("checkpoint_every=1", "checkpoint_every=1000").replace("epochs=2", "epochs=30")
-            for a in rm_cli_args(model, data, work)] + ["--config.train.eval_every=100000"]
+    args = rm_cli_args(model, data, work, {"train.checkpoint_every": 1000, "train.epochs": 30,
+                                           "train.eval_every": 100000})
     env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path / "hf"))
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics, deadline = work / "metrics.jsonl", time.time() + 240

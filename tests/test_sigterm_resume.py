@@ -32,8 +32,8 @@ def test_sigterm_saves_exits_zero_and_resume_is_exact(setup, tmp_path):
     env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path / "hf"))
     work = tmp_path / "preempted"
     # 300 steps (a few seconds), long enough for the signal to land mid-run; no periodic checkpoints.
-    args = [a.replace("checkpoint_every=1", "checkpoint_every=1000").replace("epochs=2", "epochs=30")
-            for a in rm_cli_args(model, data, work)] + ["--config.train.eval_every=100000"]
+    args = rm_cli_args(model, data, work, {"train.checkpoint_every": 1000, "train.epochs": 30,
+                                           "train.eval_every": 100000})
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     metrics = work / "metrics.jsonl"

@@ -26,8 +26,9 @@ class _OrbaxErrors(logging.Filter):
         text = record.getMessage() + str(record.exc_info[1] if record.exc_info else "")
         if "Event loop is closed" in text:
             return False
-        if record.name == "asyncio" and self.orbax in text:  # "Task exception was never retrieved": an
-            return False  # Orbax read abandoned when a restore fell over, or a write when a save did
+        if record.name == "asyncio" and (self.orbax in text or _raised_in_orbax(record.exc_info)):
+            return False  # "Task/_GatheringFuture exception was never retrieved": an Orbax read abandoned
+            # when a restore fell over, or the writes of a save that did
         if record.levelno >= logging.ERROR and record.pathname.startswith(self.orbax):
             self.messages.append(record.getMessage().splitlines()[0][:300] if record.getMessage() else "")
             return False
@@ -69,7 +70,12 @@ def _after_failed_io(info) -> bool:
     code = getattr(info.object, "cr_code", None)
     if code is not None and code.co_filename.startswith(HELD_BACK.orbax):
         return True
-    tb = info.exc_traceback
+    return _raised_in_orbax((None, None, info.exc_traceback))
+
+
+def _raised_in_orbax(exc_info) -> bool:
+    """Whether a frame of the traceback in `exc_info` (type, value, traceback) is Orbax's code."""
+    tb = exc_info[2] if exc_info else None
     while tb is not None:
         if tb.tb_frame.f_code.co_filename.startswith(HELD_BACK.orbax):
             return True

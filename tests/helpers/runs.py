@@ -9,6 +9,24 @@ from tests.helpers import REPO_ROOT
 from tests.helpers.data import write_separable_pairs
 from tests.helpers.models import make_tiny_llama_dir
 
+# The tiny RM run's settings, shared by the in-process config and the command line so that a CLI run and an
+# in-process run compile the same program (scanned layers included: configs/rm.py unrolls them).
+TINY_RM_SETTINGS = {
+    "model.scan_layers": True,
+    "data.eval_size": 16,
+    "data.max_length": 32,
+    "data.batch_size": 8,
+    "data.eval_batch_size": 8,
+    "data.pad_to_multiple": 16,
+    "optim.learning_rate": 3e-3,
+    "optim.warmup_steps": 2,
+    "train.epochs": 4,
+    "train.log_every": 5,
+    "train.checkpoint_every": 5,
+    "train.export": False,
+    "train.histogram": False,
+}
+
 
 def tiny_rm_config(model_dir: Path, data_file: Path, workdir: Path):
     from jaxrlhf.configs.base import rm_defaults
@@ -17,30 +35,20 @@ def tiny_rm_config(model_dir: Path, data_file: Path, workdir: Path):
     config.workdir = str(workdir)
     config.model.name = str(model_dir)
     config.data.source = str(data_file)
-    config.data.eval_size = 16
-    config.data.max_length = 32
-    config.data.batch_size = 8
-    config.data.eval_batch_size = 8
-    config.data.pad_to_multiple = 16
-    config.optim.learning_rate = 3e-3
-    config.optim.warmup_steps = 2
-    config.train.epochs = 4
-    config.train.log_every = 5
-    config.train.checkpoint_every = 5
-    config.train.export = False
-    config.train.histogram = False
+    for key, value in TINY_RM_SETTINGS.items():
+        section, name = key.split(".")
+        setattr(config[section], name, value)
     return config
 
 
-def rm_cli_args(model, data, workdir) -> list[str]:
-    """`python -m jaxrlhf.train_rm` with the tiny run's settings (2 epochs, a checkpoint every step, keep 2)."""
+def rm_cli_args(model, data, workdir, overrides: dict | None = None) -> list[str]:
+    """`python -m jaxrlhf.train_rm` with the tiny run's settings but 2 epochs, a checkpoint every step, keep 2
+    (then `overrides`, dotted keys as in TINY_RM_SETTINGS)."""
+    settings = {**TINY_RM_SETTINGS, "train.epochs": 2, "train.checkpoint_every": 1, "train.keep_checkpoints": 2,
+                **(overrides or {})}
     return [sys.executable, "-m", "jaxrlhf.train_rm", f"--config={REPO_ROOT / 'jaxrlhf/configs/rm.py'}",
             f"--config.model.name={model}", f"--config.data.source={data}", f"--config.workdir={workdir}",
-            "--config.data.eval_size=16", "--config.data.max_length=32", "--config.data.batch_size=8",
-            "--config.data.eval_batch_size=8", "--config.data.pad_to_multiple=16",
-            "--config.optim.learning_rate=3e-3", "--config.optim.warmup_steps=2", "--config.train.epochs=2",
-            "--config.train.log_every=5", "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2",
-            "--config.train.export=False", "--config.train.histogram=False"]
+            *(f"--config.{key}={value}" for key, value in settings.items())]
 
 
 def complete_steps(ckpt_dir: Path) -> list[int]:
