@@ -194,7 +194,7 @@ def test_choices_copy_the_library():
     from jaxrlhf.data.batching import PADDING_SIDES
     from jaxrlhf.data.errors import ON_INVALID
     from jaxrlhf.data.formats import FORMATS
-    from jaxrlhf.infra.runtime import _DTYPES
+    from jaxrlhf.infra.precision import AUTO, DTYPES
     from jaxrlhf.ops.kl import ESTIMATORS
     from jaxrlhf.rl.experience import WHITEN_SCOPES
     from jaxrlhf.rl.ppo_models import CRITIC_INITS
@@ -204,7 +204,8 @@ def test_choices_copy_the_library():
     from jaxrlhf.training.trainable import TRAIN_MODES
 
     assert tuple("raise" if v == "error" else v for v in validate.ON_INVALID) == ON_INVALID
-    assert set(validate.DTYPES) == set(_DTYPES)
+    assert set(validate.DTYPES) == set(DTYPES)
+    assert set(validate.AUTO_DTYPES) == {AUTO, *DTYPES}
     assert validate.TRAIN_MODES == TRAIN_MODES
     assert validate.SCHEDULES == SCHEDULES
     assert validate.ON_NONFINITE == POLICIES

@@ -21,6 +21,8 @@ LAYERS = {
 # Packages of one layer stay apart, except where named here, each with its reason.
 ALLOWED_SIDEWAYS = {
     ("rl", "rm"): "PPO and compare score with a trained reward model (rm.load, rm.scoring)",
+    ("models", "ops"): "the LM head's logits are ops.logprobs.lm_logits, shared with the log-prob path; "
+                       "heads accumulate in float32 through ops.matmul",
 }
 
 

@@ -18,8 +18,9 @@ import ml_collections
 def model_block() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "name": "minilm",          # HF dir, hub id, or an asset alias ("minilm", "smollm2")
-        "dtype": "float32",        # compute dtype; bfloat16 pays off on TPU/GPU, not on CPU
-        "param_dtype": "float32",
+        "dtype": "auto",           # compute: auto = bfloat16 on TPU/GPU, float32 on CPU (where bf16 is slower)
+        "param_dtype": "float32",  # trainable parameters and AdamW moments (masters, cast to dtype at use)
+        "frozen_dtype": "auto",    # weights that never train (LoRA base, frozen backbone, reference): auto = dtype
         "scan_layers": True,
         "remat": False,
         "dropout": 0.0,            # hidden dropout while training (BERT family; 0: off, as in TRL)
@@ -73,10 +74,16 @@ def distributed_block() -> ml_collections.ConfigDict:
 
 
 def trainer_config(workdir: str) -> ml_collections.ConfigDict:
-    """The top-level keys every trainer has: workdir, seed, mesh and distributed."""
+    """The top-level keys every trainer has: workdir, seed, compilation_cache_dir, mesh and distributed."""
+    import os
+
     config = ml_collections.ConfigDict()
     config.workdir = workdir
     config.seed = 0
+    # JAX's persistent compilation cache (infra/runtime.py): a rerun or resume loads its compiled steps from
+    # here. "" switches it off; the default is $JAXRLHF_COMPILATION_CACHE, else $JAX_COMPILATION_CACHE_DIR.
+    config.compilation_cache_dir = os.environ.get(
+        "JAXRLHF_COMPILATION_CACHE", os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/jaxrlhf/xla"))
     config.mesh = mesh_block()
     config.distributed = distributed_block()
     return config
@@ -205,6 +212,8 @@ def ppo_defaults() -> ml_collections.ConfigDict:
     config.reward_model = ml_collections.ConfigDict({
         "path": "workdir/rm/export",         # exported RM dir or train_rm workdir
         "max_length": 512,                   # RM tokens when it re-tokenises text (other tokenizer)
+        "dtype": "auto",                     # compute (auto: bfloat16 on TPU/GPU, float32 on CPU)
+        "param_dtype": "auto",               # its (frozen) weights: auto = the compute dtype
     })
     config.critic = model_block()
     config.critic.init = "reward_model"      # reward_model (PPO-Max) | actor: where the critic starts

@@ -9,7 +9,8 @@ purpose: configs say `on_invalid="error"` where the library (`data.errors.RowGua
 from __future__ import annotations
 
 ON_INVALID = ("error", "skip")                          # data.errors.ON_INVALID, with "error" for "raise"
-DTYPES = ("float32", "bfloat16", "float16")             # infra.runtime.dtype_of
+DTYPES = ("float32", "bfloat16", "float16")             # infra.precision.DTYPES
+AUTO_DTYPES = ("auto", *DTYPES)                         # infra.precision.compute_dtype / storage_dtype
 TRAIN_MODES = ("full", "lora", "frozen_backbone")       # training.trainable.TRAIN_MODES
 SCHEDULES = ("cosine", "linear", "constant")            # training.optim.SCHEDULES
 ON_NONFINITE = ("stop", "skip")                         # training.nonfinite.POLICIES
@@ -24,7 +25,8 @@ WHITEN_SCOPES = ("rollout", "minibatch")                # rl.experience.WHITEN_S
 
 
 def _model(block: str) -> dict[str, tuple[str, ...]]:
-    return {f"{block}.dtype": DTYPES, f"{block}.param_dtype": DTYPES, f"{block}.train_mode": TRAIN_MODES}
+    return {f"{block}.dtype": AUTO_DTYPES, f"{block}.param_dtype": DTYPES, f"{block}.frozen_dtype": AUTO_DTYPES,
+            f"{block}.train_mode": TRAIN_MODES}
 
 
 _SUPERVISED = {
@@ -50,6 +52,8 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
         **_model("policy"),
         **_model("critic"),
         "critic.init": CRITIC_INITS,
+        "reward_model.dtype": AUTO_DTYPES,
+        "reward_model.param_dtype": AUTO_DTYPES,
         "actor_optim.schedule": SCHEDULES,
         "critic_optim.schedule": SCHEDULES,
         "data.on_invalid": ON_INVALID,

@@ -1,4 +1,5 @@
-"""Process-level plumbing shared by the entry points: errors, dtypes, progress bars."""
+"""Process-level plumbing shared by the entry points: multi-host start, compilation cache, errors, progress
+bars."""
 
 from __future__ import annotations
 
@@ -7,25 +8,55 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 
 from jaxrlhf.infra.host_memory import reexec_with_tuned_malloc
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def dtype_of(name: str):
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
 
 
 def setup_runtime(config) -> None:
     """Multi-host initialisation from `config.distributed`, the JAXRLHF_* variables or a TPU pod's own
-    environment (a no-op on one process). Must run before anything touches a JAX device."""
+    environment (a no-op on one process), and the persistent compilation cache from
+    `config.compilation_cache_dir`. Must run before anything touches a JAX device or compiles."""
     from jaxrlhf.infra import multihost
 
-    multihost.initialize(config.get("distributed") if hasattr(config, "get") else None)
+    get = config.get if hasattr(config, "get") else lambda key: None
+    setup_compilation_cache(get("compilation_cache_dir"))
+    multihost.initialize(get("distributed"))
+
+
+# Programs that compile faster than this are not written to the persistent cache: reading an entry back
+# costs about as much, and the many small helper programs would only fill the folder. The step functions
+# that matter compile for seconds on CPU and tens of seconds on an accelerator.
+CACHE_MIN_COMPILE_TIME_S = 1.0
+
+
+def setup_compilation_cache(path: str | None) -> str | None:
+    """Points JAX's persistent compilation cache at `path` (`~` expanded; created, private to the user, if
+    missing), so a rerun or a resumed run loads its compiled programs from disk instead of compiling them
+    again. "" switches the cache off; None (a config without the key) leaves JAX's own settings alone.
+
+    A folder that cannot be created or written is a warning, and the run goes on without the cache. An
+    explicit $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS wins over CACHE_MIN_COMPILE_TIME_S. Returns the
+    folder in use, or None. Takes effect only before the process's first compilation."""
+    if path is None:
+        return None
+    if not path:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    folder = os.path.abspath(os.path.expanduser(path))
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"{folder} is not writable")
+    except OSError as e:
+        import warnings
+
+        warnings.warn(f"compilation cache off: cannot use compilation_cache_dir={path!r} ({e})", stacklevel=2)
+        return None
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_TIME_S)
+    return folder
 
 
 def progress(total: int, initial: int = 0, desc: str = ""):

@@ -1,6 +1,7 @@
 """Heads on top of any backbone: language-model logits, a scalar reward, per-token values.
 
-Rewards and values come out float32 whatever the compute dtype. The reward is read at the last
+Logits, rewards and values come out float32 whatever the compute dtype, from matmuls that accumulate in
+float32. The reward is read at the last
 real token for decoders and the first token for encoders, located from the attention mask so left
 and right padding give the same answer.
 """
@@ -15,6 +16,7 @@ from flax import nnx
 
 from jaxrlhf.models.base import HeadSpec
 from jaxrlhf.models.layers import Linear
+from jaxrlhf.ops.logprobs import lm_logits
 
 
 def last_token_index(mask_BxT: jax.Array) -> jax.Array:
@@ -41,18 +43,19 @@ class ScalarHead(nnx.Module):
         # std 0.02 as HF initialises a fresh classifier: small enough that the first BT losses sit
         # near log 2, large enough that the backbone gets gradient from the first step.
         self.out = Linear(dim, 1, use_bias=spec.use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                          init_std=0.02)
+                          init_std=0.02, out_dtype=jnp.float32)
 
     def __call__(self, h: jax.Array) -> jax.Array:
         if self.dense is not None:
             h = jnp.tanh(self.dense(h))
-        return self.out(h)[..., 0].astype(jnp.float32)
+        return self.out(h)[..., 0]
 
 
 class CausalLM(nnx.Module):
     def __init__(self, backbone: nnx.Module, *, vocab_size: int, tie_embeddings: bool, rngs: nnx.Rngs,
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
         self.backbone = backbone
+        self.dtype = dtype
         self.lm_head = nnx.data(None if tie_embeddings else Linear(
             backbone.hidden_size, vocab_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype))
 
@@ -63,9 +66,8 @@ class CausalLM(nnx.Module):
         return self.lm_head.kernel[...]
 
     def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
-        if self.lm_head is None:
-            return self.backbone.embed.attend(hidden_BxTxD)
-        return self.lm_head(hidden_BxTxD)
+        """float32 logits (`ops.logprobs.lm_logits`, as the chunked log-prob path computes them)."""
+        return lm_logits(hidden_BxTxD.astype(self.dtype), self.lm_head_kernel())
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, dropout_rng=None):
         """Returns (logits_BxTxV, cache). For long sequences prefer `backbone` + chunked log-probs."""

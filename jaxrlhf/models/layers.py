@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrlhf.ops.matmul import matmul_f32
+
 
 class LoRAParam(nnx.Param):
     """A LoRA factor; a distinct type so optimisers and filters can pick out adapters."""
@@ -88,9 +90,12 @@ class Linear(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True, rngs: nnx.Rngs,
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, init_std: float = 0.02,
-                 lora: LoRAConfig | None = None):
+                 lora: LoRAConfig | None = None, out_dtype: Any = None):
         self.in_features, self.out_features = in_features, out_features
         self.dtype = dtype
+        # None: the compute dtype. float32 for scalar heads: a reward rounded to bf16 moves by up to 2^-8
+        # of itself, so the product accumulates and the bias adds in float32.
+        self.out_dtype = out_dtype
         self.kernel = nnx.Param(_normal(rngs, (in_features, out_features), init_std, param_dtype))
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
         # Adapters are created with the layer (not patched in later) so stacked layers get stacked
@@ -110,9 +115,11 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         x = x.astype(self.dtype)
-        y = x @ self.kernel[...].astype(self.dtype)
+        out_dtype = self.out_dtype or self.dtype
+        kernel = self.kernel[...].astype(self.dtype)
+        y = matmul_f32(x, kernel) if out_dtype == jnp.float32 else x @ kernel
         if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
+            y = y + self.bias[...].astype(out_dtype)
         if self.lora_a is not None:
             xa = dropout(x, self.lora_dropout, dropout_rng)
             y = y + self.lora_scale * ((xa @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype))
@@ -127,10 +134,6 @@ class Embed(nnx.Module):
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
-
-    def attend(self, h: jax.Array) -> jax.Array:
-        """Tied output projection: h @ embedding.T."""
-        return h.astype(self.dtype) @ self.embedding[...].astype(self.dtype).T
 
 
 class RMSNorm(nnx.Module):

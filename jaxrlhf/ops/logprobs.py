@@ -11,7 +11,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxrlhf.ops.matmul import matmul_f32
 from jaxrlhf.ops.ppo import entropy_from_logits
+
+
+def lm_logits(hidden_xD: jax.Array, lm_head_DxV: jax.Array) -> jax.Array:
+    """Next-token logits `hidden @ lm_head` as float32: the product runs in the hidden states' (compute)
+    dtype, the kernel cast to it (a float32 master is not an f32 GEMM in a bf16 run), and accumulates in
+    float32 (bf16 logits would be rounded by up to 0.125 at magnitude 30), in the backward pass too
+    (`ops.matmul`). The one function the sampler
+    and the log-prob path both use, so the policy that samples is the policy PPO's ratio assumes."""
+    return matmul_f32(hidden_xD, lm_head_DxV)
 
 
 def logprobs_from_logits(logits_BxTxV, targets_BxT, temperature: float = 1.0) -> jax.Array:
@@ -33,7 +43,7 @@ def token_logprobs(
     """`log softmax(hidden @ lm_head / temperature)[targets]` as [B, T] float32.
 
     Targets are the tokens to score at each position (for a causal LM, the inputs shifted left:
-    the caller aligns them). The matmul runs in the inputs' dtype and accumulates in float32.
+    the caller aligns them). The logits are `lm_logits`'s: the hidden states' dtype, float32 accumulation.
     With a tied embedding [V, D], pass its transpose. With `return_entropy`, also returns the
     per-token entropy of the same (temperature-scaled) distribution: `(logp_BxT, entropy_BxT)`.
     """
@@ -52,8 +62,7 @@ def token_logprobs(
     @jax.checkpoint
     def one_chunk(args):
         h_BxCxD, y_BxC = args
-        logits = jnp.einsum("bcd,dv->bcv", h_BxCxD, w, preferred_element_type=jnp.float32)
-        logits = logits / temperature
+        logits = lm_logits(h_BxCxD, w) / temperature
         logp = logprobs_from_logits(logits, y_BxC)
         ent = entropy_from_logits(logits) if return_entropy else jnp.zeros_like(logp)
         return logp, ent

@@ -50,15 +50,21 @@ def _stats(directory: Path) -> dict:
     return json.loads(stats_file.read_text()) if stats_file.is_file() else {}
 
 
-def load_trained_rm(path: str, mesh=None) -> TrainedRM:
+def load_trained_rm(path: str, mesh=None, *, dtype: str = "float32", param_dtype: str = "float32") -> TrainedRM:
     """`path` is an export dir or a train_rm workdir.
 
     For a workdir the model is rebuilt from its `run_config.json` and the parameters come from the
-    newest complete checkpoint; its spec and stats are the ones train_rm wrote beside them.
+    newest complete checkpoint; its spec and stats are the ones train_rm wrote beside them. The model
+    computes in `dtype` with every weight stored in `param_dtype` (names as `model.dtype` and
+    `model.frozen_dtype` take them: "auto" allowed); it is for scoring, so nothing of it trains.
     """
+    from jaxrlhf.infra.precision import cast_frozen, compute_dtype, storage_dtype
+
+    compute = compute_dtype(dtype)
+    storage = storage_dtype(param_dtype, compute)
     p = Path(path).expanduser()
     if is_hf_dir(p):
-        loaded = from_pretrained(str(p), "reward", mesh=mesh)
+        loaded = from_pretrained(str(p), "reward", mesh=mesh, dtype=compute, param_dtype=storage)
         return TrainedRM(loaded, load_tokenizer(p), _stats(p), ScoringSpec.read(p, loaded.family.IS_DECODER))
     run_config = p / "run_config.json"
     if not run_config.is_file():
@@ -72,6 +78,7 @@ def load_trained_rm(path: str, mesh=None) -> TrainedRM:
     from jaxrlhf.training.trainable import split_for
 
     config = ml_collections.ConfigDict(json.loads(run_config.read_text()))
+    config.model.dtype, config.model.param_dtype = dtype, "float32"  # the checkpoint's masters restore as saved
     mesh = mesh if mesh is not None else shd.make_mesh(devices=jax.devices()[:1])
     loaded = load_reward_model(config, mesh)
     ckpt = Checkpointer(p / "checkpoints")
@@ -82,6 +89,7 @@ def load_trained_rm(path: str, mesh=None) -> TrainedRM:
     restored, _, _ = ckpt.restore_params(trainable)
     ckpt.close()
     loaded.model = nnx.merge(graphdef, restored, frozen)
+    cast_frozen(loaded.model, nnx.Nothing, storage)
     tokenizer = load_tokenizer(loaded.model_dir)
     use_distinct_pad(loaded, tokenizer)  # as train_rm padded it
     spec = ScoringSpec.read(p, loaded.family.IS_DECODER)

@@ -55,7 +55,10 @@ def guarded_update(params: Any, opt_state: Any, grads: Any, optimizer: optax.Gra
     def step(state):
         p, s = state
         updates, s = optimizer.update(grads, s, p)
-        return optax.apply_updates(p, updates), s
+        # Back to the dtypes the state came in: with bf16 parameters (model.param_dtype) the mean gradients
+        # are float32, and so would be the moments optax computes from them.
+        return jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), (optax.apply_updates(p, updates), s),
+                                      state)
 
     # A cond, not a `where` over the result: the skipped branch costs nothing, and the taken one no extra
     # pass over parameters and moments (docs/benchmarks.md, "Measurements behind code choices").

@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxrlhf.infra import planner
 from jaxrlhf.infra.mesh_checks import check_axes, check_batch
-from jaxrlhf.infra.runtime import dtype_of
+from jaxrlhf.infra.precision import compute_dtype
 from jaxrlhf.training.trainable import split_for
 
 
@@ -43,7 +43,7 @@ def report(entries, mesh) -> list[planner.ModelPlan]:
 
 
 def _bytes(dtype_name: str) -> int:
-    return np.dtype(dtype_of(dtype_name)).itemsize
+    return np.dtype(compute_dtype(dtype_name)).itemsize
 
 
 def report_rm_plan(config, loaded, mesh) -> list[planner.ModelPlan]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 # Dotted keys (or block prefixes ending in ".") that may change between a run and its resume.
 MAY_CHANGE = (
-    "workdir",
+    "workdir", "compilation_cache_dir",
     "mesh.", "distributed.",          # a checkpoint restores onto any mesh
     "train.log_every", "train.eval_every", "train.eval_at_start", "train.checkpoint_every",
     "train.keep_checkpoints", "train.resume", "train.allow_config_change", "train.stop_after",

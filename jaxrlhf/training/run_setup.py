@@ -11,15 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from jaxrlhf.configs.validate import check_choices
 from jaxrlhf.infra import preemption, workdir_lock
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.checkpoint import Checkpointer
-from jaxrlhf.infra.runtime import dtype_of, setup_runtime
+from jaxrlhf.infra.precision import cast_frozen, compute_dtype, dtype_of, storage_dtype
+from jaxrlhf.infra.runtime import setup_runtime
 from jaxrlhf.models.hub import LoadedModel, from_pretrained
 from jaxrlhf.models.layers import LoRAConfig
 from jaxrlhf.training.optim import init_opt_state
+from jaxrlhf.training.trainable import trainable_filter
 from jaxrlhf.training.resume_guard import check_resume
 
 
@@ -82,15 +85,24 @@ def lora_from_config(model_cfg) -> LoRAConfig | None:
                       targets=model_cfg.lora_targets)
 
 
-def load_block(model_cfg, name: str, task: str, mesh, seed: int, lora: bool = True) -> LoadedModel:
+def load_block(model_cfg, name: str, task: str, mesh, seed: int, lora: bool = True,
+               trains: bool = True) -> LoadedModel:
     """`name` loaded as a `task` model onto `mesh` with the dtypes and layer options of a model block;
-    LoRA adapters added when the block's train_mode is lora and `lora` is on."""
-    return from_pretrained(name, task, mesh=mesh, dtype=dtype_of(model_cfg.dtype),
-                           param_dtype=dtype_of(model_cfg.param_dtype), scan_layers=model_cfg.scan_layers,
-                           remat=model_cfg.remat, lora=lora_from_config(model_cfg) if lora else None, seed=seed,
-                           # .get: a run_config.json written before these keys existed lacks them
-                           dropout=model_cfg.get("dropout", 0.0),
-                           attention_dropout=model_cfg.get("attention_dropout", 0.0))
+    LoRA adapters added when the block's train_mode is lora and `lora` is on. Parameters load in
+    `param_dtype`; those that will not train (all of them when `trains` is off: a reference model) are
+    then stored in `frozen_dtype` (infra.precision)."""
+    compute = compute_dtype(model_cfg.dtype)
+    loaded = from_pretrained(name, task, mesh=mesh, dtype=compute, param_dtype=dtype_of(model_cfg.param_dtype),
+                             scan_layers=model_cfg.scan_layers, remat=model_cfg.remat,
+                             lora=lora_from_config(model_cfg) if lora else None, seed=seed,
+                             # .get: a run_config.json written before these keys existed lacks them
+                             dropout=model_cfg.get("dropout", 0.0),
+                             attention_dropout=model_cfg.get("attention_dropout", 0.0))
+    frozen = storage_dtype(model_cfg.get("frozen_dtype", "float32"), compute)
+    trainable = (trainable_filter(model_cfg.train_mode, bool(model_cfg.get("train_lm_head", False))) if trains
+                 else nnx.Nothing)
+    cast_frozen(loaded.model, trainable, frozen)
+    return loaded
 
 
 def load_model(config, mesh, task: str) -> LoadedModel:
