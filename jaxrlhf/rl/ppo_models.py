@@ -47,7 +47,8 @@ def load_ppo_models(config, mesh) -> PPOModels:
     reference = load_block(config.policy, config.reference or config.policy.name, "causal_lm", mesh, config.seed,
                            lora=False, trains=False)
     rm_cfg = config.reward_model
-    rm = load_trained_rm(rm_cfg.path, mesh, dtype=rm_cfg.get("dtype", "auto"), param_dtype=rm_cfg.get("param_dtype", "auto"))
+    rm = load_trained_rm(rm_cfg.path, mesh, dtype=rm_cfg.get("dtype", "auto"),
+                         param_dtype=rm_cfg.get("param_dtype", "auto"))
     if config.critic.init == "reward_model":
         rm_dir = Path(config.critic.name or config.reward_model.path)
         if not rm.loaded.family.IS_DECODER or not same_vocabulary(rm.tokenizer, tokenizer):

@@ -22,8 +22,8 @@ from jaxrlhf.infra.runtime import setup_runtime
 from jaxrlhf.models.hub import LoadedModel, from_pretrained
 from jaxrlhf.models.layers import LoRAConfig
 from jaxrlhf.training.optim import init_opt_state
-from jaxrlhf.training.trainable import trainable_filter
 from jaxrlhf.training.resume_guard import check_resume
+from jaxrlhf.training.trainable import trainable_filter
 
 
 def start_run(config, trainer: str) -> tuple[Path, jax.sharding.Mesh]:
