@@ -31,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+# Compile times are part of what the benchmarks report: no persistent compilation cache unless asked for.
+os.environ.setdefault("JAXRLHF_COMPILATION_CACHE", "")
 
 # TRL is pinned twice, on purpose. bench_rm compares with RewardTrainer and follows current TRL; bench_ppo
 # compares with PPOTrainer, which TRL removed after 1.12.0 (there it is `trl.experimental.ppo`), so that side

@@ -2,7 +2,6 @@
 devices; FSDP spreads SmolLM2 and MiniLM evenly; a batch or axis that does not fit is one error line."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ from tests.helpers import REPO_ROOT as ROOT
 from tests.helpers.data import write_separable_pairs
 from tests.helpers.mesh import FakeMesh
 from tests.helpers.models import make_tiny_llama_dir, tiny_llama_dir_config
-from tests.helpers.processes import run_worker
+from tests.helpers.processes import cpu_env, run_worker
 
 SMOLLM2_CONFIG = {"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
                   "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
@@ -127,7 +126,7 @@ def test_axis_that_splits_nothing_is_refused_and_partial_splits_warn():
 
 
 def _cli(tiny_llama_dir, devices, *overrides):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = cpu_env(devices)
     env.pop("JAXRLHF_TRACEBACK", None)
     pairs = tiny_llama_dir.parent / "pairs.jsonl"
     cmd = [sys.executable, "-m", "jaxrlhf.train_rm", f"--config={ROOT / 'jaxrlhf/configs/rm.py'}",
@@ -166,10 +165,10 @@ def test_table_warns_when_the_plan_exceeds_a_device():
 def test_planner_cli_plans_from_config_json_alone(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
     cmd = [sys.executable, "-m", "jaxrlhf.plan", f"--model={tmp_path}", "--mesh=1,8,1", "--batch=16"]
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=cpu_env())
     assert run.returncode == 0, run.stderr[-2000:]
     row = run.stdout.splitlines()[2].split()
     assert row[:3] == ["causal_lm", "64.3", "MiB"]  # 538,060,032 bytes of float32 parameters / 8 (+ norms)
-    run = subprocess.run(cmd[:-2] + ["--mesh=1,1,7"], capture_output=True, text=True, cwd=ROOT)
+    run = subprocess.run(cmd[:-2] + ["--mesh=1,1,7"], capture_output=True, text=True, cwd=ROOT, env=cpu_env())
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(
         "error: mesh axis tensor=7 cannot split any parameter: no dim it is assigned to divides by 7 (mlp ")

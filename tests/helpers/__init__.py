@@ -8,8 +8,10 @@
 - `data`: files the trainers read (`write_jsonl`, `write_separable_pairs`, `write_prompts`, `read_hh_rows`).
 - `runs`: tiny trainer configs and command lines (`tiny_rm_config`, `tiny_ppo_config`, `rm_cli_args`,
   `make_tiny_rm_export`, `complete_steps`).
-- `processes`: starting `python -m tests.workers NAME ...` on fake CPU devices, one or several processes.
-- `mesh`: `FakeMesh`, a stand-in with only the `.shape` the sharding rules and planner read.
+- `processes`: starting `python -m tests.workers NAME ...` on fake CPU devices, one or several processes;
+  `cpu_env`, the environment of any other subprocess on fake CPU devices (`JAX_PLATFORMS=cpu`).
+- `mesh`: `FakeMesh`, a stand-in with only the `.shape` the sharding rules and planner read; `cpu_mesh`
+  and `cpu_devices`, real ones on this process's CPU devices (not the accelerator's) for in-process tests.
 - `gguf_files`: tiny random Llamas written as llama.cpp-style GGUF files.
 - `malformed`: the malformed-input cases and their runner (tests/test_malformed_inputs.py and
   `python -m tests.tools.malformed_table`).

@@ -3,7 +3,9 @@ run on 127.0.0.1 (jax.distributed through the JAXRLHF_* variables).
 
 Workers run from the repository root, so `tests` imports as a package without any sys.path edits, on the
 CPU platform (`JAX_PLATFORMS=cpu`) with `devices` fake devices each, so they also run on a machine with an
-accelerator.
+accelerator (where the default platform would be its one GPU or TPU, and the mesh would not fit); and
+without GPU memory preallocation, so several of them never each claim most of a GPU. Any other test that
+starts a JAX subprocess on fake CPU devices builds its environment with `cpu_env`.
 """
 
 from __future__ import annotations
@@ -35,9 +37,14 @@ def worker_command(name: str, *args) -> list[str]:
     return [sys.executable, "-m", "tests.workers", name, *map(str, args)]
 
 
-def worker_env(devices: int, env: dict | None = None) -> dict:
+def cpu_env(devices: int = 1, env: dict | None = None) -> dict:
+    """os.environ plus `env`, for a subprocess on the CPU platform with `devices` fake CPU devices."""
     return dict(os.environ, **(env or {}), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                JAX_PLATFORMS="cpu")
+                JAX_PLATFORMS="cpu", XLA_PYTHON_CLIENT_PREALLOCATE="false")
+
+
+def worker_env(devices: int, env: dict | None = None) -> dict:
+    return cpu_env(devices, env)
 
 
 def run_worker(name: str, *args, devices: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
