@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxrlhf.models import gpt2, llama, registry
 from jaxrlhf.models.layers import Linear, LoRAConfig, LoRAParam
-from tests.helpers.models import tiny_gpt2_config, tiny_llama_config
+from tests.helpers.models import tiny_gpt2_config, tiny_llama_config, tiny_llama_jax_config
 
 V = 101  # vocabulary; id 0 is the pad token
 PAD = 0  # the tiny configs' pad_token_id
@@ -208,7 +208,8 @@ def test_scanned_unscanned_and_remat_give_same_outputs_and_gradients(name):
         return jnp.sum(logits * weights_BxTxV)
 
     results = []
-    for scan_layers, remat in ((True, False), (False, False), (True, True), (False, True)):
+    for scan_layers, remat in ((True, False), (False, False), (True, True), (False, True),
+                               (True, "dots_with_no_batch_dims_saveable"), (False, "dots_saveable")):
         model = registry.build_model(family, cfg, "causal_lm", rngs=nnx.Rngs(7), scan_layers=scan_layers,
                                      remat=remat)
         nnx.update(model, nnx.state(scanned))
@@ -221,6 +222,31 @@ def test_scanned_unscanned_and_remat_give_same_outputs_and_gradients(name):
         assert grads.keys() == ref_grads.keys()
         for p in ref_grads:
             np.testing.assert_allclose(grads[p], ref_grads[p], atol=1e-4, rtol=1e-4, err_msg=str(p))
+
+
+def test_remat_policies_recompute_what_they_say():
+    """Dots in the lowered gradient program (one scanned block): a policy that saves the weight projections'
+    outputs recomputes only attention's two batched products; full remat recomputes every forward dot;
+    saving every dot recomputes none."""
+    import re
+
+    from jaxrlhf.models.layers import remat_name
+
+    cfg = tiny_llama_jax_config()
+    ids = jnp.ones((2, 16), jnp.int32)
+
+    def dots(remat):
+        graphdef, state = nnx.split(registry.build_model(llama, cfg, "reward", rngs=nnx.Rngs(0), remat=remat))
+        grad = jax.jit(jax.grad(lambda st: nnx.merge(graphdef, st)(ids, jnp.ones_like(ids)).sum()))
+        return len(re.findall(r"stablehlo\.dot_general", grad.lower(state).as_text()))
+
+    none, full = dots("none"), dots("full")
+    assert dots(False) == none and dots(True) == full  # configs from before the policies
+    assert dots("dots_with_no_batch_dims_saveable") == none + 2
+    assert dots("dots_saveable") == none
+    assert full >= none + 8  # q, k, v, o, gate, up, down and attention's products again
+    with pytest.raises(ValueError, match="model.remat must be one of"):
+        remat_name("some")
 
 
 @pytest.mark.parametrize("name,scan_layers", [("llama_gqa_untied", True), ("mistral_window", True),

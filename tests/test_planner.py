@@ -87,8 +87,19 @@ def test_activation_estimate_follows_its_formula():
     assert planner.activation_bytes(dims, work, {"data": 8}) == 4 * block
     remat = planner.Workload(train_batch=16, train_length=32, remat=True)
     assert planner.activation_bytes(dims, remat, {"data": 8}) == 4 * 2 * 32 * 64 * 4 + block
+    projections = 2 * 32 * (4 * 64 + 2 * 2 * 8 + 2 * 256) * 4
+    nbd = planner.Workload(train_batch=16, train_length=32, remat="dots_with_no_batch_dims_saveable")
+    assert planner.activation_bytes(dims, nbd, {"data": 8}) == 4 * projections + block
+    dots = planner.Workload(train_batch=16, train_length=32, remat="dots_saveable")
+    assert planner.activation_bytes(dims, dots, {"data": 8}) == 4 * (projections + 2 * 8 * 32 * 32 * 4) + block
     with_logits = planner.Workload(train_batch=16, train_length=32, logits_chunk=16)
     assert planner.activation_bytes(dims, with_logits, {"data": 8}) == 4 * block + 2 * 16 * 1000 * 4 * 2
+
+
+def test_planner_knows_the_models_remat_policies():
+    from jaxrlhf.models.layers import REMAT_POLICIES
+
+    assert set(planner.REMAT_POLICIES) == set(REMAT_POLICIES)
 
 
 def test_table_has_a_row_per_model_and_a_mesh_total():
@@ -172,3 +183,29 @@ def test_planner_cli_plans_from_config_json_alone(tmp_path):
     run = subprocess.run(cmd[:-2] + ["--mesh=1,1,7"], capture_output=True, text=True, cwd=ROOT, env=cpu_env())
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(
         "error: mesh axis tensor=7 cannot split any parameter: no dim it is assigned to divides by 7 (mlp ")
+
+
+LLAMA_3_2_1B_CONFIG = dict(  # meta-llama/Llama-3.2-1B's config.json, the fields the planner reads
+    model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=128256, hidden_size=2048,
+    intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+    max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True)
+
+
+def test_planner_says_which_remat_policies_fit_a_device(tmp_path, capsys):
+    """Llama-3.2-1B full RM training, 16 pairs (32 sequences) of 512 bf16 tokens, FSDP over a v5e-8 (16 GiB
+    a chip): the policies named as fitting are exactly those whose planned total is under the limit."""
+    from jaxrlhf import plan
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_3_2_1B_CONFIG))
+    args = [f"--model={tmp_path}", "--task=reward", "--mesh=1,8,1", "--batch=32", "--length=512", "--dtype_bytes=2"]
+    plan.main(args + ["--device_gib=16"])
+    out = capsys.readouterr().out.splitlines()
+    fitting = out[-1].removeprefix("fits in 16 GiB with remat: ").split(", ")
+    assert out[-1].startswith("fits in 16 GiB with remat: ") and fitting, out
+    totals = {}
+    for policy in planner.REMAT_POLICIES:
+        plan.main(args + [f"--remat={policy}"])
+        row = capsys.readouterr().out.splitlines()[2].split()
+        totals[policy] = float(row[-2]) * {"MiB": 2**20, "GiB": 2**30}[row[-1]]
+    assert set(fitting) == {p for p, t in totals.items() if t <= 16 * 2**30}, totals
+    assert "full" in fitting and totals["full"] < totals["none"]

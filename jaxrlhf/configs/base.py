@@ -22,7 +22,7 @@ def model_block() -> ml_collections.ConfigDict:
         "param_dtype": "float32",  # trainable parameters and AdamW moments (masters, cast to dtype at use)
         "frozen_dtype": "auto",    # weights that never train (LoRA base, frozen backbone, reference): auto = dtype
         "scan_layers": True,
-        "remat": False,
+        "remat": "none",           # none | full | dots_with_no_batch_dims_saveable | dots_saveable (models.layers)
         "dropout": 0.0,            # hidden dropout while training (BERT family; 0: off, as in TRL)
         "attention_dropout": 0.0,  # attention-probability dropout (BERT family; ~40% slower steps on a CPU)
         "train_mode": "full",      # full | lora | frozen_backbone

@@ -22,11 +22,12 @@ RATINGS_MODES = ("pairs", "regression")                 # rm.data.objective_of
 CRITIC_INITS = ("reward_model", "actor")                # rl.ppo_models.CRITIC_INITS
 KL_ESTIMATORS = ("k1", "k2", "k3")                      # ops.kl.ESTIMATORS
 WHITEN_SCOPES = ("rollout", "minibatch")                # rl.experience.WHITEN_SCOPES
+REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")  # models.layers.REMAT_POLICIES
 
 
 def _model(block: str) -> dict[str, tuple[str, ...]]:
     return {f"{block}.dtype": AUTO_DTYPES, f"{block}.param_dtype": DTYPES, f"{block}.frozen_dtype": AUTO_DTYPES,
-            f"{block}.train_mode": TRAIN_MODES}
+            f"{block}.train_mode": TRAIN_MODES, f"{block}.remat": REMAT}
 
 
 _SUPERVISED = {

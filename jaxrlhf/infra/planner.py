@@ -12,7 +12,10 @@ s the compute dtype's bytes and tp the tensor axis size:
     block  = B*T*(8*H + (4*I + 2*nH*T)/tp) * s    saved tensors of one transformer block: norm inputs,
                                                   q/k/v, attention output, residuals; MLP gate, up and
                                                   product; attention scores and probabilities
-    train  = L*block, or with remat L*B*T*H*s + block (one input saved per layer, one block recomputed)
+    train  = L*saved + block, saved per layer by the remat policy (models.layers.REMAT_POLICIES):
+             none: block (and no recomputed block); full: B*T*H*s (the layer's input);
+             dots_with_no_batch_dims_saveable: B*T*(4*H + 2*kv_heads*head_dim + 2*I/tp)*s (input and the
+             weight projections' outputs); dots_saveable: those and attention's B*nH*T*T*4/tp scores
     forward (frozen model, experience pass) = block (one layer live at a time)
     logits = B*C*V*4 per LM-head chunk of C positions (float32), twice when training (their gradient)
     cache  = 2*L*B*T*kv_heads*head_dim*s for sampling with a KV cache
@@ -70,7 +73,7 @@ class Workload:
     logits_chunk: int = 0     # LM-head positions per chunk; 0: the model has no LM head in use
     cache_batch: int = 0      # sequences sampled with a KV cache
     cache_length: int = 0
-    remat: bool = False
+    remat: bool | str = False  # a policy name of models.layers.REMAT_POLICIES (True/False: full/none)
     dtype_bytes: int = 4
 
 
@@ -123,13 +126,18 @@ def activation_bytes(dims: Dims, work: Workload, mesh_shape: Mapping[str, int]) 
     def logits(batch, copies):
         return local(batch) * work.logits_chunk * dims.vocab * 4 * copies // tp
 
+    def projections(batch, length):
+        return local(batch) * length * (4 * dims.hidden + 2 * dims.kv_heads * dims.head_dim
+                                        + 2 * dims.intermediate // tp) * s
+
     phases = [0]
     if work.train_batch:
         B, T = work.train_batch, work.train_length
-        if work.remat:
-            saved = dims.layers * local(B) * T * dims.hidden * s + block(B, T)
-        else:
-            saved = dims.layers * block(B, T)
+        policy = _remat_name(work.remat)
+        per_layer = {"none": block(B, T), "full": local(B) * T * dims.hidden * s,
+                     "dots_with_no_batch_dims_saveable": projections(B, T),
+                     "dots_saveable": projections(B, T) + local(B) * dims.heads * T * T * 4 // tp}[policy]
+        saved = dims.layers * per_layer + (0 if policy == "none" else block(B, T))
         phases.append(saved + logits(B, 2))
     if work.forward_batch:
         phases.append(block(work.forward_batch, work.forward_length) + logits(work.forward_batch, 1))
@@ -138,6 +146,18 @@ def activation_bytes(dims: Dims, work: Workload, mesh_shape: Mapping[str, int]) 
         next_token_logits = local(work.cache_batch) * dims.vocab * 4 // tp if work.logits_chunk else 0
         phases.append(cache + block(work.cache_batch, 1) + next_token_logits)
     return max(phases)
+
+
+def _remat_name(remat) -> str:
+    # models.layers.remat_name, which infra (a layer below models) cannot import; tests check they agree.
+    if isinstance(remat, bool) or str(remat).lower() in ("true", "false"):
+        return "full" if str(remat).lower() == "true" else "none"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
+    return remat
+
+
+REMAT_POLICIES = ("none", "full", "dots_with_no_batch_dims_saveable", "dots_saveable")  # least memory last-but-one
 
 
 def plan_model(name: str, trainable, frozen, dims: Dims, work: Workload, mesh, rules=shd.DEFAULT_PARAM_RULES,

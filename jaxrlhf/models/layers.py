@@ -193,9 +193,31 @@ def create_stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int
     return make(rngs)
 
 
-def apply_stacked(layers: nnx.Module, h: Any, body: Callable, *, scan: bool = True, remat: bool = False,
+# What each layer keeps for the backward pass (`model.remat`); the rest is recomputed there. "full" keeps
+# only each layer's input; the dots policies keep matmul outputs too: all of them, or only those without
+# batch dimensions (the weight projections, not attention's q.k and p.v), "a useful heuristic for
+# transformers" in JAX's docs. Memory per policy: infra.planner.
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": None,  # jax.checkpoint's default: nothing saveable
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_name(remat: bool | str) -> str:
+    """A `model.remat` value as a policy name; True/False (configs from before the policies) are full/none."""
+    if isinstance(remat, bool) or str(remat).lower() in ("true", "false"):
+        return "full" if str(remat).lower() == "true" else "none"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    return remat
+
+
+def apply_stacked(layers: nnx.Module, h: Any, body: Callable, *, scan: bool = True, remat: bool | str = False,
                   xs: Any = None) -> tuple[Any, Any]:
-    """Runs `body(layer, h, x) -> (h, y)` over the stacked layers.
+    """Runs `body(layer, h, x) -> (h, y)` over the stacked layers, each rematerialised by the `remat`
+    policy (REMAT_POLICIES).
 
     scan=True compiles one block and loops it (`lax.scan`); scan=False unrolls a Python loop over the
     same stacked parameters, so both modes share one parameter layout (and one importer).
@@ -209,8 +231,9 @@ def apply_stacked(layers: nnx.Module, h: Any, body: Callable, *, scan: bool = Tr
         layer = nnx.merge(graphdef, layer_state)
         return body(layer, carry, x)
 
-    if remat:
-        step = jax.checkpoint(step, prevent_cse=not scan)
+    policy = remat_name(remat)
+    if policy != "none":
+        step = jax.checkpoint(step, prevent_cse=not scan, policy=REMAT_POLICIES[policy])
     if scan and sliced is None:
         return jax.lax.scan(step, h, (state, xs))
     return _unrolled(step, unstack(state) if sliced is None else sliced, h, xs)
