@@ -16,8 +16,8 @@ from flax import nnx
 from jaxrlhf.configs.base import model_block
 from jaxrlhf.infra import sharding as shd
 from jaxrlhf.infra.mesh_checks import check_axes, check_batch
-from jaxrlhf.infra.runtime import cli_errors
 from jaxrlhf.infra.planner import REMAT_POLICIES, Dims, Workload, format_plan, plan_model
+from jaxrlhf.infra.runtime import cli_errors
 from jaxrlhf.models.hf_files import read_config, resolve_model_dir
 from jaxrlhf.models.layers import LoRAConfig
 from jaxrlhf.models.registry import abstract_model
