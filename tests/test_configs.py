@@ -195,6 +195,7 @@ def test_choices_copy_the_library():
     from jaxrlhf.data.errors import ON_INVALID
     from jaxrlhf.data.formats import FORMATS
     from jaxrlhf.infra.precision import AUTO, DTYPES
+    from jaxrlhf.models.layers import REMAT_POLICIES
     from jaxrlhf.ops.kl import ESTIMATORS
     from jaxrlhf.rl.experience import WHITEN_SCOPES
     from jaxrlhf.rl.ppo_models import CRITIC_INITS
@@ -206,6 +207,7 @@ def test_choices_copy_the_library():
     assert tuple("raise" if v == "error" else v for v in validate.ON_INVALID) == ON_INVALID
     assert set(validate.DTYPES) == set(DTYPES)
     assert set(validate.AUTO_DTYPES) == {AUTO, *DTYPES}
+    assert set(validate.REMAT) == set(REMAT_POLICIES)
     assert validate.TRAIN_MODES == TRAIN_MODES
     assert validate.SCHEDULES == SCHEDULES
     assert validate.ON_NONFINITE == POLICIES
