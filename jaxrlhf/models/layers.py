@@ -120,10 +120,26 @@ class Linear(nnx.Module):
         y = matmul_f32(x, kernel) if out_dtype == jnp.float32 else x @ kernel
         if self.bias is not None:
             y = y + self.bias[...].astype(out_dtype)
-        if self.lora_a is not None:
+        if self.lora_a is not None and not _ADAPTERS_OFF.get():
             xa = dropout(x, self.lora_dropout, dropout_rng)
             y = y + self.lora_scale * ((xa @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype))
         return y
+
+
+# Set by `adapters_off`, read while a model is traced.
+_ADAPTERS_OFF: contextvars.ContextVar = contextvars.ContextVar("adapters_off", default=False)
+
+
+@contextlib.contextmanager
+def adapters_off():
+    """Within, every `Linear` skips its LoRA adapter, so a LoRA model computes as its frozen base: PPO's
+    reference without a second copy of the weights. Acts where the model is traced (inside a jitted
+    function, around the forward pass)."""
+    token = _ADAPTERS_OFF.set(True)
+    try:
+        yield
+    finally:
+        _ADAPTERS_OFF.reset(token)
 
 
 class Embed(nnx.Module):

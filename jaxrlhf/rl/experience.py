@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrlhf.models.layers import adapters_off
 from jaxrlhf.ops import whitening
 from jaxrlhf.ops.gae import gae
 from jaxrlhf.ops.logprobs import token_logprobs
@@ -66,7 +67,8 @@ def make_experience_fn(actor_def, ref_def, critic_def, *, temperature: float, sh
                        advantages: AdvantageConfig, chunk_size: int = 128):
     """experience(actor, ref, critic, batch, score_B, kl_coef, moments) -> (experience, moments, metrics).
 
-    `actor`, `ref`, `critic` are (trainable, frozen) state pairs. `batch` holds ids_BxT, mask_BxT,
+    `actor`, `ref`, `critic` are (trainable, frozen) state pairs; with `ref_def` None the reference is the
+    actor with its LoRA adapters off (`ref` is then ignored: pass ()). `batch` holds ids_BxT, mask_BxT,
     response_ids_BxN, response_mask_BxN, ended_B. The experience adds old_logp_BxN, ref_logp_BxN,
     values_BxN, rewards_BxN, advantages_BxN, returns_BxN.
     """
@@ -78,7 +80,11 @@ def make_experience_fn(actor_def, ref_def, critic_def, *, temperature: float, sh
         m = resp_mask.astype(jnp.float32)
         logp, entropy = response_logprobs(nnx.merge(actor_def, *actor), ids, mask, resp, temperature, chunk_size,
                                           return_entropy=True)
-        ref_logp = response_logprobs(nnx.merge(ref_def, *ref), ids, mask, resp, temperature, chunk_size)
+        if ref_def is None:
+            with adapters_off():
+                ref_logp = response_logprobs(nnx.merge(actor_def, *actor), ids, mask, resp, temperature, chunk_size)
+        else:
+            ref_logp = response_logprobs(nnx.merge(ref_def, *ref), ids, mask, resp, temperature, chunk_size)
         values = jnp.where(resp_mask > 0, response_values(nnx.merge(critic_def, *critic), ids, mask, N), 0.0)
         logp, ref_logp = jax.lax.stop_gradient(logp) * m, jax.lax.stop_gradient(ref_logp) * m
         score, moments = process_scores(score_B, batch["ended_B"], moments, shaping)

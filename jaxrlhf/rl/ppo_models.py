@@ -26,7 +26,7 @@ CRITIC_INITS = ("reward_model", "actor")
 @dataclasses.dataclass
 class PPOModels:
     actor: LoadedModel
-    reference: LoadedModel
+    reference: LoadedModel | None  # None: the actor's own base, adapters off (`shares_actor_base`)
     rm: TrainedRM            # the frozen reward model with its spec and statistics
     critic: LoadedModel
     tokenizer: Any           # the policy's
@@ -35,8 +35,17 @@ class PPOModels:
     def split(self, actor_cfg, critic_cfg):
         """(graphdef, trainable, frozen) of actor and critic; (graphdef, state) of the frozen reference.
         (The reward model is split by the `RewardScorer` that runs it.)"""
-        return (split_for(self.actor.model, actor_cfg), split_for(self.critic.model, critic_cfg),
-                nnx.split(self.reference.model))
+        reference = (None, ()) if self.reference is None else nnx.split(self.reference.model)
+        return split_for(self.actor.model, actor_cfg), split_for(self.critic.model, critic_cfg), reference
+
+
+def shares_actor_base(config) -> bool:
+    """Under LoRA the reference is the actor's frozen base with the adapters off, when it is the same model
+    (`reference` empty or `policy.name`) and nothing but adapters trains (an LM head trained with
+    `train_lm_head` would make the base differ from the reference)."""
+    p = config.policy
+    return (p.train_mode == "lora" and not p.get("train_lm_head", False)
+            and config.reference in ("", p.name))
 
 
 def load_ppo_models(config, mesh) -> PPOModels:
@@ -44,8 +53,9 @@ def load_ppo_models(config, mesh) -> PPOModels:
         raise ValueError(f"critic.init must be one of {CRITIC_INITS}, got {config.critic.init!r}")
     actor = load_block(config.policy, config.policy.name, "causal_lm", mesh, config.seed)
     tokenizer = load_tokenizer(actor.model_dir)
-    reference = load_block(config.policy, config.reference or config.policy.name, "causal_lm", mesh, config.seed,
-                           lora=False, trains=False)
+    reference = None if shares_actor_base(config) else load_block(
+        config.policy, config.reference or config.policy.name, "causal_lm", mesh, config.seed, lora=False,
+        trains=False)
     rm_cfg = config.reward_model
     rm = load_trained_rm(rm_cfg.path, mesh, dtype=rm_cfg.get("dtype", "auto"),
                          param_dtype=rm_cfg.get("param_dtype", "auto"))

@@ -67,9 +67,11 @@ def report_ppo_plan(config, models, mesh) -> list[planner.ModelPlan]:
                                 cache_batch=p.rollout_batch_size if sample else 0, cache_length=seq_len,
                                 remat=model_cfg.remat, dtype_bytes=_bytes(model_cfg.dtype))
 
+    reference = [] if models.reference is None else [  # None: the actor's base with its adapters off
+        ("reference", models.reference, None, work(config.policy, train=False, lm=True))]
     return report([
         ("actor", models.actor, config.policy, work(config.policy, train=True, lm=True, sample=True)),
-        ("reference", models.reference, None, work(config.policy, train=False, lm=True)),
+        *reference,
         ("reward model", models.rm.loaded, None, work(config.policy, train=False, lm=False, seq_len=rm_length)),
         ("critic", models.critic, config.critic, work(config.critic, train=True, lm=False)),
     ], mesh)
