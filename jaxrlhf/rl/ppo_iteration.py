@@ -2,8 +2,10 @@
 
 Sample responses to the batch's prompts (jitted, KV cache), score them with the frozen reward model,
 compute log-probs, values, shaped rewards and GAE advantages (one jitted step), then `epochs` passes of
-shuffled minibatch updates of actor and critic, stopping early when a minibatch crossed the approximate-KL
-bound (that minibatch is not applied, see `rl.ppo_step`); last, the adaptive KL coefficient moves.
+shuffled minibatch updates of actor and critic, all in one jitted program, stopping early when a minibatch
+crossed the approximate-KL bound (that minibatch is not applied, see `rl.ppo_step`); last, the adaptive KL
+coefficient moves. The host waits on the device once per phase (sampling, scoring, experience, updates), to
+time it; every metric of the iteration comes back in one transfer.
 The held-out evaluation and the sample table live here too: they sample with the same function.
 """
 
@@ -45,7 +47,9 @@ class PPOIteration:
     sample: Callable      # (actor params, ids_BxP, mask_BxP, key) -> rollout dict
     scorer: RewardScorer
     experience: Callable  # jitted rl.experience step
-    update: Callable      # jitted (state, actor frozen, critic frozen, experience, idx_M) -> (state, metrics)
+    update: Callable      # jitted (state, actor frozen, critic frozen, experience, idx_NxM) -> (state, metrics_N):
+                          # every minibatch of the iteration in one program (rl.ppo_step.scan_minibatches)
+    update_minibatch: Callable  # the one-minibatch update it scans, on rows idx_M (unjitted), for replays
     controller: Any       # ops.kl Fixed/AdaptiveKLController
     frozen: Frozen
     tokenizer: Any
@@ -61,44 +65,46 @@ class PPOIteration:
     def _actor(self, state):
         return state["actor"]["params"], self.frozen.actor
 
+    def minibatch_order(self, key: jax.Array) -> np.ndarray:
+        """idx_NxM: each epoch's shuffled minibatches in turn (N = epochs * B / M). Every process draws the same
+        order: the seed is the iteration's key."""
+        order_rng = np.random.default_rng(jax.device_get(jax.random.key_data(jax.random.fold_in(key, 1))))
+        perms = [order_rng.permutation(self.rollout_batch_size) for _ in range(self.epochs)]
+        return np.concatenate(perms).astype(np.int32).reshape(-1, self.minibatch_size)
+
     def __call__(self, state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:
         t0 = time.time()
+        # First, while the device is idle: reading the key back then waits on nothing queued.
+        idx_NxM = jax.device_put(self.minibatch_order(key), replicated(self.mesh))
         prompt_arrays = to_global({"ids": batch["ids_BxP"], "mask": batch["mask_BxP"]}, self.mesh)
         rollout = self.sample(self._actor(state), prompt_arrays["ids"], prompt_arrays["mask"],
                               jax.random.fold_in(key, 0))
+        # One sync per phase, at its end: a read of its output where the host needs it anyway, or (experience) a
+        # wait only to time it, which costs no more than the next dispatch's overlap with the phase's tail.
         texts = response_texts(self.tokenizer, rollout)  # reads the tokens back: sampling has finished
-        t_sample = time.time() - t0
+        t_sample = time.time()
         score = self.scorer.score_global(batch["prompts"], texts, self.mesh)
+        self.last = {"prompts": batch["prompts"], "texts": texts, "scores": local_rows(score)}  # scoring's sync
+        t_score = time.time()
         exp, moments, exp_metrics = self.experience(
             self._actor(state), (self.frozen.reference,), (state["critic"]["params"], self.frozen.critic), rollout,
             score, state["kl_coef"], whitening.RunningMoments(**state["moments"]))
         state["moments"] = moments._asdict()
-        t_rollout = time.time() - t0
+        jax.block_until_ready((exp, exp_metrics))  # the experience phase's sync
+        t_experience = time.time()
 
-        update_metrics, stopped_early = [], False
-        B = self.rollout_batch_size
-        # Every process draws the same order: the seed is the iteration's key.
-        order_rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(key, 1))))
-        for _ in range(self.epochs):
-            perm = order_rng.permutation(B)
-            for k in range(0, B, self.minibatch_size):
-                idx_M = jax.device_put(perm[k:k + self.minibatch_size].astype(np.int32), replicated(self.mesh))
-                state, m = self.update(state, self.frozen.actor, self.frozen.critic, exp, idx_M)
-                update_metrics.append(m)
-                if float(m["kl_skipped"]):  # that minibatch was not applied (see rl.ppo_step)
-                    stopped_early = True
-                    break
-            if stopped_early:
-                break
+        state, update_metrics_N = self.update(state, self.frozen.actor, self.frozen.critic, exp, idx_NxM)
         state["kl_coef"] = self.controller.update(KLControllerState(state["kl_coef"]), exp_metrics["kl_k1_per_seq"],
-                                                  B).coef
+                                                  self.rollout_batch_size).coef
+        # The update phase's sync: every metric of the iteration in one transfer.
+        fetched = jax.device_get({"experience": exp_metrics, "updates": update_metrics_N})
+        t_update = time.time()
 
-        self.last = {"prompts": batch["prompts"], "texts": texts, "scores": local_rows(score)}
-        metrics = {k: float(v) for k, v in jax.device_get(exp_metrics).items()}
-        metrics.update({k: float(np.mean([float(m[k]) for m in update_metrics])) for k in update_metrics[0]})
-        metrics.update(nonfinite=float(sum(float(m["nonfinite"]) for m in update_metrics)),
-                       minibatch_updates=len(update_metrics), early_stop=float(stopped_early),
-                       sample_seconds=t_sample, rollout_seconds=t_rollout, iteration_seconds=time.time() - t0)
+        metrics = {k: float(v) for k, v in fetched["experience"].items()}
+        metrics.update(summarise_updates(fetched["updates"]))
+        metrics.update(sample_seconds=t_sample - t0, score_seconds=t_score - t_sample,
+                       experience_seconds=t_experience - t_score, update_seconds=t_update - t_experience,
+                       rollout_seconds=t_experience - t0, iteration_seconds=time.time() - t0)
         return state, metrics
 
     def evaluate(self, state: dict) -> dict:
@@ -116,6 +122,17 @@ class PPOIteration:
         return {"score_mean": float(scores.mean()), "score_std": float(scores.std()),
                 "response_length": float(np.concatenate(lengths).mean()),
                 "ended_frac": float(np.concatenate(ended).mean()), "n": len(scores)}
+
+
+def summarise_updates(metrics_N: dict[str, np.ndarray]) -> dict:
+    """The iteration's update metrics from the per-minibatch ones on the host: means (and the `nonfinite` sum) over
+    the minibatches that `counted` (up to the one that crossed the KL bound, see `rl.ppo_step.scan_minibatches`)."""
+    counted = metrics_N["counted"] > 0
+    # float64 means of the float32 values, as a mean of Python floats gives them.
+    summary = {k: float(np.mean(v[counted].astype(np.float64))) for k, v in metrics_N.items() if k != "counted"}
+    summary.update(nonfinite=float(metrics_N["nonfinite"][counted].sum()), minibatch_updates=int(counted.sum()),
+                   early_stop=float(metrics_N["kl_skipped"][counted].any()))
+    return summary
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -11,7 +11,7 @@ from jaxrlhf.ops.kl import AdaptiveKLController, FixedKLController
 from jaxrlhf.rl.experience import AdvantageConfig, make_experience_fn
 from jaxrlhf.rl.ppo_iteration import Frozen, PPOIteration
 from jaxrlhf.rl.ppo_models import PPOModels
-from jaxrlhf.rl.ppo_step import PPOLossConfig, make_update_step
+from jaxrlhf.rl.ppo_step import PPOLossConfig, make_update_step, scan_minibatches
 from jaxrlhf.rl.prompts import PromptSet
 from jaxrlhf.rl.rewards import RewardShaping
 from jaxrlhf.rl.rollout import make_sample_fn
@@ -97,7 +97,9 @@ def build(config, models: PPOModels, mesh, eval_prompts: PromptSet | None) -> tu
     return state, PPOIteration(
         actor_def=actor_def, sampling=sampling, sample=make_sample_fn(actor_def, sampling),
         scorer=models.rm.scorer(max_length=config.reward_model.max_length),
-        experience=experience, update=jax.jit(update_rows, donate_argnums=(0,)), controller=controller,
+        experience=experience, update_minibatch=update_rows, controller=controller,
+        # Every minibatch of the iteration (all epochs) in one program, the KL early stop decided inside it.
+        update=jax.jit(scan_minibatches(update_rows, stop_on_kl=p.max_approx_kl > 0), donate_argnums=(0,)),
         frozen=Frozen(actor_frozen, critic_frozen, ref_state), tokenizer=models.tokenizer, mesh=mesh,
         rollout_batch_size=p.rollout_batch_size, epochs=p.epochs, minibatch_size=p.minibatch_size,
         eval_prompts=eval_prompts, eval_key=jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1))

@@ -5,7 +5,8 @@ scaled by `vf_coef`. Both are token means over the minibatch, computed from sums
 Global-norm gradient clipping sits in each optimiser chain (`training.optim.make_optimizer`).
 
 Approximate-KL early stop (`max_approx_kl > 0`) skips the minibatch whose forward pass crossed the bound,
-as Stable-Baselines3 does: neither actor nor critic is updated with it, and the host stops the epoch.
+as Stable-Baselines3 does: neither actor nor critic is updated with it, and no later minibatch of the
+iteration runs (`scan_minibatches`).
 With `advantages.scope == "minibatch"` the advantages are whitened (and clipped) here, per minibatch, as
 in MOSS-RLHF's PPO-Max and the old TRL `loss()`; by default the experience step does it once per rollout.
 """
@@ -88,3 +89,34 @@ def make_update_step(actor_def, critic_def, actor_opt: optax.GradientTransformat
         return new_state, metrics
 
     return update
+
+
+def scan_minibatches(update_rows: Callable, stop_on_kl: bool) -> Callable:
+    """updates(state, actor_frozen, critic_frozen, experience, idx_NxM) -> (state, metrics_N), in one program.
+
+    `update_rows(state, actor_frozen, critic_frozen, experience, idx_M)` runs on each row of idx_NxM in turn
+    (a `lax.scan`: no host round trip between minibatches). With `stop_on_kl`, the first minibatch whose
+    `kl_skipped` is set ends the iteration: it and every later one leave the state as it was (a `lax.cond`, so
+    the later ones cost nothing). metrics_N stacks each minibatch's metrics plus `counted`, 1.0 for those up to
+    and including the one that crossed the bound: the ones a host loop that stops there would have seen.
+    """
+
+    def updates(state, actor_frozen, critic_frozen, exp, idx_NxM):
+        def run(state, idx_M):
+            return update_rows(state, actor_frozen, critic_frozen, exp, idx_M)
+
+        def body(carry, idx_M):
+            state, stopped = carry
+            if not stop_on_kl:
+                state, metrics = run(state, idx_M)
+                return (state, stopped), dict(metrics, counted=jnp.float32(1.0))
+            metric_shapes = jax.eval_shape(run, state, idx_M)[1]
+            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+            state, metrics = jax.lax.cond(stopped, lambda s, _: (s, zeros), run, state, idx_M)
+            counted = 1.0 - stopped.astype(jnp.float32)
+            return (state, stopped | (metrics["kl_skipped"] > 0)), dict(metrics, counted=counted)
+
+        (state, _), metrics_N = jax.lax.scan(body, (state, jnp.asarray(False)), idx_NxM)
+        return state, metrics_N
+
+    return updates
