@@ -195,6 +195,7 @@ def test_choices_copy_the_library():
     from jaxrlhf.data.errors import ON_INVALID
     from jaxrlhf.data.formats import FORMATS
     from jaxrlhf.infra.precision import AUTO, DTYPES
+    from jaxrlhf.models.attention import IMPLEMENTATIONS
     from jaxrlhf.models.layers import REMAT_POLICIES
     from jaxrlhf.ops.kl import ESTIMATORS
     from jaxrlhf.rl.experience import WHITEN_SCOPES
@@ -208,6 +209,10 @@ def test_choices_copy_the_library():
     assert set(validate.DTYPES) == set(DTYPES)
     assert set(validate.AUTO_DTYPES) == {AUTO, *DTYPES}
     assert set(validate.REMAT) == set(REMAT_POLICIES)
+    from jaxrlhf.training.loss_scale import MODES
+
+    assert validate.LOSS_SCALE == MODES
+    assert validate.ATTENTION == IMPLEMENTATIONS
     assert validate.TRAIN_MODES == TRAIN_MODES
     assert validate.SCHEDULES == SCHEDULES
     assert validate.ON_NONFINITE == POLICIES

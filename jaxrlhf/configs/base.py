@@ -25,6 +25,7 @@ def model_block() -> ml_collections.ConfigDict:
         "remat": "none",           # none | full | dots_with_no_batch_dims_saveable | dots_saveable (models.layers)
         "dropout": 0.0,            # hidden dropout while training (BERT family; 0: off, as in TRL)
         "attention_dropout": 0.0,  # attention-probability dropout (BERT family; ~40% slower steps on a CPU)
+        "attention": "auto",       # auto | default | xla | cudnn | splash (auto: cuDNN on GPU, Splash on TPU)
         "train_mode": "full",      # full | lora | frozen_backbone
         "train_lm_head": False,    # lora: also train an untied LM head in full (V x D: 525M on Llama-3-8B)
         "lora_rank": 8,
@@ -46,6 +47,7 @@ def optim_block() -> ml_collections.ConfigDict:
         "b2": 0.999,
         "eps": 1e-8,
         "grad_accum": 1,
+        "loss_scale": "auto",      # auto (dynamic loss scaling when computing in float16) | dynamic | none
     })
 
 
@@ -133,6 +135,7 @@ def run_block(*, log_every: int, checkpoint_every: int) -> ml_collections.Config
         "on_nonfinite": "stop",     # stop | skip: a non-finite loss or gradient (never applied either way;
                                     # PPO skips that minibatch update)
         "export": True,
+        "profile_steps": "",        # "FIRST:LAST": a jax.profiler trace of those steps into workdir/profile
     })
 
 

@@ -22,17 +22,20 @@ RATINGS_MODES = ("pairs", "regression")                 # rm.data.objective_of
 CRITIC_INITS = ("reward_model", "actor")                # rl.ppo_models.CRITIC_INITS
 KL_ESTIMATORS = ("k1", "k2", "k3")                      # ops.kl.ESTIMATORS
 WHITEN_SCOPES = ("rollout", "minibatch")                # rl.experience.WHITEN_SCOPES
+LOSS_SCALE = ("auto", "dynamic", "none")                 # training.loss_scale.MODES
 REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")  # models.layers.REMAT_POLICIES
+ATTENTION = ("auto", "default", "xla", "cudnn", "splash")  # models.attention.IMPLEMENTATIONS
 
 
 def _model(block: str) -> dict[str, tuple[str, ...]]:
     return {f"{block}.dtype": AUTO_DTYPES, f"{block}.param_dtype": DTYPES, f"{block}.frozen_dtype": AUTO_DTYPES,
-            f"{block}.train_mode": TRAIN_MODES, f"{block}.remat": REMAT}
+            f"{block}.train_mode": TRAIN_MODES, f"{block}.remat": REMAT, f"{block}.attention": ATTENTION}
 
 
 _SUPERVISED = {
     **_model("model"),
     "optim.schedule": SCHEDULES,
+    "optim.loss_scale": LOSS_SCALE,
     "data.on_invalid": ON_INVALID,
     "data.padding_side": PADDING_SIDES,
     "train.on_nonfinite": ON_NONFINITE,

@@ -13,6 +13,9 @@ Two implementations of the same maths:
 
 A query row with no visible key (a left-pad position) gets uniform weights instead of NaN in both;
 callers ignore those rows. Logits and softmax run in float32 whatever the input dtype.
+
+`dot_product_attention(..., implementation=)` picks the kernel (`model.attention`): this default path,
+or XLA's, cuDNN's or Splash's fused attention (`models.attention_kernels`, which says when each applies).
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxrlhf.models.attention_kernels import (  # noqa: F401  (IMPLEMENTATIONS etc.: re-exported)
+    IMPLEMENTATIONS,
+    cache_implementation,
+    check_implementation,
+    effective_window,
+    nn_attention,
+    select_implementation,
+    splash_attention,
+    xla_attention,
+)
 from jaxrlhf.models.layers import dropout
 
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -34,12 +47,30 @@ LANES = 2
 
 def dot_product_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
                           mask_BxTxS: jax.Array, *, dropout_rate: float = 0.0,
-                          dropout_rng: jax.Array | None = None) -> jax.Array:
+                          dropout_rng: jax.Array | None = None, implementation: str = "default",
+                          key_mask_BxS: jax.Array | None = None, causal: bool = False, window: int | None = None,
+                          interpret: bool = False) -> jax.Array:
     """Attention of H query heads over K key/value heads (H a multiple of K); `mask_BxTxS` True = visible.
-    With a `dropout_rng` and a positive `dropout_rate`, the probabilities are dropped (BERT training)."""
+    With a `dropout_rng` and a positive `dropout_rate`, the probabilities are dropped (BERT training).
+
+    `implementation`: one of IMPLEMENTATIONS (module docstring). `key_mask_BxS`, `causal`, `window` say how
+    the mask was made, for the kernels that take none: `mask_BxTxS = key_mask_BxS[:, None, :]`, and, when
+    `causal`, key slot s <= query slot t, and, with a `window`, s > t - window (slots from 0, T == S: no
+    KV cache). `interpret`: Splash in Pallas interpret mode (CPU)."""
     if dropout_rng is not None and dropout_rate > 0.0:
         return reference_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, dropout_rate=dropout_rate,
                                    dropout_rng=dropout_rng)
+    window = effective_window(window, k_BxSxKxD.shape[1])
+    chosen = select_implementation(implementation, q_BxTxHxD, k_BxSxKxD, key_mask_BxS=key_mask_BxS,
+                                   causal=causal, window=window, interpret=interpret)
+    if chosen == "xla":
+        return xla_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS)
+    if chosen == "cudnn":  # a window is not kept by packing (holes shift slots): the dense mask carries it
+        return nn_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, "cudnn",
+                            key_mask_BxS=None if window is not None else key_mask_BxS, causal=causal)
+    if chosen == "splash":
+        return splash_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, key_mask_BxS, causal=causal, window=window,
+                                interpret=interpret)
     return blocked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS)
 
 

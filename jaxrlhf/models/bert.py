@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrlhf.models.attention import dot_product_attention
+from jaxrlhf.models.attention import check_implementation, dot_product_attention
 from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_linear_specs, stacked_specs
 from jaxrlhf.models.layers import (
     Embed,
@@ -158,22 +158,23 @@ class Config:
 
 class Attention(nnx.Module):
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dropout_rate: float,
-                 attention_dropout_rate: float, **kw):
+                 attention_dropout_rate: float, attention: str = "auto", **kw):
         E = cfg.hidden_size
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.attention = attention  # models.attention.IMPLEMENTATIONS (dropout on: the default path)
         self.dropout_rate, self.attention_dropout_rate = dropout_rate, attention_dropout_rate
         self.query = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.query"), **kw)
         self.key = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.key"), **kw)
         self.value = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.value"), **kw)
         self.out = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.out"), **kw)
 
-    def __call__(self, x_BxTxE, mask_BxTxS, rng):
+    def __call__(self, x_BxTxE, mask_BxTxS, rng, key_mask_BxS=None):
         B, T, E = x_BxTxE.shape
         r = split_keys(rng, 6)
         q, k, v = (proj(x_BxTxE, key).reshape(B, T, self.num_heads, self.head_dim)
                    for proj, key in zip((self.query, self.key, self.value), r))
         out = dot_product_attention(q, k, v, mask_BxTxS, dropout_rate=self.attention_dropout_rate,
-                                    dropout_rng=r[4])
+                                    dropout_rng=r[4], implementation=self.attention, key_mask_BxS=key_mask_BxS)
         return dropout(self.out(out.reshape(B, T, E), r[3]), self.dropout_rate, r[5])
 
 
@@ -195,17 +196,17 @@ class Block(nnx.Module):
     """Post-LayerNorm: h = LN(h + attn(h)); h = LN(h + mlp(h))."""
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dropout_rate: float,
-                 attention_dropout_rate: float, dtype, param_dtype):
+                 attention_dropout_rate: float, dtype, param_dtype, attention: str = "auto"):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.attn = Attention(cfg, rngs=rngs, lora=lora, dropout_rate=dropout_rate,
-                              attention_dropout_rate=attention_dropout_rate, **kw)
+                              attention_dropout_rate=attention_dropout_rate, attention=attention, **kw)
         self.attn_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs=rngs, lora=lora, dropout_rate=dropout_rate, **kw)
         self.mlp_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
 
-    def __call__(self, h_BxTxE, mask_BxTxS, rng):
+    def __call__(self, h_BxTxE, mask_BxTxS, rng, key_mask_BxS=None):
         r = split_keys(rng, 2)
-        h_BxTxE = self.attn_norm(h_BxTxE + self.attn(h_BxTxE, mask_BxTxS, r[0]))
+        h_BxTxE = self.attn_norm(h_BxTxE + self.attn(h_BxTxE, mask_BxTxS, r[0], key_mask_BxS))
         return self.mlp_norm(h_BxTxE + self.mlp(h_BxTxE, r[1]))
 
 
@@ -219,12 +220,14 @@ def position_ids(cfg: Config, attention_mask_BxT: jax.Array) -> jax.Array:
 
 
 class Backbone(nnx.Module):
-    """Embeddings + LayerNorm, scanned post-LN blocks. `__call__` returns (hidden_BxTxE, None)."""
+    """Embeddings + LayerNorm, scanned post-LN blocks. `__call__` returns (hidden_BxTxE, None).
+    `attention`: the attention kernel (models.attention.IMPLEMENTATIONS; `model.attention`)."""
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
                  scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None, dropout: float = 0.0,
-                 attention_dropout: float = 0.0):
+                 attention_dropout: float = 0.0, attention: str = "auto"):
         check_lora_targets(lora, LORA_LAYER_NAMES, cfg.model_type)
+        self.attention = check_implementation(attention)
         self.cfg = cfg
         self.dropout_rate = check_dropout_rate(dropout)
         self.attention_dropout_rate = check_dropout_rate(attention_dropout)
@@ -237,7 +240,8 @@ class Backbone(nnx.Module):
         self.token_type_embed = Embed(cfg.type_vocab_size, cfg.hidden_size, rngs=rngs, **kw)
         self.embed_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
         self.layers = create_stacked(lambda r: Block(cfg, rngs=r, lora=lora, dropout_rate=self.dropout_rate,
-                                                     attention_dropout_rate=self.attention_dropout_rate, **kw),
+                                                     attention_dropout_rate=self.attention_dropout_rate,
+                                                     attention=attention, **kw),
                                      cfg.num_hidden_layers, rngs)
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, dropout_rng=None,
@@ -251,8 +255,9 @@ class Backbone(nnx.Module):
             token_type_ids_BxT = jnp.zeros_like(input_ids_BxT)
         h = self.embed(input_ids_BxT) + self.token_type_embed(token_type_ids_BxT) + self.position_embed(positions_BxT)
         B, T = attention_mask_BxT.shape
-        # Bidirectional: every query sees every real key.
-        mask_BxTxS = jnp.broadcast_to((attention_mask_BxT > 0)[:, None, :], (B, T, T))
+        # Bidirectional: every query sees every real key (key_mask_BxS, for kernels that take no dense mask).
+        key_mask_BxS = attention_mask_BxT > 0
+        mask_BxTxS = jnp.broadcast_to(key_mask_BxS[:, None, :], (B, T, T))
         xs = {}
         if dropout_rng is not None:  # one key per layer, the last for the embeddings
             keys = jax.random.split(dropout_rng, cfg.num_hidden_layers + 1)
@@ -260,7 +265,7 @@ class Backbone(nnx.Module):
         h = dropout(self.embed_norm(h), self.dropout_rate, dropout_rng)
 
         def body(layer, h, x):
-            return layer(h, mask_BxTxS, x.get("rng")), None
+            return layer(h, mask_BxTxS, x.get("rng"), key_mask_BxS), None
 
         h, _ = apply_stacked(self.layers, h, body, scan=self.scan_layers, remat=self.remat, xs=xs)
         return h, None

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
-from jaxrlhf.models.attention import dot_product_attention
+from jaxrlhf.models.attention import cache_implementation, check_implementation, dot_product_attention
 from jaxrlhf.models.base import HeadSpec, WeightSpec, classifier_pad_id, linear_specs, stacked_specs, transpose
 from jaxrlhf.models.layers import (
     Embed,
@@ -109,13 +109,15 @@ class Config:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, attention: str = "auto", **kw):
         E = cfg.hidden_size
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.attention = attention  # models.attention.IMPLEMENTATIONS
         self.c_attn = Linear(E, 3 * E, rngs=rngs, lora=lora_for(lora, "attn.c_attn"), **kw)
         self.c_proj = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.c_proj"), **kw)
 
-    def __call__(self, x_BxTxE, mask_BxTxS, q_scale, layer_kv, index, rng):
+    def __call__(self, x_BxTxE, mask_BxTxS, q_scale, layer_kv, index, rng, structure=None):
+        """`structure`: how the mask was made (dot_product_attention's key_mask_BxS, causal), None with a cache."""
         B, T, E = x_BxTxE.shape
         r = split_keys(rng, 2)
         qkv = self.c_attn(x_BxTxE, r[0])
@@ -125,7 +127,9 @@ class Attention(nnx.Module):
             v = kv_cache.write(layer_kv[1], v, index)
         # dot_product_attention divides by sqrt(D); q_scale turns that into GPT-2's configured scaling.
         q = q * jnp.asarray(q_scale, q.dtype)
-        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BxTxS)
+        implementation = self.attention if layer_kv is None else cache_implementation(self.attention)
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BxTxS,
+                                    implementation=implementation, **(structure or {}))
         return self.c_proj(out.reshape(B, T, E), r[1]), (None if layer_kv is None else (k, v))
 
 
@@ -142,27 +146,31 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dtype, param_dtype):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dtype, param_dtype,
+                 attention: str = "auto"):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.ln_1 = LayerNorm(cfg.hidden_size, cfg.layer_norm_epsilon, **kw)
-        self.attn = Attention(cfg, rngs=rngs, lora=lora, **kw)
+        self.attn = Attention(cfg, rngs=rngs, lora=lora, attention=attention, **kw)
         self.ln_2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_epsilon, **kw)
         self.mlp = MLP(cfg, rngs=rngs, lora=lora, **kw)
 
-    def __call__(self, h_BxTxE, mask_BxTxS, q_scale, layer_kv, index, rng):
+    def __call__(self, h_BxTxE, mask_BxTxS, q_scale, layer_kv, index, rng, structure=None):
         r = split_keys(rng, 2)
-        a, layer_kv = self.attn(self.ln_1(h_BxTxE), mask_BxTxS, q_scale, layer_kv, index, r[0])
+        a, layer_kv = self.attn(self.ln_1(h_BxTxE), mask_BxTxS, q_scale, layer_kv, index, r[0], structure)
         h_BxTxE = h_BxTxE + a
         h_BxTxE = h_BxTxE + self.mlp(self.ln_2(h_BxTxE), r[1])
         return h_BxTxE, layer_kv
 
 
 class Backbone(nnx.Module):
-    """Token + position embeddings, scanned blocks, final LayerNorm. Returns (hidden_BxTxE, cache)."""
+    """Token + position embeddings, scanned blocks, final LayerNorm. Returns (hidden_BxTxE, cache).
+    `attention`: the attention kernel (models.attention.IMPLEMENTATIONS; `model.attention`)."""
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None):
+                 scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None,
+                 attention: str = "auto"):
         check_lora_targets(lora, LORA_LAYER_NAMES, "GPT-2")
+        self.attention = check_implementation(attention)
         self.cfg = cfg
         self.hidden_size = cfg.hidden_size
         self.dtype = dtype
@@ -170,7 +178,8 @@ class Backbone(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.embed = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, **kw)
         self.wpe = Embed(cfg.max_positions, cfg.hidden_size, rngs=rngs, init_std=0.01, **kw)
-        self.layers = create_stacked(lambda r: Block(cfg, rngs=r, lora=lora, **kw), cfg.num_layers, rngs)
+        self.layers = create_stacked(lambda r: Block(cfg, rngs=r, lora=lora, attention=attention, **kw),
+                                     cfg.num_layers, rngs)
         self.ln_f = LayerNorm(cfg.hidden_size, cfg.layer_norm_epsilon, **kw)
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> kv_cache.KVCache:
@@ -197,9 +206,12 @@ class Backbone(nnx.Module):
             xs["rng"] = jax.random.split(dropout_rng, cfg.num_layers)
         if not isinstance(scales, float):
             xs["scale"] = scales
+        # Without a cache the mask is causal + key padding: kernels that take no dense mask build it from this.
+        structure = None if cache is not None else dict(key_mask_BxS=inputs.key_mask_BxS, causal=True)
 
         def body(layer, h, x):
-            return layer(h, inputs.mask_BxTxS, x.get("scale", scales), x.get("kv"), inputs.index, x.get("rng"))
+            return layer(h, inputs.mask_BxTxS, x.get("scale", scales), x.get("kv"), inputs.index, x.get("rng"),
+                         structure)
 
         h = self.embed(input_ids_BxT) + self.wpe(inputs.positions_BxT)
         h, kv = apply_stacked(self.layers, h, body, scan=self.scan_layers, remat=self.remat, xs=xs)

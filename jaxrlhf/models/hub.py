@@ -76,8 +76,9 @@ def from_pretrained(name_or_path: str, task: str = "causal_lm", *, mesh: Mesh | 
                     param_dtype: Any = jnp.float32, scan_layers: bool = True, remat: bool = False,
                     lora: LoRAConfig | None = None, seed: int = 0, revision: str | None = None,
                     config_overrides: dict | None = None, dropout: float = 0.0,
-                    attention_dropout: float = 0.0) -> LoadedModel:
-    """Loads an HF directory, alias or hub id as a `task` model ("backbone", "causal_lm", "reward", "value")."""
+                    attention_dropout: float = 0.0, attention: str = "auto") -> LoadedModel:
+    """Loads an HF directory, alias or hub id as a `task` model ("backbone", "causal_lm", "reward", "value").
+    `attention`: the attention kernel (models.attention.IMPLEMENTATIONS)."""
     model_dir = resolve_model_dir(name_or_path, revision)
     hf_config = read_config(model_dir)
     hf_config.update(config_overrides or {})
@@ -93,7 +94,7 @@ def from_pretrained(name_or_path: str, task: str = "causal_lm", *, mesh: Mesh | 
     def create():
         return registry.build_model(family, cfg, task, rngs=nnx.Rngs(seed), dtype=dtype, param_dtype=param_dtype,
                                     scan_layers=scan_layers, remat=remat, lora=lora, dropout=dropout,
-                                    attention_dropout=attention_dropout)
+                                    attention_dropout=attention_dropout, attention=attention)
 
     graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
     flat = dict(nnx.to_flat_state(abstract_state))

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
-from jaxrlhf.models.attention import dot_product_attention
+from jaxrlhf.models.attention import cache_implementation, check_implementation, dot_product_attention
 from jaxrlhf.models.base import (
     HeadSpec,
     WeightSpec,
@@ -234,9 +234,10 @@ def apply_rope(x_BxTxNxD: jax.Array, cos_BxTxD: jax.Array, sin_BxTxD: jax.Array)
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, **kw):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, attention: str = "auto", **kw):
         H, K, D, E = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
         self.num_heads, self.num_kv_heads, self.head_dim = H, K, D
+        self.attention = attention  # models.attention.IMPLEMENTATIONS
 
         def linear(name, d_in, d_out, bias):
             return Linear(d_in, d_out, use_bias=bias, rngs=rngs, lora=lora_for(lora, "attn." + name), **kw)
@@ -246,7 +247,9 @@ class Attention(nnx.Module):
         self.v_proj = linear("v_proj", E, K * D, cfg.qkv_bias)
         self.o_proj = linear("o_proj", H * D, E, cfg.o_bias)
 
-    def __call__(self, x_BxTxE, cos_BxTxD, sin_BxTxD, mask_BxTxS, layer_kv, index, rng):
+    def __call__(self, x_BxTxE, cos_BxTxD, sin_BxTxD, mask_BxTxS, layer_kv, index, rng, structure=None):
+        """`structure`: how the mask was made (dot_product_attention's key_mask_BxS, causal, window), or
+        None (a KV-cache call; layers that choose their window per layer)."""
         B, T, _ = x_BxTxE.shape
         r = split_keys(rng, 4)
         q = self.q_proj(x_BxTxE, r[0]).reshape(B, T, self.num_heads, self.head_dim)
@@ -258,7 +261,9 @@ class Attention(nnx.Module):
             k_all = kv_cache.write_layer(k_all, k, layer, index)
             v_all = kv_cache.write_layer(v_all, v, layer, index)
             k, v = k_all[layer], v_all[layer]
-        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BxTxS)
+        implementation = self.attention if layer_kv is None else cache_implementation(self.attention)
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BxTxS,
+                                    implementation=implementation, **(structure or {}))
         out = self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim), r[3])
         return out, (None if layer_kv is None else (k_all, v_all))
 
@@ -277,16 +282,17 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dtype, param_dtype):
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, dtype, param_dtype,
+                 attention: str = "auto"):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
-        self.attn = Attention(cfg, rngs=rngs, lora=lora, **kw)
+        self.attn = Attention(cfg, rngs=rngs, lora=lora, attention=attention, **kw)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs=rngs, lora=lora, **kw)
 
-    def __call__(self, h_BxTxE, cos, sin, mask_BxTxS, layer_kv, index, rng):
+    def __call__(self, h_BxTxE, cos, sin, mask_BxTxS, layer_kv, index, rng, structure=None):
         r = split_keys(rng, 2)
-        a, layer_kv = self.attn(self.attn_norm(h_BxTxE), cos, sin, mask_BxTxS, layer_kv, index, r[0])
+        a, layer_kv = self.attn(self.attn_norm(h_BxTxE), cos, sin, mask_BxTxS, layer_kv, index, r[0], structure)
         h_BxTxE = h_BxTxE + a
         h_BxTxE = h_BxTxE + self.mlp(self.mlp_norm(h_BxTxE), r[1])
         return h_BxTxE, layer_kv
@@ -299,19 +305,22 @@ LORA_LAYER_NAMES = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
 
 
 class Backbone(nnx.Module):
-    """Token embedding, scanned blocks, final RMSNorm. `__call__` returns (hidden_BxTxE, cache)."""
+    """Token embedding, scanned blocks, final RMSNorm. `__call__` returns (hidden_BxTxE, cache).
+    `attention`: the attention kernel (models.attention.IMPLEMENTATIONS; `model.attention`)."""
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None):
+                 scan_layers: bool = True, remat: bool = False, lora: LoRAConfig | None = None,
+                 attention: str = "auto"):
         check_lora_targets(lora, LORA_LAYER_NAMES, "Llama")
+        self.attention = check_implementation(attention)
         self.cfg = cfg
         self.hidden_size = cfg.hidden_size
         self.dtype = dtype
         self.scan_layers, self.remat = scan_layers, remat
         self.embed = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.layers = create_stacked(
-            lambda r: Block(cfg, rngs=r, lora=lora, dtype=dtype, param_dtype=param_dtype), cfg.num_hidden_layers,
-            rngs)
+            lambda r: Block(cfg, rngs=r, lora=lora, dtype=dtype, param_dtype=param_dtype, attention=attention),
+            cfg.num_hidden_layers, rngs)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> kv_cache.KVCache:
@@ -333,6 +342,12 @@ class Backbone(nnx.Module):
             xs["rng"] = jax.random.split(dropout_rng, cfg.num_hidden_layers)
         if any(sliding) and not all(sliding):
             xs["sliding"] = jnp.asarray(sliding)
+        # Without a cache the mask is causal + key padding (+ the window on every layer): kernels that take
+        # no dense mask build it from this. A cache call, or a window chosen per layer, has only the mask.
+        structure = None
+        if cache is None and "sliding" not in xs:
+            structure = dict(key_mask_BxS=inputs.key_mask_BxS, causal=True,
+                             window=cfg.sliding_window if all(sliding) else None)
 
         def body(layer, carry, x):
             if "sliding" in x:
@@ -340,7 +355,8 @@ class Backbone(nnx.Module):
             else:
                 mask = inputs.window_mask_BxTxS if all(sliding) else inputs.mask_BxTxS
             h, kv = carry
-            h, kv = layer(h, cos, sin, mask, None if kv is None else (*kv, x["layer"]), inputs.index, x.get("rng"))
+            h, kv = layer(h, cos, sin, mask, None if kv is None else (*kv, x["layer"]), inputs.index, x.get("rng"),
+                          structure)
             return (h, kv), None
 
         h = self.embed(input_ids_BxT)

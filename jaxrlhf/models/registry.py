@@ -40,13 +40,14 @@ def family_for(model_type: str) -> ModuleType:
 
 def build_model(family: ModuleType, cfg: Any, task: str, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
                 param_dtype: Any = jnp.float32, scan_layers: bool = True, remat: bool = False,
-                lora: LoRAConfig | None = None, dropout: float = 0.0, attention_dropout: float = 0.0) -> nnx.Module:
+                lora: LoRAConfig | None = None, dropout: float = 0.0, attention_dropout: float = 0.0,
+                attention: str = "auto") -> nnx.Module:
     """A randomly initialised model of `family` for `task` (weights are loaded afterwards). `dropout`,
     `attention_dropout`: hidden and attention-probability dropout while training, for families that have
-    them (BERT); 0 elsewhere."""
+    them (BERT); 0 elsewhere. `attention`: the attention kernel (models.attention.IMPLEMENTATIONS)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, attention=attention)
     if getattr(family, "HAS_DROPOUT", False):
         kw.update(dropout=dropout, attention_dropout=attention_dropout)
     elif dropout or attention_dropout:

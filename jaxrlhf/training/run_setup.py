@@ -21,6 +21,7 @@ from jaxrlhf.infra.precision import cast_frozen, compute_dtype, dtype_of, storag
 from jaxrlhf.infra.runtime import setup_runtime
 from jaxrlhf.models.hub import LoadedModel, from_pretrained
 from jaxrlhf.models.layers import LoRAConfig
+from jaxrlhf.training import loss_scale
 from jaxrlhf.training.optim import init_opt_state
 from jaxrlhf.training.resume_guard import check_resume
 from jaxrlhf.training.trainable import trainable_filter
@@ -97,7 +98,8 @@ def load_block(model_cfg, name: str, task: str, mesh, seed: int, lora: bool = Tr
                              lora=lora_from_config(model_cfg) if lora else None, seed=seed,
                              # .get: a run_config.json written before these keys existed lacks them
                              dropout=model_cfg.get("dropout", 0.0),
-                             attention_dropout=model_cfg.get("attention_dropout", 0.0))
+                             attention_dropout=model_cfg.get("attention_dropout", 0.0),
+                             attention=model_cfg.get("attention", "auto"))
     frozen = storage_dtype(model_cfg.get("frozen_dtype", "float32"), compute)
     trainable = (trainable_filter(model_cfg.train_mode, bool(model_cfg.get("train_lm_head", False))) if trains
                  else nnx.Nothing)
@@ -110,8 +112,14 @@ def load_model(config, mesh, task: str) -> LoadedModel:
     return load_block(config.model, config.model.name, task, mesh, config.seed)
 
 
-def init_train_state(trainable, optimizer: optax.GradientTransformation) -> dict:
-    return {"params": trainable, "opt_state": init_opt_state(optimizer, trainable), "step": _zero_step(trainable)}
+def init_train_state(trainable, optimizer: optax.GradientTransformation, loss_scaling: bool = False) -> dict:
+    """params, opt_state and step; with `loss_scaling`, the dynamic loss scale too (`training.loss_scale`)."""
+    state = {"params": trainable, "opt_state": init_opt_state(optimizer, trainable), "step": _zero_step(trainable)}
+    if loss_scaling:
+        step = state["step"]
+        state["loss_scale"] = jax.tree_util.tree_map(lambda x: jax.device_put(x, step.sharding),
+                                                     loss_scale.init_state())
+    return state
 
 
 def _zero_step(params) -> jax.Array:
