@@ -25,6 +25,7 @@ from jaxrlhf.rl.ppo_models import load_ppo_models
 from jaxrlhf.rl.prompts import build_prompt_set
 from jaxrlhf.training.loop import Cadence, HostLoop, Reporting, StepHook
 from jaxrlhf.training.memory_plan import check_ppo_batch, report_ppo_plan
+from jaxrlhf.training.observe import Profiler
 from jaxrlhf.training.run_setup import open_checkpoints, releases_workdir, start_run
 
 
@@ -60,7 +61,8 @@ def train(config, hooks: Sequence[StepHook] = ()) -> dict:
     writer = MetricsWriter(workdir)
     batches = (prompts.batch(it, jax.process_index(), jax.process_count()) for it in range(start, t.iterations))
     loop = HostLoop(step=iteration, cadence=cadence, reporting=reporting, ckpt=ckpt, writer=writer, seed=config.seed,
-                    evaluate=iteration.evaluate if has_eval else None, hooks=(samples, *hooks))
+                    evaluate=iteration.evaluate if has_eval else None, hooks=(samples, *hooks),
+                    profiler=Profiler(t.get("profile_steps", ""), workdir))
     result = loop.run(state, batches, start)
     writer.close()
     if not result.finished:

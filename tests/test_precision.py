@@ -65,7 +65,7 @@ def test_trainable_masters_float32_frozen_weights_in_the_compute_dtype(llama_dir
     assert _dtypes(nnx.state(kept.model)) == {"float32"}
 
 
-def _rm_step(llama_dir, param_dtype: str, lr: float):
+def _rm_step(llama_dir, param_dtype: str, lr: float, dtype: str = "bfloat16"):
     from jaxrlhf.configs.base import rm_defaults
     from jaxrlhf.infra import sharding as shd
     from jaxrlhf.rm.step import make_train_step
@@ -73,7 +73,7 @@ def _rm_step(llama_dir, param_dtype: str, lr: float):
     from jaxrlhf.training.run_setup import init_train_state, load_block
     from jaxrlhf.training.trainable import split_for
 
-    block = _block(dtype="bfloat16", param_dtype=param_dtype)
+    block = _block(dtype=dtype, param_dtype=param_dtype)
     loaded = load_block(block, str(llama_dir), "reward", shd.make_mesh(devices=jax.devices()[:1]), seed=0)
     optim = ml_collections.ConfigDict(dict(rm_defaults().optim))
     optim.update(learning_rate=lr, schedule="constant", warmup_steps=0, weight_decay=0.0)
@@ -101,6 +101,7 @@ def _changed_fraction(before, after) -> float:
     return float(np.mean(changed))
 
 
+@pytest.mark.slow  # compiles a train step or a model's gradient (~5-13 s)
 def test_a_1e6_learning_rate_step_moves_float32_masters_in_a_bf16_run(llama_dir):
     step, state, frozen = _rm_step(llama_dir, "float32", 1e-6)
     before = jax.tree_util.tree_map(np.asarray, state["params"])
@@ -126,6 +127,7 @@ def _dots(hlo: str) -> list[tuple[str, str, str]]:
     return dots
 
 
+@pytest.mark.slow  # compiles a train step or a model's gradient (~5-13 s)
 def test_compiled_bf16_rm_step_has_bf16_dots_and_a_float32_reward_head(llama_dir):
     step, state, frozen = _rm_step(llama_dir, "float32", 1e-5)
     hlo = step.lower(state, frozen, _pairs(), jax.random.key(0)).as_text()

@@ -43,6 +43,7 @@ def test_adapters_off_computes_the_base_model():
     assert float(jnp.abs(on - off).max()) > 1e-3  # the adapters do change the model
 
 
+@pytest.mark.slow  # compiles a train step or a model's gradient (~5-13 s)
 def test_experience_with_the_shared_reference_equals_a_separate_one():
     from jaxrlhf.models import llama, registry
     from jaxrlhf.ops import whitening

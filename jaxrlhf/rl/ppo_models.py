@@ -11,8 +11,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 from flax import nnx
 
+from jaxrlhf.infra.precision import compute_dtype
 from jaxrlhf.models.hf_files import is_hf_dir
 from jaxrlhf.models.hub import LoadedModel, load_tokenizer
 from jaxrlhf.rl.rollout import same_vocabulary
@@ -49,6 +51,10 @@ def shares_actor_base(config) -> bool:
 
 
 def load_ppo_models(config, mesh) -> PPOModels:
+    for block in ("policy", "critic"):
+        if compute_dtype(config[block].dtype) == jnp.float16:
+            raise ValueError(f"{block}.dtype=float16: PPO has no loss scaling yet (the RM and SFT trainers do); "
+                             f"use bfloat16 or float32")
     if config.critic.init not in CRITIC_INITS:
         raise ValueError(f"critic.init must be one of {CRITIC_INITS}, got {config.critic.init!r}")
     actor = load_block(config.policy, config.policy.name, "causal_lm", mesh, config.seed)

@@ -7,6 +7,7 @@ and divides once at the end, so the mean is exact even when the last batch carri
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,8 @@ from flax import nnx
 
 from jaxrlhf.ops import losses
 from jaxrlhf.ops.losses import bradley_terry_loss, plackett_luce_loss, regression_loss
-from jaxrlhf.training.accumulate import apply_update, summed_gradients
+from jaxrlhf.training.accumulate import apply_update, scale_of, summed_gradients
+from jaxrlhf.training.loss_scale import scaled_value_and_grad
 
 
 def rm_rewards(model: nnx.Module, ids_BxT, mask_BxT, response_len_B=None, *, length_normalise: bool = False,
@@ -98,15 +100,16 @@ def make_loss_fn(graphdef: nnx.GraphDef, loss_cfg, objective: str = "pairs") -> 
 def make_train_step(graphdef: nnx.GraphDef, loss_cfg, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, grad_accum: int = 1, objective: str = "pairs") -> Callable:
     """step(state, frozen, batch, rng) -> (state, metrics); state = {"params", "opt_state", "step"}."""
-    loss_fn = make_loss_fn(graphdef, loss_cfg, objective)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = scaled_value_and_grad(make_loss_fn(graphdef, loss_cfg, objective))
 
     def step(state: dict, frozen: Any, batch: dict, rng: jax.Array):
-        grads, loss_sum, aux = summed_gradients(grad_fn, state["params"], frozen, batch, rng, grad_accum)
+        scale = scale_of(state)
+        grads, loss_sum, aux = summed_gradients(functools.partial(grad_fn, scale=scale), state["params"], frozen,
+                                                batch, rng, grad_accum)
         denom = jnp.maximum(aux["denom"], 1.0)
-        grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
-        new_state, nonfinite = apply_update(state, grads, optimizer, loss_sum)
-        metrics = {"nonfinite": nonfinite, "loss": loss_sum / denom,
+        grads = jax.tree_util.tree_map(lambda g: g / (denom * scale), grads)
+        new_state, update_metrics = apply_update(state, grads, optimizer, loss_sum)
+        metrics = {**update_metrics, "loss": loss_sum / denom,
                    "accuracy": aux["correct"] / jnp.maximum(aux["compared"], 1.0),
                    "reward_mean": aux["reward_sum"] / jnp.maximum(aux["reward_count"], 1.0),
                    "grad_norm": optax.global_norm(grads),

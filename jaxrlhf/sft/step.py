@@ -7,6 +7,7 @@ beside it; the mean is taken once after gradient accumulation (`jaxrlhf.training
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,8 @@ import optax
 from flax import nnx
 
 from jaxrlhf.ops.logprobs import token_logprobs
-from jaxrlhf.training.accumulate import apply_update, summed_gradients
+from jaxrlhf.training.accumulate import apply_update, scale_of, summed_gradients
+from jaxrlhf.training.loss_scale import scaled_value_and_grad
 
 
 def response_nll(model: nnx.Module, batch: dict, *, chunk_size: int = 128,
@@ -50,15 +52,16 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     metrics: nll_sum and tokens (response tokens scored) so a host can average exactly over steps,
     seq_tokens (all real tokens, for throughput), grad_norm, learning_rate.
     """
-    grad_fn = jax.value_and_grad(make_loss_fn(graphdef, chunk_size), has_aux=True)
+    grad_fn = scaled_value_and_grad(make_loss_fn(graphdef, chunk_size))
 
     def step(state: dict, frozen: Any, batch: dict, rng: jax.Array):
-        grads, nll_sum, aux = summed_gradients(grad_fn, state["params"], frozen, batch, rng, grad_accum)
-        grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(aux["tokens"], 1.0), grads)
-        new_state, nonfinite = apply_update(state, grads, optimizer, nll_sum)
+        scale = scale_of(state)
+        grads, nll_sum, aux = summed_gradients(functools.partial(grad_fn, scale=scale), state["params"], frozen,
+                                               batch, rng, grad_accum)
+        grads = jax.tree_util.tree_map(lambda g: g / (jnp.maximum(aux["tokens"], 1.0) * scale), grads)
+        new_state, update_metrics = apply_update(state, grads, optimizer, nll_sum)
         metrics = {"nll_sum": nll_sum, "tokens": aux["tokens"], "seq_tokens": aux["seq_tokens"],
-                   "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]),
-                   "nonfinite": nonfinite}
+                   "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]), **update_metrics}
         return new_state, metrics
 
     return step

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrlhf.training import loss_scale
+
 
 def summed_gradients(grad_fn: Callable, params: Any, frozen: Any, batch: dict, rng: jax.Array,
                      micro_steps: int = 1) -> tuple[Any, jax.Array, dict]:
@@ -39,6 +41,11 @@ def summed_gradients(grad_fn: Callable, params: Any, frozen: Any, batch: dict, r
     init = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), zeros_aux)
     (grads, loss_sum, aux), _ = jax.lax.scan(accumulate, init, (micro, keys))
     return grads, loss_sum, aux
+
+
+def scale_of(state: dict) -> jax.Array | float:
+    """The loss scale of a train state (1.0 without loss scaling)."""
+    return state["loss_scale"]["scale"] if "loss_scale" in state else 1.0
 
 
 def guarded_update(params: Any, opt_state: Any, grads: Any, optimizer: optax.GradientTransformation,
@@ -67,7 +74,18 @@ def guarded_update(params: Any, opt_state: Any, grads: Any, optimizer: optax.Gra
 
 
 def apply_update(state: dict, grads: Any, optimizer: optax.GradientTransformation,
-                 loss: jax.Array) -> tuple[dict, jax.Array]:
-    """(the next {"params", "opt_state", "step"}, nonfinite) after one guarded step on mean gradients."""
+                 loss: jax.Array) -> tuple[dict, dict]:
+    """(the next {"params", "opt_state", "step"[, "loss_scale"]}, metrics) after one guarded step on mean
+    gradients. metrics["nonfinite"] is 1.0 for a step with a non-finite loss or gradient. Under loss
+    scaling (a "loss_scale" entry, `training.loss_scale`; the gradients come unscaled) only a non-finite
+    loss counts there: overflowed gradients skip the step, halve the scale and count in
+    "loss_scale_skipped"."""
     params, opt_state, nonfinite = guarded_update(state["params"], state["opt_state"], grads, optimizer, loss)
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, nonfinite
+    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    if "loss_scale" not in state:
+        return new, {"nonfinite": nonfinite}
+    loss_finite = jnp.isfinite(loss)
+    overflowed = loss_finite & (nonfinite > 0)
+    new["loss_scale"] = loss_scale.adjust(state["loss_scale"], overflowed)
+    return new, {"nonfinite": 1.0 - loss_finite.astype(jnp.float32),
+                 "loss_scale_skipped": overflowed.astype(jnp.float32), "loss_scale": state["loss_scale"]["scale"]}

@@ -22,6 +22,7 @@ from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.infra.metrics import MetricsWriter
 from jaxrlhf.infra.runtime import progress
 from jaxrlhf.training.nonfinite import NonFiniteGuard
+from jaxrlhf.training.observe import Profiler, StepCost, batch_tokens
 
 StepFn = Callable[[dict, dict, jax.Array], tuple[dict, dict]]
 # hook(steps done, the host batch of that step, its metrics as the step returned them, seconds of the step,
@@ -95,6 +96,8 @@ class HostLoop:
     seed: int
     evaluate: Callable[[dict], dict] | None = None  # state -> held-out metrics
     hooks: Sequence[StepHook] = ()
+    cost: StepCost | None = None       # logs tokens/s, model FLOP/s, MFU and peak memory when given
+    profiler: Profiler | None = None   # train.profile_steps
 
     def run(self, state: dict, batches: Iterator[dict], start: int) -> LoopResult:
         """Steps `start` .. `cadence.total` (or until stopped); `batches` yields step `start`'s batch first."""
@@ -107,12 +110,18 @@ class HostLoop:
             self._evaluate(state, 0, bar)
         window, logged, t0, t_window = [], {}, time.time(), time.time()
         steady_units = steady_seconds = 0.0
+        window_tokens = 0
         done = start
         for step in range(start, c.total):
             t_step = time.time()
             batch = next(batches)
+            if self.profiler:
+                self.profiler.before(step + 1)
             state, metrics = self.step(state, batch, jax.random.fold_in(base_key, step))
+            if self.profiler:
+                self.profiler.after(step + 1, state)
             window.append(metrics)
+            window_tokens += batch_tokens(batch) if self.cost else 0
             guard.add(metrics["nonfinite"])
             done = step + 1
             if step == start or done % c.log_every == 0 or done == c.total:
@@ -124,9 +133,11 @@ class HostLoop:
                 if r.unit and step > start:  # the first step compiles: keep it out of the throughput
                     steady_units, steady_seconds = steady_units + units, steady_seconds + seconds
                     logged[f"{r.unit}_per_s"] = units / seconds
+                if self.cost and step > start:
+                    logged.update(self.cost.metrics(window_tokens * jax.process_count(), seconds))
                 self.writer.write(done, logged, prefix=r.prefix)
                 bar.set_postfix(**r.postfix(logged))
-                window, t_window = [], time.time()
+                window, t_window, window_tokens = [], time.time(), 0
             for hook in self.hooks:
                 hook(done, batch, metrics, time.time() - t_step)
             paused = time.time()  # evaluation and saving stay out of the throughput
@@ -142,6 +153,8 @@ class HostLoop:
             if stopping:
                 break
         bar.close()
+        if self.profiler:
+            self.profiler.close()
         self.ckpt.close()
         if done < c.total:
             print(f"stopped at {r.step_name} {done} of {c.total}; checkpoint saved, rerun the same command to resume")

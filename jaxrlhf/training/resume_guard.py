@@ -18,7 +18,7 @@ MAY_CHANGE = (
     "train.log_every", "train.eval_every", "train.eval_at_start", "train.checkpoint_every",
     "train.keep_checkpoints", "train.resume", "train.allow_config_change", "train.stop_after",
     "train.export", "train.histogram", "train.stats_pairs", "train.sample_every", "train.samples_shown",
-    "train.on_nonfinite",
+    "train.on_nonfinite", "train.profile_steps",
     "data.eval_batch_size", "eval.",
     "model.remat", "policy.remat", "critic.remat",  # memory, not maths
 )

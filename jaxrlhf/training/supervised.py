@@ -15,7 +15,10 @@ import optax
 from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.infra.metrics import MetricsWriter
 from jaxrlhf.infra.multihost import to_global
+from jaxrlhf.infra.precision import compute_dtype
+from jaxrlhf.training import loss_scale
 from jaxrlhf.training.loop import Cadence, HostLoop, LoopResult, Reporting, StepHook
+from jaxrlhf.training.observe import Profiler, StepCost
 from jaxrlhf.training.optim import make_optimizer
 from jaxrlhf.training.run_setup import init_train_state, open_checkpoints
 from jaxrlhf.training.trainable import count_params, split_for
@@ -34,6 +37,7 @@ class SupervisedRun:
     steps_per_epoch: int
     total_steps: int
     ckpt: Checkpointer
+    cost: StepCost
 
 
 def prepare(config, workdir: Path, loaded, batcher, describe_data: str) -> SupervisedRun:
@@ -50,8 +54,11 @@ def prepare(config, workdir: Path, loaded, batcher, describe_data: str) -> Super
     print(f"model {loaded.model_dir} ({loaded.hf_config['model_type']}): {count_params(trainable):,} trainable, "
           f"{count_params(frozen):,} frozen parameters; fresh: {', '.join(loaded.initialised) or 'none'}")
     print(f"data: {describe_data}; {steps_per_epoch} steps/epoch, {total_steps} steps")
-    ckpt, state, start = open_checkpoints(config, workdir, init_train_state(trainable, optimizer))
-    return SupervisedRun(graphdef, frozen, optimizer, schedule, state, start, steps_per_epoch, total_steps, ckpt)
+    scaling = loss_scale.wanted(config.optim.get("loss_scale", "auto"), compute_dtype(config.model.dtype))
+    ckpt, state, start = open_checkpoints(config, workdir, init_train_state(trainable, optimizer, scaling))
+    cost = StepCost.of(count_params(trainable), count_params(frozen))
+    return SupervisedRun(graphdef, frozen, optimizer, schedule, state, start, steps_per_epoch, total_steps, ckpt,
+                         cost)
 
 
 def train(run: SupervisedRun, train_step: Callable, batcher, *, config, mesh, writer: MetricsWriter,
@@ -65,7 +72,8 @@ def train(run: SupervisedRun, train_step: Callable, batcher, *, config, mesh, wr
     cadence = Cadence.of(config.train, run.total_steps, eval_every=config.train.eval_every or run.steps_per_epoch,
                          eval_at_start=eval_at_start, vote_every=config.train.log_every)
     loop = HostLoop(step=step, cadence=cadence, reporting=reporting, ckpt=run.ckpt, writer=writer, seed=config.seed,
-                    evaluate=evaluate, hooks=hooks)
+                    evaluate=evaluate, hooks=hooks, cost=run.cost,
+                    profiler=Profiler(config.train.get("profile_steps", ""), Path(config.workdir).expanduser()))
     return loop.run(run.state, batcher.from_step(run.start), run.start)
 
 
