@@ -209,3 +209,41 @@ def test_planner_says_which_remat_policies_fit_a_device(tmp_path, capsys):
         totals[policy] = float(row[-2]) * {"MiB": 2**20, "GiB": 2**30}[row[-1]]
     assert set(fitting) == {p for p, t in totals.items() if t <= 16 * 2**30}, totals
     assert "full" in fitting and totals["full"] < totals["none"]
+
+
+LLAMA_3_1_8B_CONFIG = dict(  # meta-llama/Llama-3.1-8B's config.json, the fields the planner reads
+    model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=128256, hidden_size=4096,
+    intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+    max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
+    rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192, "rope_type": "llama3"})
+
+
+def test_fused_attention_keeps_no_scores():
+    dims = planner.Dims(hidden=64, intermediate=256, layers=4, heads=8, kv_heads=2, head_dim=8, vocab=1000)
+    work = planner.Workload(train_batch=16, train_length=32, fused_attention=True)
+    block = 2 * 32 * (8 * 64 + 4 * 256 + 2 * 8) * 4  # a row max and sum per head, not 2 * 8 * 32 scores
+    assert planner.activation_bytes(dims, work, {"data": 8}) == 4 * block
+
+
+def _ppo_plan(tmp_path, capsys, *extra):
+    from jaxrlhf import plan
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_3_1_8B_CONFIG))
+    plan.main([f"--model={tmp_path}", "--ppo", "--batch=128", "--minibatch=16", "--length=1024", "--dtype_bytes=2",
+               "--device_gib=80", *extra])
+    return capsys.readouterr().out.splitlines()
+
+
+def test_llama_3_1_8b_lora_ppo_fits_one_80gb_gpu_with_full_remat(tmp_path, capsys):
+    """The issue's case: 128 rollouts of 512 + 512 tokens, minibatches of 16, bf16 compute with the frozen
+    weights (LoRA bases, the reward model) in bf16, the reference being the actor's base."""
+    out = _ppo_plan(tmp_path, capsys, "--train_mode=lora", "--remat=full")
+    names = [line.split()[0] for line in out[2:5]]
+    assert names == ["actor", "reward", "critic"], out  # no reference row: the actor's base serves
+    assert out[-1] == "fits in 80 GiB with remat: full" and "warning" not in "\n".join(out), out
+    actor = out[2].split()
+    assert actor[1:3] == ["15.0", "GiB"]  # 8.0e9 parameters in bf16; the adapters are MiBs
+    full_ft = _ppo_plan(tmp_path, capsys, "--train_mode=full", "--remat=full")
+    assert any(line.startswith("reference") for line in full_ft)
+    assert full_ft[-1].startswith("no remat policy fits in 80 GiB")

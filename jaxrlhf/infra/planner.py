@@ -12,10 +12,13 @@ s the compute dtype's bytes and tp the tensor axis size:
     block  = B*T*(8*H + (4*I + 2*nH*T)/tp) * s    saved tensors of one transformer block: norm inputs,
                                                   q/k/v, attention output, residuals; MLP gate, up and
                                                   product; attention scores and probabilities
+             with fused attention (flash kernels, the CPU path's blocks) the 2*nH*T term is 2*nH: a row
+             max and sum per head instead of the T x T scores
     train  = L*saved + block, saved per layer by the remat policy (models.layers.REMAT_POLICIES):
              none: block (and no recomputed block); full: B*T*H*s (the layer's input);
              dots_with_no_batch_dims_saveable: B*T*(4*H + 2*kv_heads*head_dim + 2*I/tp)*s (input and the
              weight projections' outputs); dots_saveable: those and attention's B*nH*T*T*4/tp scores
+             (none with fused attention)
     forward (frozen model, experience pass) = block (one layer live at a time)
     logits = B*C*V*4 per LM-head chunk of C positions (float32), twice when training (their gradient)
     cache  = 2*L*B*T*kv_heads*head_dim*s for sampling with a KV cache
@@ -75,6 +78,7 @@ class Workload:
     cache_length: int = 0
     remat: bool | str = False  # a policy name of models.layers.REMAT_POLICIES (True/False: full/none)
     dtype_bytes: int = 4
+    fused_attention: bool = False  # no T x T scores kept (see the module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +125,8 @@ def activation_bytes(dims: Dims, work: Workload, mesh_shape: Mapping[str, int]) 
         return -(-batch // batch_split)
 
     def block(batch, length):
-        return local(batch) * length * (8 * dims.hidden + (4 * dims.intermediate + 2 * dims.heads * length) // tp) * s
+        scores = 2 * dims.heads * (1 if work.fused_attention else length)
+        return local(batch) * length * (8 * dims.hidden + (4 * dims.intermediate + scores) // tp) * s
 
     def logits(batch, copies):
         return local(batch) * work.logits_chunk * dims.vocab * 4 * copies // tp
@@ -136,7 +141,8 @@ def activation_bytes(dims: Dims, work: Workload, mesh_shape: Mapping[str, int]) 
         policy = _remat_name(work.remat)
         per_layer = {"none": block(B, T), "full": local(B) * T * dims.hidden * s,
                      "dots_with_no_batch_dims_saveable": projections(B, T),
-                     "dots_saveable": projections(B, T) + local(B) * dims.heads * T * T * 4 // tp}[policy]
+                     "dots_saveable": projections(B, T) + (0 if work.fused_attention else
+                                                           local(B) * dims.heads * T * T * 4 // tp)}[policy]
         saved = dims.layers * per_layer + (0 if policy == "none" else block(B, T))
         phases.append(saved + logits(B, 2))
     if work.forward_batch:
@@ -177,6 +183,13 @@ def _size(n: float) -> str:
         n /= 1024
 
 
+def per_device_total(plans: list[ModelPlan]) -> int:
+    """Models run one after another: every model's parameters and optimiser state, plus the largest
+    gradients + activations of any one of them."""
+    return (sum(p.params + p.optimiser for p in plans)
+            + max((p.grads + p.activations for p in plans), default=0))
+
+
 def format_plan(plans: list[ModelPlan], mesh, device_limit: int | None = None) -> str:
     """One row per model and a total; models run one after another, so the total takes the largest
     gradients + activations of any one model on top of every model's parameters and optimiser state.
@@ -187,8 +200,7 @@ def format_plan(plans: list[ModelPlan], mesh, device_limit: int | None = None) -
     for p in plans:
         rows.append(f"{p.name:<16}{_size(p.params):>11}{_size(p.grads):>11}{_size(p.optimiser):>11}"
                     f"{_size(p.activations):>14}{_size(p.total):>11}")
-    peak = max((p.grads + p.activations for p in plans), default=0)
-    per_device = sum(p.params + p.optimiser for p in plans) + peak
+    per_device = per_device_total(plans)
     devices = plans[0].devices if plans else 1
     rows.append(f"{'all models':<16}{_size(sum(p.params for p in plans)):>11}{'':>11}"
                 f"{_size(sum(p.optimiser for p in plans)):>11}{'':>14}{_size(per_device):>11}"

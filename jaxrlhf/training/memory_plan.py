@@ -6,6 +6,7 @@ the models load: it refuses a mesh axis that splits no parameter and prints the 
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -46,11 +47,19 @@ def _bytes(dtype_name: str) -> int:
     return np.dtype(compute_dtype(dtype_name)).itemsize
 
 
+def _fused(model_cfg) -> bool:
+    """Whether the attention keeps no T x T scores (infra.planner): every kernel but XLA's, and the default
+    path on CPU (blocked), not on an accelerator (one block there)."""
+    attention = model_cfg.get("attention", "auto")
+    return attention != "xla" and not (attention == "default" and jax.default_backend() != "cpu")
+
+
 def report_rm_plan(config, loaded, mesh) -> list[planner.ModelPlan]:
     d, m = config.data, config.model
     work = planner.Workload(train_batch=2 * d.batch_size // max(config.optim.grad_accum, 1),  # chosen + rejected
                             train_length=d.max_length, forward_batch=2 * d.eval_batch_size,
-                            forward_length=d.max_length, remat=m.remat, dtype_bytes=_bytes(m.dtype))
+                            forward_length=d.max_length, remat=m.remat, dtype_bytes=_bytes(m.dtype),
+                            fused_attention=_fused(m))
     return report([("reward model", loaded, m, work)], mesh)
 
 
@@ -65,7 +74,8 @@ def report_ppo_plan(config, models, mesh) -> list[planner.ModelPlan]:
                                 forward_batch=p.rollout_batch_size, forward_length=seq_len,
                                 logits_chunk=p.logprob_chunk if lm else 0,
                                 cache_batch=p.rollout_batch_size if sample else 0, cache_length=seq_len,
-                                remat=model_cfg.remat, dtype_bytes=_bytes(model_cfg.dtype))
+                                remat=model_cfg.remat, dtype_bytes=_bytes(model_cfg.dtype),
+                                fused_attention=_fused(model_cfg))
 
     reference = [] if models.reference is None else [  # None: the actor's base with its adapters off
         ("reference", models.reference, None, work(config.policy, train=False, lm=True))]
