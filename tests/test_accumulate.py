@@ -252,3 +252,28 @@ def test_sft_accumulation_with_unequal_token_counts_equals_token_mean(model_dir)
         for _, metrics in (big, acc):
             assert metrics["tokens"] == count
             assert metrics["seq_tokens"] == batch["mask_BxT"].sum()
+
+
+def test_gpu_takes_a_select_where_cpu_takes_a_cond_with_the_same_results(monkeypatch):
+    """XLA:GPU reads a cond's predicate on the host: there the guarded update is a select instead."""
+    import optax
+
+    from jaxrlhf.training.accumulate import guarded_update
+
+    opt = optax.adam(0.1)
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    grads = {"good": {"w": jnp.array([1.0, -1.0, 0.5])}, "nan": {"w": jnp.array([1.0, jnp.nan, 0.5])}}
+
+    def run():
+        fn = jax.jit(lambda g: guarded_update(params, state, g, opt, jnp.float32(1.0)))
+        return {k: fn(g) for k, g in grads.items()}, fn.lower(grads["good"]).as_text()
+
+    on_cpu, cpu_hlo = run()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    on_gpu, gpu_hlo = run()
+    assert "stablehlo.case" in cpu_hlo and "stablehlo.case" not in gpu_hlo
+    for k in grads:
+        for a, b in zip(jax.tree_util.tree_leaves(on_cpu[k]), jax.tree_util.tree_leaves(on_gpu[k])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(on_gpu["nan"][0]["w"]), np.ones(3))  # the bad step not applied

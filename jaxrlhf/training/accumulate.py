@@ -67,9 +67,16 @@ def guarded_update(params: Any, opt_state: Any, grads: Any, optimizer: optax.Gra
         return jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), (optax.apply_updates(p, updates), s),
                                       state)
 
-    # A cond, not a `where` over the result: the skipped branch costs nothing, and the taken one no extra
-    # pass over parameters and moments (docs/benchmarks.md, "Measurements behind code choices").
-    new_params, new_opt_state = jax.lax.cond(take, step, lambda state: state, (params, opt_state))
+    if jax.default_backend() == "gpu":
+        # A select: XLA:GPU reads a cond's predicate back on the host (a sync inside every step) and splits
+        # CUDA-graph capture there; the select fuses into the optimiser's elementwise pass.
+        new = step((params, opt_state))
+        new_params, new_opt_state = jax.tree_util.tree_map(lambda n, o: jnp.where(take, n, o), new,
+                                                           (params, opt_state))
+    else:
+        # A cond, not a `where` over the result: the skipped branch costs nothing, and the taken one no extra
+        # pass over parameters and moments (docs/benchmarks.md, "Measurements behind code choices").
+        new_params, new_opt_state = jax.lax.cond(take, step, lambda state: state, (params, opt_state))
     return new_params, new_opt_state, 1.0 - finite.astype(jnp.float32)
 
 
