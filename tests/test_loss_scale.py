@@ -91,3 +91,27 @@ def test_a_float16_rm_run_skips_overflowed_steps_and_trains(llama_dir, tmp_path)
     assert summary["accuracy"] >= 0.9, summary
     leaves = jax.tree_util.tree_leaves(load_trained_rm(str(tmp_path / "work")).loaded.model)
     assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+@pytest.mark.slow
+def test_a_float16_ppo_run_carries_one_loss_scale_for_actor_and_critic(tmp_path):
+    from jaxrlhf.train_ppo import train
+    from tests.helpers.data import write_prompts
+    from tests.helpers.models import make_tiny_llama_dir
+    from tests.helpers.runs import make_tiny_rm_export, tiny_ppo_config
+
+    config = tiny_ppo_config(make_tiny_llama_dir(tmp_path / "policy"), make_tiny_rm_export(tmp_path),
+                             write_prompts(tmp_path / "p.jsonl"), tmp_path / "work")
+    config.policy.dtype = config.critic.dtype = "float16"
+    config.train.iterations, config.train.checkpoint_every = 3, 0
+    train(config)
+    rows = [json.loads(line) for line in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
+    it = [r for r in rows if "ppo/loss_scale" in r]
+    scales = [r["ppo/loss_scale"] for r in it]  # each iteration's mean over its minibatches
+    assert len(it) == 3 and scales[0] <= loss_scale.INITIAL_SCALE and scales == sorted(scales, reverse=True)
+    # Overflowed minibatches were skipped and counted, not fatal; a lower scale means some were.
+    assert all(np.isfinite(r["ppo/policy_loss"]) and r["ppo/nonfinite"] == 0 for r in it)
+    assert (scales[-1] < loss_scale.INITIAL_SCALE) == (sum(r["ppo/loss_scale_skipped"] for r in it) > 0)
+    config.critic.dtype, config.workdir = "bfloat16", str(tmp_path / "mixed")
+    with pytest.raises(ValueError, match="float16 for both or neither"):
+        train(config)

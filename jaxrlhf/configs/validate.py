@@ -60,6 +60,8 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
         "reward_model.param_dtype": AUTO_DTYPES,
         "actor_optim.schedule": SCHEDULES,
         "critic_optim.schedule": SCHEDULES,
+        "actor_optim.loss_scale": LOSS_SCALE,
+        "critic_optim.loss_scale": LOSS_SCALE,
         "data.on_invalid": ON_INVALID,
         "kl.estimator": KL_ESTIMATORS,
         "ppo.whiten_scope": WHITEN_SCOPES,

@@ -51,10 +51,9 @@ def shares_actor_base(config) -> bool:
 
 
 def load_ppo_models(config, mesh) -> PPOModels:
-    for block in ("policy", "critic"):
-        if compute_dtype(config[block].dtype) == jnp.float16:
-            raise ValueError(f"{block}.dtype=float16: PPO has no loss scaling yet (the RM and SFT trainers do); "
-                             f"use bfloat16 or float32")
+    if (compute_dtype(config.critic.dtype) == jnp.float16) != (compute_dtype(config.policy.dtype) == jnp.float16):
+        raise ValueError(f"policy.dtype={config.policy.dtype}, critic.dtype={config.critic.dtype}: float16 for both "
+                         f"or neither (they share one loss scale)")
     if config.critic.init not in CRITIC_INITS:
         raise ValueError(f"critic.init must be one of {CRITIC_INITS}, got {config.critic.init!r}")
     actor = load_block(config.policy, config.policy.name, "causal_lm", mesh, config.seed)

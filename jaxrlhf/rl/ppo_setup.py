@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxrlhf.infra.precision import compute_dtype
 from jaxrlhf.infra.sharding import batch_sharding, replicated
 from jaxrlhf.ops import whitening
 from jaxrlhf.ops.kl import AdaptiveKLController, FixedKLController
@@ -17,6 +18,7 @@ from jaxrlhf.rl.rewards import RewardShaping
 from jaxrlhf.rl.rollout import make_sample_fn
 from jaxrlhf.rl.sampling import SamplingConfig
 from jaxrlhf.rl.stop_tokens import stop_token_ids
+from jaxrlhf.training import loss_scale
 from jaxrlhf.training.optim import init_opt_state, make_optimizer
 
 
@@ -71,8 +73,11 @@ def build(config, models: PPOModels, mesh, eval_prompts: PromptSet | None) -> tu
              "critic": {"params": critic_params, "opt_state": init_opt_state(critic_opt, critic_params)},
              "step": jnp.zeros((), jnp.int32), "kl_coef": controller.init().coef,
              "moments": initial_moments(config, models.rm.stats)._asdict()}
+    if any(loss_scale.wanted(config[o].get("loss_scale", "auto"), compute_dtype(config[m].dtype))
+           for o, m in (("actor_optim", "policy"), ("critic_optim", "critic"))):
+        state["loss_scale"] = loss_scale.init_state()  # one scale for actor and critic (float16 compute)
     # Scalars replicated over the mesh: restored from a checkpoint they then land where the steps expect.
-    for key in ("step", "kl_coef", "moments"):
+    for key in ("step", "kl_coef", "moments", *(("loss_scale",) if "loss_scale" in state else ())):
         state[key] = jax.device_put(state[key], replicated(mesh))
 
     sampling = sampling_config(config, models.tokenizer, models.actor)

@@ -24,7 +24,9 @@ from flax import nnx
 
 from jaxrlhf.ops.ppo import policy_loss, value_loss
 from jaxrlhf.rl.experience import AdvantageConfig, normalise_advantages, response_logprobs, response_values
-from jaxrlhf.training.accumulate import guarded_update
+from jaxrlhf.training import loss_scale
+from jaxrlhf.training.accumulate import guarded_update, scale_of
+from jaxrlhf.training.loss_scale import scaled_value_and_grad
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,11 +76,13 @@ def make_update_step(actor_def, critic_def, actor_opt: optax.GradientTransformat
         params, opt_state, nonfinite = guarded_update(part["params"], part["opt_state"], grads, opt, loss, skip)
         return {"params": params, "opt_state": opt_state}, nonfinite
 
+    actor_grad, critic_grad = scaled_value_and_grad(actor_loss), scaled_value_and_grad(critic_loss)
+
     def update(state: dict, actor_frozen: Any, critic_frozen: Any, mb: dict):
-        (a_loss, a_metrics), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(state["actor"]["params"],
-                                                                                   actor_frozen, mb)
-        (c_loss, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state["critic"]["params"],
-                                                                                    critic_frozen, mb)
+        scale = scale_of(state)  # 1.0 unless float16 compute scales the losses (training.loss_scale)
+        (a_loss, a_metrics), a_grads = actor_grad(state["actor"]["params"], actor_frozen, mb, scale=scale)
+        (c_loss, c_metrics), c_grads = critic_grad(state["critic"]["params"], critic_frozen, mb, scale=scale)
+        a_grads, c_grads = (jax.tree_util.tree_map(lambda g: g / scale, g) for g in (a_grads, c_grads))
         skip = (a_metrics["approx_kl"] > cfg.max_approx_kl) if cfg.max_approx_kl > 0 else jnp.asarray(False)
         actor, a_bad = apply(actor_opt, state["actor"], a_grads, a_loss, skip)
         critic, c_bad = apply(critic_opt, state["critic"], c_grads, c_loss, skip)
@@ -86,6 +90,12 @@ def make_update_step(actor_def, critic_def, actor_opt: optax.GradientTransformat
         metrics = dict(a_metrics, **c_metrics, actor_grad_norm=optax.global_norm(a_grads),
                        critic_grad_norm=optax.global_norm(c_grads), nonfinite=jnp.maximum(a_bad, c_bad),
                        kl_skipped=skip.astype(jnp.float32))
+        if "loss_scale" in state:  # overflowed gradients (finite losses): skipped, counted, the scale halves
+            losses_finite = jnp.isfinite(a_loss) & jnp.isfinite(c_loss)
+            overflowed = losses_finite & (metrics["nonfinite"] > 0)
+            new_state["loss_scale"] = loss_scale.adjust(state["loss_scale"], overflowed)
+            metrics.update(nonfinite=1.0 - losses_finite.astype(jnp.float32),
+                           loss_scale_skipped=overflowed.astype(jnp.float32), loss_scale=state["loss_scale"]["scale"])
         return new_state, metrics
 
     return update

@@ -33,17 +33,16 @@ def init_state(scale: float = INITIAL_SCALE) -> dict:
 
 
 def scaled_value_and_grad(loss_fn: Callable) -> Callable:
-    """`grad_fn(params, frozen, batch, key, scale) -> ((loss, aux), gradients of scale * loss)`, the loss
-    and aux unscaled: `jax.value_and_grad(loss_fn, has_aux=True)` with the scale applied before the
-    backward pass."""
-    def scaled(params, frozen, batch, key, scale):
-        loss, aux = loss_fn(params, frozen, batch, key)
+    """`grad_fn(params, *rest, scale=S) -> ((loss, aux), gradients of S * loss)`, the loss and aux unscaled:
+    `jax.value_and_grad(loss_fn, has_aux=True)` with the scale applied before the backward pass."""
+    def scaled(*args, scale):
+        loss, aux = loss_fn(*args)
         return loss * scale, (loss, aux)
 
     value_and_grad = jax.value_and_grad(scaled, has_aux=True)
 
-    def grad_fn(params, frozen, batch, key, scale):
-        (_, (loss, aux)), grads = value_and_grad(params, frozen, batch, key, scale)
+    def grad_fn(*args, scale):
+        (_, (loss, aux)), grads = value_and_grad(*args, scale=scale)
         return (loss, aux), grads
 
     return grad_fn
