@@ -172,3 +172,19 @@ def test_regression_batches(decoder_tokenizer):
     np.testing.assert_array_equal(batch["len_B"][:3], [2, 3, 2])  # response tokens + </s>
     np.testing.assert_array_equal(batch["target_B"][:3], np.float32([0.5, -1.0, 2.0]))
     np.testing.assert_array_equal(batch["mask_BxT"][1], [0] * 11 + [1] * 5)  # T = max_length
+
+
+def test_tpu_pads_to_its_128_lanes(decoder_tokenizer, monkeypatch):
+    """On TPU pad_to_multiple rounds up to 128s (capped at max_length as ever); elsewhere it is as set."""
+    import jax
+
+    from jaxrlhf.data.batching import backend_multiple
+
+    data = tokenize_pairs([Pair(" ".join(WORDS[:5]), WORDS[6], WORDS[7], margin=float(i)) for i in range(16)],
+                          decoder_tokenizer, 300)
+    width = lambda: {PairBatcher(data, 8, pad_to_multiple=MULT).batch(0, i)["chosen_ids_BxT"].shape[1]  # noqa: E731
+                     for i in range(2)}
+    assert backend_multiple(32) == 32 and backend_multiple(0) == 1 and width() == {MULT}
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert [backend_multiple(m) for m in (1, 32, 128, 130)] == [128, 128, 128, 256]
+    assert width() == {128}

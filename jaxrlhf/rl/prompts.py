@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from jaxrlhf.data.batching import backend_multiple
 from jaxrlhf.data.errors import DataReport, RowGuard, RowInvalid
 from jaxrlhf.data.prompts import Prompt, prompt_of_row
 from jaxrlhf.data.sources import Table
@@ -98,7 +99,8 @@ class PromptSet:
         """
         rows = self.batch_rows(index)
         width = max(len(self.ids[r]) for r in rows)
-        width = -(-width // self.pad_to_multiple) * self.pad_to_multiple
+        multiple = backend_multiple(self.pad_to_multiple)
+        width = -(-width // multiple) * multiple
         local = np.array_split(rows, process_count)[process_index]
         ids, mask = left_pad([self.ids[r] for r in local], self.pad_id, length=width)
         return {"ids_BxP": ids, "mask_BxP": mask, "prompts": [self.prompts[r] for r in local]}

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from jaxrlhf.data.batching import pad_rows
+from jaxrlhf.data.batching import backend_multiple, pad_rows
 from jaxrlhf.data.chat import ChatRenderer
 from jaxrlhf.data.prompts import Prompt
 from jaxrlhf.data.tokenize import Encoded, TextEncoder
@@ -87,7 +87,7 @@ class RewardScorer:
         self.encoder = TextEncoder(tokenizer, max_length, append_eos=spec.append_eos and is_decoder)
         self.renderer = ChatRenderer(tokenizer) if spec.prompt_format == "chat" else None
         self.pad_id = self.encoder.special.pad_id
-        self.batch_size, self.multiple = batch_size, pad_to_multiple
+        self.batch_size, self.multiple = batch_size, backend_multiple(pad_to_multiple)
         graphdef, self._state = nnx.split(model)
         reward_fn = jax.jit(make_reward_fn(graphdef, spec.length_normalise))
         self._forward = lambda ids, mask, length: reward_fn(self._state, nnx.State({}), ids, mask, length)

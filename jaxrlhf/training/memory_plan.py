@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxrlhf.data.batching import backend_multiple
 from jaxrlhf.infra import planner
 from jaxrlhf.infra.mesh_checks import check_axes, check_batch
 from jaxrlhf.infra.precision import compute_dtype
@@ -65,7 +66,8 @@ def report_rm_plan(config, loaded, mesh) -> list[planner.ModelPlan]:
 
 def report_ppo_plan(config, models, mesh) -> list[planner.ModelPlan]:
     p, d = config.ppo, config.data
-    prompt = -(-d.max_prompt_length // d.pad_to_multiple) * d.pad_to_multiple
+    multiple = backend_multiple(d.pad_to_multiple)
+    prompt = -(-d.max_prompt_length // multiple) * multiple
     length = prompt + config.sampling.max_new_tokens
     rm_length = config.reward_model.max_length  # the RM reads the texts re-rendered as in its training
 
