@@ -20,7 +20,8 @@ def model_block() -> ml_collections.ConfigDict:
         "name": "minilm",          # HF dir, hub id, or an asset alias ("minilm", "smollm2")
         "dtype": "auto",           # compute: auto = bfloat16 on TPU/GPU, float32 on CPU (where bf16 is slower)
         "param_dtype": "float32",  # trainable parameters and AdamW moments (masters, cast to dtype at use)
-        "frozen_dtype": "auto",    # weights that never train (LoRA base, frozen backbone, reference): auto = dtype
+        "frozen_dtype": "auto",    # weights that never train (LoRA base, frozen backbone, reference): auto = dtype;
+                                   # int8: their matrices quantised (QLoRA-style, models/quantize.py)
         "scan_layers": True,
         "remat": "none",           # none | full | dots_with_no_batch_dims_saveable | dots_saveable (models.layers)
         "dropout": 0.0,            # hidden dropout while training (BERT family; 0: off, as in TRL)

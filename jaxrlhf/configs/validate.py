@@ -11,6 +11,7 @@ from __future__ import annotations
 ON_INVALID = ("error", "skip")                          # data.errors.ON_INVALID, with "error" for "raise"
 DTYPES = ("float32", "bfloat16", "float16")             # infra.precision.DTYPES
 AUTO_DTYPES = ("auto", *DTYPES)                         # infra.precision.compute_dtype / storage_dtype
+FROZEN_DTYPES = (*AUTO_DTYPES, "int8")                  # int8: training.run_setup.load_block, models.quantize
 TRAIN_MODES = ("full", "lora", "frozen_backbone")       # training.trainable.TRAIN_MODES
 SCHEDULES = ("cosine", "linear", "constant")            # training.optim.SCHEDULES
 ON_NONFINITE = ("stop", "skip")                         # training.nonfinite.POLICIES
@@ -28,7 +29,7 @@ ATTENTION = ("auto", "default", "xla", "cudnn", "splash")  # models.attention.IM
 
 
 def _model(block: str) -> dict[str, tuple[str, ...]]:
-    return {f"{block}.dtype": AUTO_DTYPES, f"{block}.param_dtype": DTYPES, f"{block}.frozen_dtype": AUTO_DTYPES,
+    return {f"{block}.dtype": AUTO_DTYPES, f"{block}.param_dtype": DTYPES, f"{block}.frozen_dtype": FROZEN_DTYPES,
             f"{block}.train_mode": TRAIN_MODES, f"{block}.remat": REMAT, f"{block}.attention": ATTENTION}
 
 

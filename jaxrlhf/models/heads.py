@@ -63,7 +63,7 @@ class CausalLM(nnx.Module):
         """The D x V output matrix (tied: the transposed token embedding)."""
         if self.lm_head is None:
             return self.backbone.embed.embedding[...].T
-        return self.lm_head.kernel[...]
+        return self.lm_head.kernel_value(self.dtype)
 
     def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
         """float32 logits (`ops.logprobs.lm_logits`, as the chunked log-prob path computes them)."""

@@ -97,6 +97,7 @@ class Linear(nnx.Module):
         # of itself, so the product accumulates and the bias adds in float32.
         self.out_dtype = out_dtype
         self.kernel = nnx.Param(_normal(rngs, (in_features, out_features), init_std, param_dtype))
+        self.kernel_scale = nnx.data(None)  # set when the kernel is stored as int8 (models.quantize)
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
         # Adapters are created with the layer (not patched in later) so stacked layers get stacked
         # adapters. B starts at zero: the adapted model equals the base model at step 0.
@@ -107,16 +108,27 @@ class Linear(nnx.Module):
         self.lora_dropout = 0.0 if lora is None else check_dropout_rate(lora.dropout)
 
     def merge_lora(self) -> None:
-        """Fold the adapter into the kernel (for export) and drop it."""
+        """Fold the adapter into the kernel (for export; an int8 kernel is dequantised to float32 first) and
+        drop it."""
+        if self.kernel_scale is not None:
+            self.kernel = nnx.Param(self.kernel_value(jnp.float32))
+            self.kernel_scale = nnx.data(None)
         if self.lora_a is None:
             return
         self.kernel[...] = self.kernel[...] + self.lora_scale * (self.lora_a[...] @ self.lora_b[...])
         self.lora_a = self.lora_b = nnx.data(None)
 
+    def kernel_value(self, dtype) -> jax.Array:
+        """The kernel in `dtype` (dequantised when it is stored as int8)."""
+        kernel = self.kernel[...]
+        if self.kernel_scale is not None:  # int8 with a float scale per output column
+            return kernel.astype(dtype) * self.kernel_scale[...].astype(dtype)
+        return kernel.astype(dtype)
+
     def __call__(self, x: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         x = x.astype(self.dtype)
         out_dtype = self.out_dtype or self.dtype
-        kernel = self.kernel[...].astype(self.dtype)
+        kernel = self.kernel_value(self.dtype)
         y = matmul_f32(x, kernel) if out_dtype == jnp.float32 else x @ kernel
         if self.bias is not None:
             y = y + self.bias[...].astype(out_dtype)

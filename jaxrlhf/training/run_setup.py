@@ -21,6 +21,7 @@ from jaxrlhf.infra.precision import cast_frozen, compute_dtype, dtype_of, storag
 from jaxrlhf.infra.runtime import setup_runtime
 from jaxrlhf.models.hub import LoadedModel, from_pretrained
 from jaxrlhf.models.layers import LoRAConfig
+from jaxrlhf.models.quantize import quantize_frozen_linears
 from jaxrlhf.training import loss_scale
 from jaxrlhf.training.optim import init_opt_state
 from jaxrlhf.training.resume_guard import check_resume
@@ -100,10 +101,16 @@ def load_block(model_cfg, name: str, task: str, mesh, seed: int, lora: bool = Tr
                              dropout=model_cfg.get("dropout", 0.0),
                              attention_dropout=model_cfg.get("attention_dropout", 0.0),
                              attention=model_cfg.get("attention", "auto"))
-    frozen = storage_dtype(model_cfg.get("frozen_dtype", "float32"), compute)
+    frozen_name = model_cfg.get("frozen_dtype", "float32")
     trainable = (trainable_filter(model_cfg.train_mode, bool(model_cfg.get("train_lm_head", False))) if trains
                  else nnx.Nothing)
-    cast_frozen(loaded.model, trainable, frozen)
+    if frozen_name == "int8":  # QLoRA-style: frozen matrices int8, the rest of the frozen weights as auto
+        if trains and model_cfg.train_mode == "full":
+            raise ValueError("frozen_dtype=int8 quantises the weights that do not train; with train_mode=full "
+                             "every weight trains (use train_mode=lora)")
+        quantize_frozen_linears(loaded.model, trainable)
+        frozen_name = "auto"
+    cast_frozen(loaded.model, trainable, storage_dtype(frozen_name, compute))
     return loaded
 
 
