@@ -88,16 +88,37 @@ def reference_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, dropout_
 
 
 def blocked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, block_rows: int | None = None) -> jax.Array:
+    return blocked_attention_heads_major(q_BxTxHxD, k_BxSxKxD.transpose(0, 2, 1, 3), v_BxSxKxD.transpose(0, 2, 1, 3),
+                                         mask_BxTxS, block_rows=block_rows)
+
+
+def blocked_attention_heads_major(q_BxTxHxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS, *,
+                                  block_rows: int | None = None) -> jax.Array:
+    """`blocked_attention` with keys and values already heads-major (the KV cache's layout): only the T
+    query rows are rearranged, so a decode step reads the cache as it lies."""
     B, T, H, D = q_BxTxHxD.shape
-    S, K = k_BxSxKxD.shape[1:3]
+    K, S = k_BxKxSxD.shape[1:3]
     G = H // K
     if block_rows is None:
         block_rows = default_block_rows(B, K * G * T * S * 4)
     q_BxKxMxD = q_BxTxHxD.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
-    k_BxKxSxD = k_BxSxKxD.transpose(0, 2, 1, 3)
-    v_BxKxSxD = v_BxSxKxD.transpose(0, 2, 1, 3)
     out_BxKxMxD = _attend(q_BxKxMxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS.astype(bool), block_rows)
     return out_BxKxMxD.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
+
+
+def cached_attention(q_BxTxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.Array, mask_BxTxS: jax.Array, *,
+                     implementation: str = "default") -> jax.Array:
+    """Attention over KV-cache slots held heads-major ([B, K, S, D]), for a call that is not a prefill of
+    an empty cache. A one-token query (the decode step) takes the blocked path with the cache as it lies;
+    a longer query asked for a fused kernel gets the keys transposed back to [B, S, K, D] (rare: chunked
+    prefill onto a filled cache)."""
+    B, K, S, D = k_BxKxSxD.shape
+    shape_BxSxKxD = jax.ShapeDtypeStruct((B, S, K, D), k_BxKxSxD.dtype)
+    chosen = select_implementation(cache_implementation(implementation), q_BxTxHxD, shape_BxSxKxD)
+    if chosen == "default":
+        return blocked_attention_heads_major(q_BxTxHxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS)
+    return dot_product_attention(q_BxTxHxD, k_BxKxSxD.transpose(0, 2, 1, 3), v_BxKxSxD.transpose(0, 2, 1, 3),
+                                 mask_BxTxS, implementation=chosen)
 
 
 def default_block_rows(batch: int, logits_bytes_per_row: int) -> int:

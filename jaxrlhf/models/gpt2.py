@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
-from jaxrlhf.models.attention import cache_implementation, check_implementation, dot_product_attention
+from jaxrlhf.models.attention import cached_attention, check_implementation, dot_product_attention
 from jaxrlhf.models.base import HeadSpec, WeightSpec, classifier_pad_id, linear_specs, stacked_specs, transpose
 from jaxrlhf.models.layers import (
     Embed,
@@ -116,21 +116,22 @@ class Attention(nnx.Module):
         self.c_attn = Linear(E, 3 * E, rngs=rngs, lora=lora_for(lora, "attn.c_attn"), **kw)
         self.c_proj = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.c_proj"), **kw)
 
-    def __call__(self, x_BxTxE, mask_BxTxS, q_scale, layer_kv, index, rng, structure=None):
-        """`structure`: how the mask was made (dot_product_attention's key_mask_BxS, causal), None with a cache."""
+    def __call__(self, x_BxTxE, mask_BxTxS, q_scale, layer_kv, inputs, rng, structure=None):
+        """`layer_kv`: (k_LxBxKxSxD, v_LxBxKxSxD, layer) or None; `inputs`: the call's
+        kv_cache.AttentionInputs. `structure`: how the mask was made (dot_product_attention's key_mask_BxS,
+        causal), None for a decode step on the cache."""
         B, T, E = x_BxTxE.shape
         r = split_keys(rng, 2)
         qkv = self.c_attn(x_BxTxE, r[0])
         q, k, v = (a.reshape(B, T, self.num_heads, self.head_dim) for a in jnp.split(qkv, 3, axis=-1))
-        if layer_kv is not None:
-            k = kv_cache.write(layer_kv[0], k, index)
-            v = kv_cache.write(layer_kv[1], v, index)
         # dot_product_attention divides by sqrt(D); q_scale turns that into GPT-2's configured scaling.
         q = q * jnp.asarray(q_scale, q.dtype)
-        implementation = self.attention if layer_kv is None else cache_implementation(self.attention)
-        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BxTxS,
-                                    implementation=implementation, **(structure or {}))
-        return self.c_proj(out.reshape(B, T, E), r[1]), (None if layer_kv is None else (k, v))
+        out, layer_kv = kv_cache.attend_and_write(
+            q, k, v, mask_BxTxS, layer_kv, inputs,
+            lambda q, k, v, m: dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), m,
+                                                     implementation=self.attention, **(structure or {})),
+            lambda q, k, v, m: cached_attention(q, k, v, m, implementation=self.attention))
+        return self.c_proj(out.reshape(B, T, E), r[1]), layer_kv
 
 
 class MLP(nnx.Module):
@@ -154,9 +155,9 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_epsilon, **kw)
         self.mlp = MLP(cfg, rngs=rngs, lora=lora, **kw)
 
-    def __call__(self, h_BxTxE, mask_BxTxS, q_scale, layer_kv, index, rng, structure=None):
+    def __call__(self, h_BxTxE, mask_BxTxS, q_scale, layer_kv, inputs, rng, structure=None):
         r = split_keys(rng, 2)
-        a, layer_kv = self.attn(self.ln_1(h_BxTxE), mask_BxTxS, q_scale, layer_kv, index, r[0], structure)
+        a, layer_kv = self.attn(self.ln_1(h_BxTxE), mask_BxTxS, q_scale, layer_kv, inputs, r[0], structure)
         h_BxTxE = h_BxTxE + a
         h_BxTxE = h_BxTxE + self.mlp(self.ln_2(h_BxTxE), r[1])
         return h_BxTxE, layer_kv
@@ -194,27 +195,33 @@ class Backbone(nnx.Module):
             return base
         return base / jnp.arange(1, cfg.num_layers + 1, dtype=jnp.float32)
 
-    def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, dropout_rng=None):
+    def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, kv_len=None,
+                 dropout_rng=None):
+        """`kv_len`: with a cache, attend over its slots [0, kv_len) only (static; kv_cache module docstring)."""
         cfg = self.cfg
         T = input_ids_BxT.shape[1]
-        inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache)
+        inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache, kv_len=kv_len)
         scales = self._q_scales()
         xs: dict[str, Any] = {}
-        if cache is not None:
-            xs["kv"] = (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
+        if cache is not None:  # the whole cache rides in the carry and is written in place, T slots a layer
+            xs["layer"] = jnp.arange(cfg.num_layers)
         if dropout_rng is not None:
             xs["rng"] = jax.random.split(dropout_rng, cfg.num_layers)
         if not isinstance(scales, float):
             xs["scale"] = scales
-        # Without a cache the mask is causal + key padding: kernels that take no dense mask build it from this.
-        structure = None if cache is not None else dict(key_mask_BxS=inputs.key_mask_BxS, causal=True)
+        # Attending over its own keys (no cache, or a prefill) the mask is causal + key padding: kernels that
+        # take no dense mask build it from this.
+        structure = dict(key_mask_BxS=inputs.key_mask_BxS, causal=True) if inputs.own_keys else None
 
-        def body(layer, h, x):
-            return layer(h, inputs.mask_BxTxS, x.get("scale", scales), x.get("kv"), inputs.index, x.get("rng"),
-                         structure)
+        def body(layer, carry, x):
+            h, kv = carry
+            h, kv = layer(h, inputs.mask_BxTxS, x.get("scale", scales), None if kv is None else (*kv, x["layer"]),
+                          inputs, x.get("rng"), structure)
+            return (h, kv), None
 
         h = self.embed(input_ids_BxT) + self.wpe(inputs.positions_BxT)
-        h, kv = apply_stacked(self.layers, h, body, scan=self.scan_layers, remat=self.remat, xs=xs)
+        kv = None if cache is None else (cache.k_LxBxKxSxD, cache.v_LxBxKxSxD)
+        (h, kv), _ = apply_stacked(self.layers, (h, kv), body, scan=self.scan_layers, remat=self.remat, xs=xs)
         h = self.ln_f(h)
         if cache is not None:
             cache = kv_cache.updated_cache(cache, kv[0], kv[1], inputs, T)

@@ -3,14 +3,21 @@
 The cache is a plain pytree (jit, `lax.scan` and `while_loop` carry it as it is):
 
     cache = backbone.init_cache(batch, max_len)
-    hidden, cache = backbone(prompt_ids_BxT, prompt_mask_BxT, cache=cache)        # prefill, T tokens
+    hidden, cache = backbone(prompt_ids_BxT, prompt_mask_BxT, cache=cache, kv_len=T)  # prefill, T tokens
     hidden, cache = backbone(next_ids_Bx1, jnp.ones((B, 1), jnp.int32), cache=cache)  # one decode step
 
 Every call writes its T new keys/values into slots [index, index + T) of all rows (rows stay aligned:
-prompts are left-padded) and attends over the whole cache. A slot is visible to a query when it holds a
+prompts are left-padded) and attends over slots [0, kv_len) (`kv_len`: a static bound the caller
+guarantees index + T <= kv_len; None: the whole cache). A slot is visible to a query when it holds a
 real token (`mask_BxS`) and is not to the right of the query's own slot, so the unwritten tail of the
-cache never leaks in. Writing past `max_len` is not checked under jit (`dynamic_update_slice` clamps):
-size the cache for prompt + new tokens.
+cache never leaks in. A call with kv_len == T starts on an empty cache (index 0): it attends over its
+own keys only, as a call without a cache does, and writes them into the cache for later steps. Writing
+past `max_len` is not checked under jit (`dynamic_update_slice` clamps): size the cache for prompt + new
+tokens.
+
+The keys and values are stored heads-major, [L, B, K, S, D], in the model's compute dtype: the layout
+the attention's batched matmuls read (`attention.cached_attention`), so a decode step reads its layer's
+prefix in place instead of transposing the cache every step.
 
 Positions, when the caller gives none, continue from the number of real tokens already in each row,
 so a left-padded prompt starts at position 0 on its first real token and decode steps carry on from
@@ -33,8 +40,8 @@ from jaxrlhf.models.layers import positions_from_mask
 class KVCache:
     """Stacked per-layer keys/values, which slots hold real tokens, and the next slot to write."""
 
-    k_LxBxSxKxD: jax.Array
-    v_LxBxSxKxD: jax.Array
+    k_LxBxKxSxD: jax.Array
+    v_LxBxKxSxD: jax.Array
     mask_BxS: jax.Array  # bool: the slot holds a real (non-pad) token
     index: jax.Array  # int32 scalar: the next slot to write (same for every row)
 
@@ -49,8 +56,8 @@ class KVCache:
 
 def init_cache(num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
                dtype: Any = jnp.float32) -> KVCache:
-    shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
-    return KVCache(k_LxBxSxKxD=jnp.zeros(shape, dtype), v_LxBxSxKxD=jnp.zeros(shape, dtype),
+    shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
+    return KVCache(k_LxBxKxSxD=jnp.zeros(shape, dtype), v_LxBxKxSxD=jnp.zeros(shape, dtype),
                    mask_BxS=jnp.zeros((batch, max_len), jnp.bool_), index=jnp.zeros((), jnp.int32))
 
 
@@ -59,21 +66,32 @@ class AttentionInputs:
     """What one forward pass needs besides the hidden states (built once, shared by all layers)."""
 
     positions_BxT: jax.Array
-    mask_BxTxS: jax.Array  # causal AND key padding (S = T without a cache, max_len with one)
+    mask_BxTxS: jax.Array  # causal AND key padding over the S = kv_len slots attended (S = T: own keys only)
     window_mask_BxTxS: jax.Array | None  # mask_BxTxS AND the sliding window, when there is one
-    key_mask_BxS: jax.Array  # the cache's slot mask after this call's write
+    key_mask_BxS: jax.Array  # which of the S attended slots hold real tokens
     index: jax.Array | int  # first slot this call writes
+    cache_mask_BxS: jax.Array | None = None  # the cache's slot mask after this call's write (None: no cache)
+    kv_len: int | None = None  # the cache slots [0, kv_len) attended (static; None: no cache)
+
+    @property
+    def own_keys(self) -> bool:
+        """True when the call attends over its own T keys only: no cache, or a prefill of an empty cache
+        (kv_len == T). Its mask is then a self-attention mask with structure (fused kernels can serve it)."""
+        return self.kv_len is None or self.kv_len == self.mask_BxTxS.shape[1]
 
 
 def attention_inputs(attention_mask_BxT: jax.Array, positions_BxT: jax.Array | None, cache: KVCache | None,
-                     sliding_window: int | None = None) -> AttentionInputs:
+                     sliding_window: int | None = None, kv_len: int | None = None) -> AttentionInputs:
     """Positions and attention masks for a call with or without a cache.
 
+    With a cache the call attends over slots [0, kv_len) (static; None: the whole cache); the caller
+    guarantees index + T <= kv_len, so kv_len == T means a prefill of an empty cache (index 0).
     The sliding window follows the HF convention on slot indices: a query at slot q sees slots
     q - window < s <= q.
     """
     T = attention_mask_BxT.shape[1]
     real_BxT = attention_mask_BxT.astype(jnp.bool_)
+    cache_mask_BxS = None
     if cache is None:
         index = 0
         key_mask_BxS = real_BxT
@@ -81,12 +99,16 @@ def attention_inputs(attention_mask_BxT: jax.Array, positions_BxT: jax.Array | N
             positions_BxT = positions_from_mask(real_BxT)
     else:
         index = cache.index
-        key_mask_BxS = jax.lax.dynamic_update_slice(cache.mask_BxS, real_BxT, (0, index))
+        kv_len = cache.max_len if kv_len is None else int(kv_len)
+        if not T <= kv_len <= cache.max_len:
+            raise ValueError(f"kv_len={kv_len} must lie in [T={T}, max_len={cache.max_len}]")
+        cache_mask_BxS = jax.lax.dynamic_update_slice(cache.mask_BxS, real_BxT, (0, index))
+        key_mask_BxS = real_BxT if kv_len == T else cache_mask_BxS[:, :kv_len]
         if positions_BxT is None:
             seen_B = cache.num_tokens_B()
             positions_BxT = jnp.maximum(seen_B[:, None] + jnp.cumsum(real_BxT, axis=-1, dtype=jnp.int32) - 1, 0)
     S = key_mask_BxS.shape[1]
-    q_slot_T = index + jnp.arange(T, dtype=jnp.int32)
+    q_slot_T = (0 if S == T else index) + jnp.arange(T, dtype=jnp.int32)  # S == T: index is 0
     k_slot_S = jnp.arange(S, dtype=jnp.int32)
     causal_TxS = k_slot_S[None, :] <= q_slot_T[:, None]
     mask_BxTxS = causal_TxS[None] & key_mask_BxS[:, None, :]
@@ -94,27 +116,51 @@ def attention_inputs(attention_mask_BxT: jax.Array, positions_BxT: jax.Array | N
     if sliding_window is not None:
         in_window_TxS = k_slot_S[None, :] > q_slot_T[:, None] - sliding_window
         window = mask_BxTxS & in_window_TxS[None]
-    return AttentionInputs(positions_BxT.astype(jnp.int32), mask_BxTxS, window, key_mask_BxS, index)
+    return AttentionInputs(positions_BxT.astype(jnp.int32), mask_BxTxS, window, key_mask_BxS, index,
+                           cache_mask_BxS, kv_len)
 
 
-def write(layer_cache_BxSxKxD: jax.Array, new_BxTxKxD: jax.Array, index: jax.Array | int) -> jax.Array:
-    """Writes T new keys (or values) of one layer at slots [index, index + T)."""
-    return jax.lax.dynamic_update_slice(layer_cache_BxSxKxD, new_BxTxKxD.astype(layer_cache_BxSxKxD.dtype),
-                                        (0, index, 0, 0))
-
-
-def write_layer(cache_LxBxSxKxD: jax.Array, new_BxTxKxD: jax.Array, layer: jax.Array | int,
+def write_layer(cache_LxBxKxSxD: jax.Array, new_BxTxKxD: jax.Array, layer: jax.Array | int,
                 index: jax.Array | int) -> jax.Array:
     """Writes T new keys (or values) of layer `layer` into the stacked cache at slots [index, index + T).
 
-    Carried through the layer scan, the stacked cache is updated in place: a decode step moves T slots
-    a layer instead of rebuilding the whole cache (scan inputs/outputs) every step.
+    Carried through the layer scan (or the unrolled layers), the stacked cache is updated in place: a
+    call moves T slots a layer instead of rebuilding the whole cache (scan inputs/outputs) every step.
+    Only the T new slots are transposed to the heads-major layout.
     """
-    return jax.lax.dynamic_update_slice(cache_LxBxSxKxD, new_BxTxKxD[None].astype(cache_LxBxSxKxD.dtype),
-                                        (layer, 0, index, 0, 0))
+    new_1xBxKxTxD = new_BxTxKxD.transpose(0, 2, 1, 3)[None].astype(cache_LxBxKxSxD.dtype)
+    return jax.lax.dynamic_update_slice(cache_LxBxKxSxD, new_1xBxKxTxD, (layer, 0, 0, index, 0))
 
 
-def updated_cache(cache: KVCache, k_LxBxSxKxD: jax.Array, v_LxBxSxKxD: jax.Array, inputs: AttentionInputs,
+def read_layer(cache_LxBxKxSxD: jax.Array, layer: jax.Array | int, kv_len: int) -> jax.Array:
+    """Slots [0, kv_len) of layer `layer`, [B, K, kv_len, D]: heads-major as the attention reads them."""
+    _, B, K, _, D = cache_LxBxKxSxD.shape
+    return jax.lax.dynamic_slice(cache_LxBxKxSxD, (layer, 0, 0, 0, 0), (1, B, K, kv_len, D))[0]
+
+
+def attend_and_write(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array, mask_BxTxS: jax.Array,
+                     layer_kv: tuple | None, inputs: AttentionInputs, attend, attend_cached):
+    """One layer's attention with or without a cache, shared by the decoder families.
+
+    `attend(q, k, v, mask)` attends over this call's own keys ([B, T, K, D]); `attend_cached(q, k, v,
+    mask)` over the cache's slots [0, kv_len) in its heads-major layout ([B, K, S, D]). `layer_kv` is
+    (k_LxBxKxSxD, v_LxBxKxSxD, layer) or None. Returns (out_BxTxHxD, (k, v) cache or None).
+    """
+    if layer_kv is None:
+        return attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask_BxTxS), None
+    k_all, v_all, layer = layer_kv
+    k_all = write_layer(k_all, k_BxTxKxD, layer, inputs.index)
+    v_all = write_layer(v_all, v_BxTxKxD, layer, inputs.index)
+    if inputs.own_keys:  # a prefill: its own keys, then the write for the decode steps
+        out = attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask_BxTxS)
+    else:
+        dtype = q_BxTxHxD.dtype
+        out = attend_cached(q_BxTxHxD, read_layer(k_all, layer, inputs.kv_len).astype(dtype),
+                            read_layer(v_all, layer, inputs.kv_len).astype(dtype), mask_BxTxS)
+    return out, (k_all, v_all)
+
+
+def updated_cache(cache: KVCache, k_LxBxKxSxD: jax.Array, v_LxBxKxSxD: jax.Array, inputs: AttentionInputs,
                   num_new: int) -> KVCache:
-    return KVCache(k_LxBxSxKxD=k_LxBxSxKxD, v_LxBxSxKxD=v_LxBxSxKxD, mask_BxS=inputs.key_mask_BxS,
+    return KVCache(k_LxBxKxSxD=k_LxBxKxSxD, v_LxBxKxSxD=v_LxBxKxSxD, mask_BxS=inputs.cache_mask_BxS,
                    index=cache.index + num_new)

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
-from jaxrlhf.models.attention import cache_implementation, check_implementation, dot_product_attention
+from jaxrlhf.models.attention import cached_attention, check_implementation, dot_product_attention
 from jaxrlhf.models.base import (
     HeadSpec,
     WeightSpec,
@@ -247,25 +247,24 @@ class Attention(nnx.Module):
         self.v_proj = linear("v_proj", E, K * D, cfg.qkv_bias)
         self.o_proj = linear("o_proj", H * D, E, cfg.o_bias)
 
-    def __call__(self, x_BxTxE, cos_BxTxD, sin_BxTxD, mask_BxTxS, layer_kv, index, rng, structure=None):
-        """`structure`: how the mask was made (dot_product_attention's key_mask_BxS, causal, window), or
-        None (a KV-cache call; layers that choose their window per layer)."""
+    def __call__(self, x_BxTxE, cos_BxTxD, sin_BxTxD, mask_BxTxS, layer_kv, inputs, rng, structure=None):
+        """`inputs`: the call's kv_cache.AttentionInputs. `structure`: how the mask was made
+        (dot_product_attention's key_mask_BxS, causal, window), or None (a decode step on the KV cache;
+        layers that choose their window per layer)."""
         B, T, _ = x_BxTxE.shape
         r = split_keys(rng, 4)
         q = self.q_proj(x_BxTxE, r[0]).reshape(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x_BxTxE, r[1]).reshape(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x_BxTxE, r[2]).reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos_BxTxD, sin_BxTxD), apply_rope(k, cos_BxTxD, sin_BxTxD)
-        if layer_kv is not None:  # write this call's keys into the cache, then attend over this layer's slots
-            k_all, v_all, layer = layer_kv
-            k_all = kv_cache.write_layer(k_all, k, layer, index)
-            v_all = kv_cache.write_layer(v_all, v, layer, index)
-            k, v = k_all[layer], v_all[layer]
-        implementation = self.attention if layer_kv is None else cache_implementation(self.attention)
-        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BxTxS,
-                                    implementation=implementation, **(structure or {}))
+        # With a cache: this call's keys are written into it, and a decode step attends over its prefix.
+        out, layer_kv = kv_cache.attend_and_write(
+            q, k, v, mask_BxTxS, layer_kv, inputs,
+            lambda q, k, v, m: dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), m,
+                                                     implementation=self.attention, **(structure or {})),
+            lambda q, k, v, m: cached_attention(q, k, v, m, implementation=self.attention))
         out = self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim), r[3])
-        return out, (None if layer_kv is None else (k_all, v_all))
+        return out, layer_kv
 
 
 class MLP(nnx.Module):
@@ -290,9 +289,9 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs=rngs, lora=lora, **kw)
 
-    def __call__(self, h_BxTxE, cos, sin, mask_BxTxS, layer_kv, index, rng, structure=None):
+    def __call__(self, h_BxTxE, cos, sin, mask_BxTxS, layer_kv, inputs, rng, structure=None):
         r = split_keys(rng, 2)
-        a, layer_kv = self.attn(self.attn_norm(h_BxTxE), cos, sin, mask_BxTxS, layer_kv, index, r[0], structure)
+        a, layer_kv = self.attn(self.attn_norm(h_BxTxE), cos, sin, mask_BxTxS, layer_kv, inputs, r[0], structure)
         h_BxTxE = h_BxTxE + a
         h_BxTxE = h_BxTxE + self.mlp(self.mlp_norm(h_BxTxE), r[1])
         return h_BxTxE, layer_kv
@@ -329,10 +328,12 @@ class Backbone(nnx.Module):
         return kv_cache.init_cache(cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim,
                                    dtype or self.dtype)
 
-    def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, dropout_rng=None):
+    def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, kv_len=None,
+                 dropout_rng=None):
+        """`kv_len`: with a cache, attend over its slots [0, kv_len) only (static; kv_cache module docstring)."""
         cfg = self.cfg
         T = input_ids_BxT.shape[1]
-        inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache, cfg.sliding_window)
+        inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache, cfg.sliding_window, kv_len)
         cos, sin = rope_cos_sin(inputs.positions_BxT, rope_inv_freq(cfg))
         sliding = cfg.sliding_layers or (False,) * cfg.num_hidden_layers
         xs: dict[str, Any] = {}
@@ -342,10 +343,11 @@ class Backbone(nnx.Module):
             xs["rng"] = jax.random.split(dropout_rng, cfg.num_hidden_layers)
         if any(sliding) and not all(sliding):
             xs["sliding"] = jnp.asarray(sliding)
-        # Without a cache the mask is causal + key padding (+ the window on every layer): kernels that take
-        # no dense mask build it from this. A cache call, or a window chosen per layer, has only the mask.
+        # Attending over its own keys (no cache, or a prefill) the mask is causal + key padding (+ the window
+        # on every layer): kernels that take no dense mask build it from this. A decode step on the cache,
+        # or a window chosen per layer, has only the mask.
         structure = None
-        if cache is None and "sliding" not in xs:
+        if inputs.own_keys and "sliding" not in xs:
             structure = dict(key_mask_BxS=inputs.key_mask_BxS, causal=True,
                              window=cfg.sliding_window if all(sliding) else None)
 
@@ -355,12 +357,12 @@ class Backbone(nnx.Module):
             else:
                 mask = inputs.window_mask_BxTxS if all(sliding) else inputs.mask_BxTxS
             h, kv = carry
-            h, kv = layer(h, cos, sin, mask, None if kv is None else (*kv, x["layer"]), inputs.index, x.get("rng"),
+            h, kv = layer(h, cos, sin, mask, None if kv is None else (*kv, x["layer"]), inputs, x.get("rng"),
                           structure)
             return (h, kv), None
 
         h = self.embed(input_ids_BxT)
-        kv = None if cache is None else (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
+        kv = None if cache is None else (cache.k_LxBxKxSxD, cache.v_LxBxKxSxD)
         (h, kv), _ = apply_stacked(self.layers, (h, kv), body, scan=self.scan_layers, remat=self.remat, xs=xs)
         h = self.norm(h)
         if cache is not None:

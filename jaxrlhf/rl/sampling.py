@@ -101,6 +101,36 @@ def _weights_sliced_once(backbone):
     return contextlib.nullcontext()
 
 
+# Decode steps attend over the cache's filled prefix, rounded up to a multiple of KV_BUCKET slots, not over
+# all P + N slots. The loop is split into phases, one `while_loop` per bucket, each attending over a static
+# prefix length (a plain slice of the cache: XLA sees static shapes, no dynamic-size dot). The other
+# designs compile worse: a `lax.switch` over prefix lengths inside each layer puts the whole cache through
+# a conditional per layer per step, and a dynamic-size slice does not exist in XLA. Each phase compiles the
+# decode step once more, so the phases are capped (MAX_KV_PHASES): past the cap the buckets grow
+# geometrically. 128 slots: TPU lanes, and on CPU a bucket's extra reads are small next to the weights.
+KV_BUCKET = 128
+MAX_KV_PHASES = 4
+
+
+def kv_phases(P: int, N: int, bucket: int | None = None, max_phases: int | None = None) -> tuple[int, ...]:
+    """Static prefix lengths (cache slots attended) of the decode phases for a P-slot prompt and N new tokens.
+
+    Step s (1 <= s < N) feeds the token drawn at step s - 1 into slot P + s - 1 and attends over the slots
+    [0, P + s); it runs in the first phase whose length is >= P + s. Lengths are multiples of `bucket`
+    (the last one is the cache size P + N), at most `max_phases` of them."""
+    bucket = KV_BUCKET if bucket is None else bucket
+    max_phases = MAX_KV_PHASES if max_phases is None else max_phases
+    S = P + N
+    need = P + N - 1  # the last step's prefix
+    bounds = list(range(-(-(P + 1) // bucket) * bucket, need, bucket))
+    if len(bounds) >= max_phases:  # geometric: each phase about twice as long as the one before
+        bounds, b = [], -(-(P + 1) // bucket) * bucket
+        while b < need and len(bounds) < max_phases - 1:
+            bounds.append(b)
+            b = -(-(2 * b) // bucket) * bucket
+    return tuple(b for b in bounds if b < S) + (S,)
+
+
 def _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit):
     backbone = model.backbone
     B, P = prompt_ids_BxP.shape
@@ -109,25 +139,31 @@ def _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit):
     def next_logits(hidden_BxD):
         return model.logits(hidden_BxD[:, None, :])[:, 0].astype(jnp.float32)
 
+    # Prefill: the prompt attends over its own P keys (no cache tail), which it writes for the decode steps.
     cache = backbone.init_cache(B, P + N)
-    hidden_BxPxD, cache = backbone(prompt_ids_BxP, prompt_mask_BxP, cache=cache)
+    hidden_BxPxD, cache = backbone(prompt_ids_BxP, prompt_mask_BxP, cache=cache, kv_len=P)
     logits = next_logits(gather_positions(hidden_BxPxD, last_token_index(prompt_mask_BxP)))
     bufs = (jnp.full((B, N), cfg.pad_id, jnp.int32), jnp.zeros((B, N), jnp.int32), jnp.zeros((B, N), jnp.float32))
     tok, alive, finished, bufs = emit(0, logits, jnp.zeros((B,), jnp.bool_), bufs)
-
-    def cond(carry):
-        step, _, _, _, finished, _ = carry
-        return (step < N) & ~jnp.all(finished)
-
-    def body(carry):
-        step, cache, tok, alive, finished, bufs = carry
-        # A finished row feeds pad with mask 0: it takes a cache slot but is never attended to.
-        hidden_Bx1xD, cache = backbone(tok[:, None], alive[:, None].astype(jnp.int32), cache=cache)
-        tok, alive, finished, bufs = emit(step, next_logits(hidden_Bx1xD[:, 0]), finished, bufs)
-        return step + 1, cache, tok, alive, finished, bufs
-
     carry = (jnp.asarray(1, jnp.int32), cache, tok, alive, finished, bufs)
-    step, _, _, _, finished, (ids, mask, logp) = jax.lax.while_loop(cond, body, carry)
+
+    for kv_len in kv_phases(P, N):  # steps 1 .. kv_len - P attend over slots [0, kv_len)
+        last = min(kv_len - P, N - 1)
+
+        def cond(carry, last=last):
+            step, _, _, _, finished, _ = carry
+            return (step <= last) & ~jnp.all(finished)
+
+        def body(carry, kv_len=kv_len):
+            step, cache, tok, alive, finished, bufs = carry
+            # A finished row feeds pad with mask 0: it takes a cache slot but is never attended to.
+            hidden_Bx1xD, cache = backbone(tok[:, None], alive[:, None].astype(jnp.int32), cache=cache,
+                                           kv_len=kv_len)
+            tok, alive, finished, bufs = emit(step, next_logits(hidden_Bx1xD[:, 0]), finished, bufs)
+            return step + 1, cache, tok, alive, finished, bufs
+
+        carry = jax.lax.while_loop(cond, body, carry)
+    step, _, _, _, finished, (ids, mask, logp) = carry
     return {"response_ids_BxN": ids, "response_mask_BxN": mask, "logprobs_BxN": logp, "ended_B": finished,
             "lengths_B": jnp.sum(mask, axis=-1), "num_steps": step}
 
