@@ -36,7 +36,7 @@ def test_scaled_gradients_are_the_plain_ones_times_the_scale():
         return jnp.sum((p["w"] * batch) ** 2), {"n": jnp.float32(3)}
 
     p, batch = {"w": jnp.asarray([0.5, -1.5, 2.0])}, jnp.asarray([1.0, 2.0, 3.0])
-    (loss, aux), grads = loss_scale.scaled_value_and_grad(loss_fn)(p, None, batch, None, 1024.0)
+    (loss, aux), grads = loss_scale.scaled_value_and_grad(loss_fn)(p, None, batch, None, scale=1024.0)
     (plain_loss, _), plain = jax.value_and_grad(loss_fn, has_aux=True)(p, None, batch, None)
     assert float(loss) == float(plain_loss) and float(aux["n"]) == 3.0  # loss and aux come back unscaled
     np.testing.assert_array_equal(np.asarray(grads["w"]), 1024.0 * np.asarray(plain["w"]))
