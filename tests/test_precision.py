@@ -200,3 +200,15 @@ def test_sampler_and_recomputed_logprobs_agree_bf16():
     # logits themselves are the same float32 function of them (the lowered-HLO test above).
     diff = _sampler_vs_recomputed(jnp.bfloat16)
     assert diff.mean() < 1e-3, (diff.mean(), diff.max())
+
+
+def test_a_run_from_before_auto_resumes_where_auto_means_its_dtype(monkeypatch):
+    """run_config.json of an older run says float32; today's default says auto. On CPU that is the same run;
+    where auto means bfloat16 it is not, and the resume guard says so."""
+    from jaxrlhf.training.resume_guard import changed_keys
+
+    old, new = {"model": {"dtype": "float32"}}, {"model": {"dtype": "auto"}}
+    assert changed_keys(old, new) == []
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert changed_keys(old, new) == [("model.dtype", "float32", "auto")]
+    assert changed_keys({"model": {"dtype": "bfloat16"}}, new) == []

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jaxrlhf.infra.precision import DTYPES, compute_dtype
+
 # Dotted keys (or block prefixes ending in ".") that may change between a run and its resume.
 MAY_CHANGE = (
     "workdir", "compilation_cache_dir",
@@ -50,9 +52,15 @@ def changed_keys(old: dict, new: dict) -> list[tuple[str, object, object]]:
             continue
         if isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple)):
             va, vb = list(va), list(vb)
-        if va != vb:
+        if va != vb and not (key.endswith(".dtype") and _same_compute_dtype(va, vb)):
             out.append((key, va, vb))
     return out
+
+
+def _same_compute_dtype(a, b) -> bool:
+    """`auto` and the dtype it stands for on this backend are the same run (a run from before `auto`)."""
+    names = ("auto", *DTYPES)
+    return a in names and b in names and compute_dtype(a) == compute_dtype(b)
 
 
 def check_resume(config, workdir: Path) -> None:
