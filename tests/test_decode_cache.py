@@ -15,23 +15,10 @@ from flax import nnx
 from jaxrlhf.models import gpt2, llama, registry
 from jaxrlhf.rl import sampling
 from jaxrlhf.rl.sampling import SamplingConfig, decode, kv_phases, left_pad
-from tests.helpers.models import tiny_llama_jax_config
+from tests.helpers.models import perturb_weights, tiny_llama_jax_config
 
 V = 101
 PAD = 0
-
-
-def _perturbed(model, seed):
-    """Random weights large enough that rows and steps differ (not one degenerate token everywhere)."""
-    flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    keys = iter(jax.random.split(jax.random.key(seed + 100), len(flat)))
-    new = []
-    for path, v in flat:
-        x = v.get_value()
-        noise = jax.random.normal(next(keys), x.shape, x.dtype)
-        new.append((path, v.replace(1.0 + 0.2 * noise if path[-1] == "scale" else 0.3 * noise)))
-    nnx.update(model, nnx.from_flat_state(new))
-    return model
 
 
 def _tiny(name, scan_layers=True, seed=0):
@@ -44,7 +31,7 @@ def _tiny(name, scan_layers=True, seed=0):
                                  sliding_layers=(False, True)))[name]
         family, cfg = llama, tiny_llama_jax_config(vocab_size=V, head_dim=8, max_position_embeddings=128, **window)
     model = registry.build_model(family, cfg, "causal_lm", rngs=nnx.Rngs(seed), scan_layers=scan_layers)
-    return _perturbed(model, seed)
+    return perturb_weights(model, seed)
 
 
 def _prompts():

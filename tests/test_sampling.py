@@ -19,7 +19,7 @@ from flax import nnx
 from jaxrlhf.models import llama, registry
 from jaxrlhf.rl.sampling import SamplingConfig, chat_prompts, decode, generate, left_pad
 from jaxrlhf.rl.sampling_filters import filter_logits, sample_token, top_k_filter, top_p_filter
-from tests.helpers.models import tiny_llama_jax_config
+from tests.helpers.models import perturb_weights, tiny_llama_jax_config
 from tests.helpers.tokenizers import make_decoder_tokenizer
 
 V = 101
@@ -29,16 +29,7 @@ PAD = 0
 def tiny_model(tied: bool = False, seed: int = 0):
     cfg = tiny_llama_jax_config(vocab_size=V, head_dim=8, rms_norm_eps=1e-5, max_position_embeddings=128,
                                 tie_word_embeddings=tied, pad_token_id=PAD)
-    model = registry.build_model(llama, cfg, "causal_lm", rngs=nnx.Rngs(seed))
-    flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    keys = iter(jax.random.split(jax.random.key(seed + 100), len(flat)))
-    new = []
-    for path, v in flat:
-        x = v.get_value()
-        noise = jax.random.normal(next(keys), x.shape, x.dtype)
-        new.append((path, v.replace(1.0 + 0.2 * noise if path[-1] == "scale" else 0.3 * noise)))
-    nnx.update(model, nnx.from_flat_state(new))
-    return model
+    return perturb_weights(registry.build_model(llama, cfg, "causal_lm", rngs=nnx.Rngs(seed)), seed)
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,19 @@ def make_tiny_llama_dir(path: Path, seed: int = 0, **overrides) -> Path:
     transformers.LlamaForCausalLM(tiny_llama_dir_config(tok, **overrides)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def perturb_weights(model, seed: int = 0):
+    """`model` with random weights large enough that rows and decode steps differ (not one degenerate token
+    everywhere): norm scales 1 + 0.2 N(0, 1), every other parameter 0.3 N(0, 1). In place; returns it."""
+    import jax
+    from flax import nnx
+
+    flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    keys = iter(jax.random.split(jax.random.key(seed + 100), len(flat)))
+    new = []
+    for path, v in flat:
+        noise = jax.random.normal(next(keys), v.get_value().shape, v.get_value().dtype)
+        new.append((path, v.replace(1.0 + 0.2 * noise if path[-1] == "scale" else 0.3 * noise)))
+    nnx.update(model, nnx.from_flat_state(new))
+    return model
