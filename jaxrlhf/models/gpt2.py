@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
-from jaxrlhf.models.attention import cached_attention, check_implementation, dot_product_attention
+from jaxrlhf.models.attention import check_implementation
 from jaxrlhf.models.base import HeadSpec, WeightSpec, classifier_pad_id, linear_specs, stacked_specs, transpose
 from jaxrlhf.models.layers import (
     Embed,
@@ -126,11 +126,7 @@ class Attention(nnx.Module):
         q, k, v = (a.reshape(B, T, self.num_heads, self.head_dim) for a in jnp.split(qkv, 3, axis=-1))
         # dot_product_attention divides by sqrt(D); q_scale turns that into GPT-2's configured scaling.
         q = q * jnp.asarray(q_scale, q.dtype)
-        out, layer_kv = kv_cache.attend_and_write(
-            q, k, v, mask_BxTxS, layer_kv, inputs,
-            lambda q, k, v, m: dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), m,
-                                                     implementation=self.attention, **(structure or {})),
-            lambda q, k, v, m: cached_attention(q, k, v, m, implementation=self.attention))
+        out, layer_kv = kv_cache.attend_and_write(q, k, v, mask_BxTxS, layer_kv, inputs, self.attention, structure)
         return self.c_proj(out.reshape(B, T, E), r[1]), layer_kv
 
 

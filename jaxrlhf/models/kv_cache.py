@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxrlhf.models.attention import cached_attention, dot_product_attention
 from jaxrlhf.models.layers import positions_from_mask
 
 
@@ -139,24 +140,31 @@ def read_layer(cache_LxBxKxSxD: jax.Array, layer: jax.Array | int, kv_len: int) 
 
 
 def attend_and_write(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array, mask_BxTxS: jax.Array,
-                     layer_kv: tuple | None, inputs: AttentionInputs, attend, attend_cached):
+                     layer_kv: tuple | None, inputs: AttentionInputs, implementation: str,
+                     structure: dict | None = None):
     """One layer's attention with or without a cache, shared by the decoder families.
 
-    `attend(q, k, v, mask)` attends over this call's own keys ([B, T, K, D]); `attend_cached(q, k, v,
-    mask)` over the cache's slots [0, kv_len) in its heads-major layout ([B, K, S, D]). `layer_kv` is
+    Over this call's own keys ([B, T, K, D]: no cache, or a prefill) it is `dot_product_attention` with
+    the mask's `structure` (its key_mask_BxS, causal, window: for the fused kernels); on a filled cache it is
+    `cached_attention` over the slots [0, kv_len) in their heads-major layout. `layer_kv` is
     (k_LxBxKxSxD, v_LxBxKxSxD, layer) or None. Returns (out_BxTxHxD, (k, v) cache or None).
     """
+    dtype = q_BxTxHxD.dtype
+
+    def own_keys():
+        return dot_product_attention(q_BxTxHxD, k_BxTxKxD.astype(dtype), v_BxTxKxD.astype(dtype), mask_BxTxS,
+                                     implementation=implementation, **(structure or {}))
+
     if layer_kv is None:
-        return attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask_BxTxS), None
+        return own_keys(), None
     k_all, v_all, layer = layer_kv
     k_all = write_layer(k_all, k_BxTxKxD, layer, inputs.index)
     v_all = write_layer(v_all, v_BxTxKxD, layer, inputs.index)
     if inputs.own_keys:  # a prefill: its own keys, then the write for the decode steps
-        out = attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask_BxTxS)
-    else:
-        dtype = q_BxTxHxD.dtype
-        out = attend_cached(q_BxTxHxD, read_layer(k_all, layer, inputs.kv_len).astype(dtype),
-                            read_layer(v_all, layer, inputs.kv_len).astype(dtype), mask_BxTxS)
+        return own_keys(), (k_all, v_all)
+    out = cached_attention(q_BxTxHxD, read_layer(k_all, layer, inputs.kv_len).astype(dtype),
+                           read_layer(v_all, layer, inputs.kv_len).astype(dtype), mask_BxTxS,
+                           implementation=implementation)
     return out, (k_all, v_all)
 
 

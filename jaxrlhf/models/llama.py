@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.models import kv_cache
-from jaxrlhf.models.attention import cached_attention, check_implementation, dot_product_attention
+from jaxrlhf.models.attention import check_implementation
 from jaxrlhf.models.base import (
     HeadSpec,
     WeightSpec,
@@ -258,11 +258,7 @@ class Attention(nnx.Module):
         v = self.v_proj(x_BxTxE, r[2]).reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos_BxTxD, sin_BxTxD), apply_rope(k, cos_BxTxD, sin_BxTxD)
         # With a cache: this call's keys are written into it, and a decode step attends over its prefix.
-        out, layer_kv = kv_cache.attend_and_write(
-            q, k, v, mask_BxTxS, layer_kv, inputs,
-            lambda q, k, v, m: dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), m,
-                                                     implementation=self.attention, **(structure or {})),
-            lambda q, k, v, m: cached_attention(q, k, v, m, implementation=self.attention))
+        out, layer_kv = kv_cache.attend_and_write(q, k, v, mask_BxTxS, layer_kv, inputs, self.attention, structure)
         out = self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim), r[3])
         return out, layer_kv
 
