@@ -91,11 +91,9 @@ def make_update_step(actor_def, critic_def, actor_opt: optax.GradientTransformat
                        critic_grad_norm=optax.global_norm(c_grads), nonfinite=jnp.maximum(a_bad, c_bad),
                        kl_skipped=skip.astype(jnp.float32))
         if "loss_scale" in state:  # overflowed gradients (finite losses): skipped, counted, the scale halves
-            losses_finite = jnp.isfinite(a_loss) & jnp.isfinite(c_loss)
-            overflowed = losses_finite & (metrics["nonfinite"] > 0)
-            new_state["loss_scale"] = loss_scale.adjust(state["loss_scale"], overflowed)
-            metrics.update(nonfinite=1.0 - losses_finite.astype(jnp.float32),
-                           loss_scale_skipped=overflowed.astype(jnp.float32), loss_scale=state["loss_scale"]["scale"])
+            new_state["loss_scale"], scaled = loss_scale.account(
+                state["loss_scale"], jnp.isfinite(a_loss) & jnp.isfinite(c_loss), metrics["nonfinite"])
+            metrics.update(scaled)
         return new_state, metrics
 
     return update

@@ -91,8 +91,5 @@ def apply_update(state: dict, grads: Any, optimizer: optax.GradientTransformatio
     new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
     if "loss_scale" not in state:
         return new, {"nonfinite": nonfinite}
-    loss_finite = jnp.isfinite(loss)
-    overflowed = loss_finite & (nonfinite > 0)
-    new["loss_scale"] = loss_scale.adjust(state["loss_scale"], overflowed)
-    return new, {"nonfinite": 1.0 - loss_finite.astype(jnp.float32),
-                 "loss_scale_skipped": overflowed.astype(jnp.float32), "loss_scale": state["loss_scale"]["scale"]}
+    new["loss_scale"], metrics = loss_scale.account(state["loss_scale"], jnp.isfinite(loss), nonfinite)
+    return new, metrics

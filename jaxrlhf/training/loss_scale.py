@@ -56,3 +56,15 @@ def adjust(state: dict, overflowed: jax.Array) -> dict:
     scale = jnp.where(overflowed, jnp.maximum(state["scale"] / 2, MIN_SCALE),
                       jnp.where(grow, state["scale"] * 2, state["scale"]))
     return {"scale": scale, "good_steps": jnp.where(grow, 0, good).astype(jnp.int32)}
+
+
+def account(state: dict, losses_finite: jax.Array, nonfinite: jax.Array) -> tuple[dict, dict]:
+    """(the next scale state, the step's metrics) once a guarded update has run: `nonfinite` is its flag (a
+    non-finite loss or gradient), `losses_finite` whether the loss(es) were finite. Overflowed gradients under
+    finite losses are a skipped step (`loss_scale_skipped`) that halves the scale; only a non-finite loss
+    stays `nonfinite`, for the trainer's guard."""
+    overflowed = losses_finite & (nonfinite > 0)
+    return adjust(state, overflowed), {"nonfinite": 1.0 - losses_finite.astype(jnp.float32),
+                                       "loss_scale_skipped": overflowed.astype(jnp.float32),
+                                       "loss_scale": state["scale"]}
+
