@@ -400,3 +400,37 @@ def test_model_block_dropout_keys_reach_the_minilm_encoder(minilm_dir):
     del block["dropout"], block["attention_dropout"]
     old = load_block(block, minilm_dir, "reward", mesh=None, seed=0).model
     assert (old.backbone.dropout_rate, old.backbone.layers.attn.attention_dropout_rate) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("layers,scan_layers", [(2, True), (2, False), (1, True)])
+def test_reward_runs_the_last_layer_for_the_pooled_token_only_with_the_same_value_and_gradients(layers,
+                                                                                                scan_layers):
+    """RewardModel reads the first real token; `hidden_at` runs the last layer for it alone. Its reward and
+    every gradient equal the full stack's hidden state gathered at that token (left padding and holes too)."""
+    from jaxrlhf.models.heads import first_token_index, gather_positions
+
+    hc, tm = _torch_model("roberta", "reward", num_hidden_layers=layers)
+    cfg = bert.Config.from_hf(hc.to_dict())
+    model = registry.build_model(bert, cfg, "reward", rngs=nnx.Rngs(1), scan_layers=scan_layers)
+    load_state_dict(model, cfg, "reward", _sd(tm))
+    ids, mask = (jnp.asarray(a) for a in _batch(hc.pad_token_id, seed=8))
+    w_B = jnp.asarray([1.0, -2.0, 0.5, 1.5])
+
+    def pooled_loss(m):
+        return jnp.sum(m(ids, mask) * w_B)
+
+    def full_loss(m):
+        hidden, _ = m.backbone(ids, mask)
+        return jnp.sum(m.head(gather_positions(hidden, first_token_index(mask))) * w_B)
+
+    (v1, g1), (v2, g2) = (nnx.value_and_grad(f)(model) for f in (pooled_loss, full_loss))
+    assert abs(float(v2)) > 0.05  # not a comparison of near-zero numbers
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    g1, g2 = ({p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(g)} for g in (g1, g2))
+    assert g1.keys() == g2.keys()
+    for p in g2:
+        assert np.abs(g2[p]).sum() > 0, p
+        np.testing.assert_allclose(g1[p], g2[p], atol=1e-5, rtol=1e-5, err_msg=str(p))
+    with torch.no_grad():  # and the first row (right-padded, so HF reads the same token) matches PyTorch
+        ref = tm(input_ids=torch.tensor(np.asarray(ids[:1])), attention_mask=torch.tensor(np.asarray(mask[:1])))
+    np.testing.assert_allclose(np.asarray(model(ids, mask))[:1], ref.logits[:, 0].numpy(), atol=TOL, rtol=0)

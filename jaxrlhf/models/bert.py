@@ -38,6 +38,7 @@ from flax import nnx
 
 from jaxrlhf.models.attention import check_implementation, dot_product_attention
 from jaxrlhf.models.base import HeadSpec, WeightSpec, linear_specs, stacked_linear_specs, stacked_specs
+from jaxrlhf.models.heads import gather_positions
 from jaxrlhf.models.layers import (
     Embed,
     LayerNorm,
@@ -51,6 +52,8 @@ from jaxrlhf.models.layers import (
     dropout,
     lora_for,
     split_keys,
+    split_last_layer,
+    split_last_layer_inputs,
 )
 
 MODEL_TYPES = ("bert", "roberta")
@@ -168,14 +171,20 @@ class Attention(nnx.Module):
         self.value = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.value"), **kw)
         self.out = Linear(E, E, rngs=rngs, lora=lora_for(lora, "attn.out"), **kw)
 
-    def __call__(self, x_BxTxE, mask_BxTxS, rng, key_mask_BxS=None):
+    def __call__(self, x_BxTxE, mask_BxQxS, rng, key_mask_BxS=None, queries_BxQxE=None):
+        """Self-attention; with `queries_BxQxE`, only those queries attend (keys and values from all of x),
+        through the default kernel: a few query rows gain nothing from a fused one."""
         B, T, E = x_BxTxE.shape
         r = split_keys(rng, 6)
-        q, k, v = (proj(x_BxTxE, key).reshape(B, T, self.num_heads, self.head_dim)
-                   for proj, key in zip((self.query, self.key, self.value), r))
-        out = dot_product_attention(q, k, v, mask_BxTxS, dropout_rate=self.attention_dropout_rate,
-                                    dropout_rng=r[4], implementation=self.attention, key_mask_BxS=key_mask_BxS)
-        return dropout(self.out(out.reshape(B, T, E), r[3]), self.dropout_rate, r[5])
+        xq = x_BxTxE if queries_BxQxE is None else queries_BxQxE
+        Q = xq.shape[1]
+        q = self.query(xq, r[0]).reshape(B, Q, self.num_heads, self.head_dim)
+        k, v = (proj(x_BxTxE, key).reshape(B, T, self.num_heads, self.head_dim)
+                for proj, key in zip((self.key, self.value), r[1:3]))
+        implementation = self.attention if queries_BxQxE is None else "default"
+        out = dot_product_attention(q, k, v, mask_BxQxS, dropout_rate=self.attention_dropout_rate,
+                                    dropout_rng=r[4], implementation=implementation, key_mask_BxS=key_mask_BxS)
+        return dropout(self.out(out.reshape(B, Q, E), r[3]), self.dropout_rate, r[5])
 
 
 class MLP(nnx.Module):
@@ -208,6 +217,15 @@ class Block(nnx.Module):
         r = split_keys(rng, 2)
         h_BxTxE = self.attn_norm(h_BxTxE + self.attn(h_BxTxE, mask_BxTxS, r[0], key_mask_BxS))
         return self.mlp_norm(h_BxTxE + self.mlp(h_BxTxE, r[1]))
+
+    def at(self, h_BxTxE, index_B, key_mask_BxS, rng):
+        """The block's output at one position per row, [B, E]: every token's keys and values, but the query,
+        attention output, norms and MLP of that position only (the rest of a last layer feeds nothing)."""
+        r = split_keys(rng, 2)
+        x_Bx1xE = gather_positions(h_BxTxE, index_B)[:, None, :]
+        x_Bx1xE = self.attn_norm(x_Bx1xE + self.attn(h_BxTxE, key_mask_BxS[:, None, :], r[0],
+                                                     queries_BxQxE=x_Bx1xE))
+        return self.mlp_norm(x_Bx1xE + self.mlp(x_Bx1xE, r[1]))[:, 0, :]
 
 
 def position_ids(cfg: Config, attention_mask_BxT: jax.Array) -> jax.Array:
@@ -248,27 +266,53 @@ class Backbone(nnx.Module):
                  token_type_ids_BxT=None):
         if cache is not None:
             raise ValueError(f"{self.cfg.model_type} is an encoder: it has no KV cache")
+        h, key_mask_BxS, xs = self._embed(input_ids_BxT, attention_mask_BxT, positions_BxT, dropout_rng,
+                                          token_type_ids_BxT)
+        return self._run(self.layers, h, key_mask_BxS, xs), None
+
+    def hidden_at(self, input_ids_BxT, attention_mask_BxT, index_B, *, positions_BxT=None, dropout_rng=None,
+                  token_type_ids_BxT=None) -> jax.Array:
+        """`__call__`'s hidden states at one position per row, hidden_BxE, with the last layer run for that
+        position only (`Block.at`): a reward head reads one token, so of a 6-layer MiniLM step this leaves
+        out about a seventh of the work. With dropout on, the whole stack runs and the position is read from it,
+        so that each dropout site draws the same masks as in `__call__`."""
+        if dropout_rng is not None and (self.dropout_rate > 0 or self.attention_dropout_rate > 0):
+            hidden, _ = self(input_ids_BxT, attention_mask_BxT, positions_BxT=positions_BxT, dropout_rng=dropout_rng,
+                             token_type_ids_BxT=token_type_ids_BxT)
+            return gather_positions(hidden, index_B)
+        h, key_mask_BxS, xs = self._embed(input_ids_BxT, attention_mask_BxT, positions_BxT, dropout_rng,
+                                          token_type_ids_BxT)
+        front, last = split_last_layer(self.layers)
+        xs_front, x_last = split_last_layer_inputs(xs)
+        if front is not None:
+            h = self._run(front, h, key_mask_BxS, xs_front)
+        return last.at(h, index_B, key_mask_BxS, x_last.get("rng"))
+
+    def _embed(self, input_ids_BxT, attention_mask_BxT, positions_BxT, dropout_rng, token_type_ids_BxT):
+        """Embeddings (+ LayerNorm, dropout), the key mask, and the per-layer dropout keys."""
         cfg = self.cfg
         if positions_BxT is None:
             positions_BxT = position_ids(cfg, attention_mask_BxT)
         if token_type_ids_BxT is None:
             token_type_ids_BxT = jnp.zeros_like(input_ids_BxT)
         h = self.embed(input_ids_BxT) + self.token_type_embed(token_type_ids_BxT) + self.position_embed(positions_BxT)
-        B, T = attention_mask_BxT.shape
-        # Bidirectional: every query sees every real key (key_mask_BxS, for kernels that take no dense mask).
         key_mask_BxS = attention_mask_BxT > 0
-        mask_BxTxS = jnp.broadcast_to(key_mask_BxS[:, None, :], (B, T, T))
         xs = {}
         if dropout_rng is not None:  # one key per layer, the last for the embeddings
             keys = jax.random.split(dropout_rng, cfg.num_hidden_layers + 1)
             xs["rng"], dropout_rng = keys[:-1], keys[-1]
-        h = dropout(self.embed_norm(h), self.dropout_rate, dropout_rng)
+        return dropout(self.embed_norm(h), self.dropout_rate, dropout_rng), key_mask_BxS, xs
+
+    def _run(self, layers, h, key_mask_BxS, xs):
+        # Bidirectional: every query sees every real key (key_mask_BxS, for kernels that take no dense mask).
+        B, T = key_mask_BxS.shape
+        mask_BxTxS = jnp.broadcast_to(key_mask_BxS[:, None, :], (B, T, T))
 
         def body(layer, h, x):
             return layer(h, mask_BxTxS, x.get("rng"), key_mask_BxS), None
 
-        h, _ = apply_stacked(self.layers, h, body, scan=self.scan_layers, remat=self.remat, xs=xs)
-        return h, None
+        h, _ = apply_stacked(layers, h, body, scan=self.scan_layers, remat=self.remat, xs=xs)
+        return h
 
 
 def weight_specs(cfg: Config, task: str) -> list[WeightSpec]:

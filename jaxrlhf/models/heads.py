@@ -87,10 +87,13 @@ class RewardModel(nnx.Module):
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, dropout_rng=None) -> jax.Array:
         """Scalar reward per sequence, reward_B (float32)."""
-        hidden, _ = self.backbone(input_ids_BxT, attention_mask_BxT, positions_BxT=positions_BxT,
-                                  dropout_rng=dropout_rng)
         pool = last_token_index if self.pooling == "last" else first_token_index
         index = pool(attention_mask_BxT)
+        if hasattr(self.backbone, "hidden_at"):  # the last layer for the pooled token only (models.bert)
+            return self.head(self.backbone.hidden_at(input_ids_BxT, attention_mask_BxT, index,
+                                                     positions_BxT=positions_BxT, dropout_rng=dropout_rng))
+        hidden, _ = self.backbone(input_ids_BxT, attention_mask_BxT, positions_BxT=positions_BxT,
+                                  dropout_rng=dropout_rng)
         return self.head(gather_positions(hidden, index))
 
 

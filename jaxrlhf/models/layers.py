@@ -277,6 +277,25 @@ def unstack(tree: Any) -> list[Any]:
     return [jax.tree_util.tree_unflatten(treedef, [p[i] for p in parts]) for i in range(n)]
 
 
+def split_last_layer(layers: nnx.Module) -> tuple[nnx.Module | None, nnx.Module]:
+    """(the stacked layers but the last, None for a one-layer stack; the last layer as a module), by one
+    `lax.split` per leaf (gradient: one concatenate), for a model that runs its last layer differently."""
+    graphdef, state = nnx.split(layers)
+    n = jax.tree_util.tree_leaves(state)[0].shape[0]
+    if n == 1:
+        return None, nnx.merge(graphdef, jax.tree_util.tree_map(lambda a: a[0], state))
+    parts = jax.tree_util.tree_map(lambda a: jax.lax.split(a, [n - 1, 1]), state)
+    is_pair = lambda x: isinstance(x, list)
+    front = jax.tree_util.tree_map(lambda p: p[0], parts, is_leaf=is_pair)
+    last = jax.tree_util.tree_map(lambda p: p[1][0], parts, is_leaf=is_pair)
+    return nnx.merge(graphdef, front), nnx.merge(graphdef, last)
+
+
+def split_last_layer_inputs(xs: Any) -> tuple[Any, Any]:
+    """Per-layer scan inputs (leading axis = layer) cut as `split_last_layer` cuts the layers."""
+    return jax.tree_util.tree_map(lambda a: a[:-1], xs), jax.tree_util.tree_map(lambda a: a[-1], xs)
+
+
 # Set by `layers_sliced_once`: (the stacked layers module, its per-layer states).
 _SLICED_ONCE: contextvars.ContextVar = contextvars.ContextVar("layers_sliced_once", default=None)
 
