@@ -371,3 +371,25 @@ def test_lora_leaves_an_untied_lm_head_frozen_unless_asked(train_lm_head):
     # frozen_backbone on a causal LM trains the LM head: it is all there is to train
     _, heads, _ = split_for(model, ml_collections.ConfigDict({"train_mode": "frozen_backbone"}))
     assert {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(heads)} == {"lm_head/kernel"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_sequence_logprobs_of_responses_match_torch_with_right_and_left_padding(name):
+    """CausalLM.sequence_logprobs (what SFT and the DPO family score) against log_softmax of PyTorch's logits:
+    the last 3 real tokens of each row are the response, each scored from the position before it."""
+    family, cfg, model, tm = _build(name, "causal_lm")
+    ids, mask, positions = _batch(seed=4)
+    rows = [0, 1, 3]  # right padding, left padding, none
+    ids, mask, positions = ids[rows], mask[rows], positions[rows]
+    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1] > 0, axis=1)
+    scored = np.zeros_like(mask)
+    for b, end in enumerate(last):
+        scored[b, end - 2:end + 1] = 1
+    logp_B, tokens_B = model.sequence_logprobs(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(scored),
+                                               chunk_size=3)
+    with torch.no_grad():
+        logp_ref = torch.log_softmax(tm(**_torch_kwargs(ids, mask, positions)).logits.double(), -1).numpy()
+    want = [sum(logp_ref[b, t - 1, ids[b, t]] for t in np.nonzero(scored[b])[0]) for b in range(len(rows))]
+    np.testing.assert_array_equal(np.asarray(tokens_B), [3, 3, 3])
+    assert min(abs(w) for w in want) > 0.5
+    np.testing.assert_allclose(np.asarray(logp_B), want, atol=3 * TOL, rtol=0)

@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxrlhf.models.base import HeadSpec
 from jaxrlhf.models.layers import Linear
-from jaxrlhf.ops.logprobs import lm_logits
+from jaxrlhf.ops.logprobs import lm_logits, token_logprobs
 
 
 def last_token_index(mask_BxT: jax.Array) -> jax.Array:
@@ -68,6 +68,16 @@ class CausalLM(nnx.Module):
     def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
         """float32 logits (`ops.logprobs.lm_logits`, as the chunked log-prob path computes them)."""
         return lm_logits(hidden_BxTxD.astype(self.dtype), self.lm_head_kernel())
+
+    def sequence_logprobs(self, ids_BxT, mask_BxT, scored_BxT, *, chunk_size: int = 128,
+                          dropout_rng=None) -> tuple[jax.Array, jax.Array]:
+        """(log p of the tokens `scored_BxT` marks, summed per row; their count per row), float32 [B] each.
+        Position t - 1 predicts token t, so a marked token is scored from the hidden state before it; the
+        LM head runs in chunks (`ops.logprobs.token_logprobs`), never on all [B, T, V] logits at once."""
+        hidden_BxTxD, _ = self.backbone(ids_BxT, mask_BxT, dropout_rng=dropout_rng)
+        logp_BxT1 = token_logprobs(hidden_BxTxD[:, :-1], self.lm_head_kernel(), ids_BxT[:, 1:], chunk_size=chunk_size)
+        scored_BxT1 = scored_BxT[:, 1:].astype(jnp.float32)
+        return jnp.sum(logp_BxT1 * scored_BxT1, axis=-1), jnp.sum(scored_BxT1, axis=-1)
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, dropout_rng=None):
         """Returns (logits_BxTxV, cache). For long sequences prefer `backbone` + chunked log-probs."""

@@ -1,8 +1,9 @@
 """Jitted SFT train and eval steps: next-token NLL on response tokens only.
 
-Log-probs come from `token_logprobs`, which applies the LM head in chunks over the sequence, so the
-[B, T, V] logits are never held whole. The loss is a sum over response tokens with the token count
-beside it; the mean is taken once after gradient accumulation (`jaxrlhf.training.accumulate`).
+Log-probs come from `CausalLM.sequence_logprobs` (`ops.logprobs.token_logprobs`), which applies the LM
+head in chunks over the sequence, so the [B, T, V] logits are never held whole. The loss is a sum over
+response tokens with the token count beside it; the mean is taken once after gradient accumulation
+(`jaxrlhf.training.accumulate`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrlhf.ops.logprobs import token_logprobs
 from jaxrlhf.training.accumulate import apply_update, scale_of, summed_gradients
 from jaxrlhf.training.loss_scale import scaled_value_and_grad
 
@@ -27,11 +27,9 @@ def response_nll(model: nnx.Module, batch: dict, *, chunk_size: int = 128,
 
     Position t predicts token t + 1, so a marked token at t is scored from the hidden state at t - 1.
     """
-    ids_BxT = batch["ids_BxT"]
-    hidden_BxTxD, _ = model.backbone(ids_BxT, batch["mask_BxT"], dropout_rng=dropout_rng)
-    logp_BxT1 = token_logprobs(hidden_BxTxD[:, :-1], model.lm_head_kernel(), ids_BxT[:, 1:], chunk_size=chunk_size)
-    scored_BxT1 = batch["loss_mask_BxT"][:, 1:].astype(jnp.float32)
-    return -jnp.sum(logp_BxT1 * scored_BxT1), jnp.sum(scored_BxT1)
+    logp_B, tokens_B = model.sequence_logprobs(batch["ids_BxT"], batch["mask_BxT"], batch["loss_mask_BxT"],
+                                               chunk_size=chunk_size, dropout_rng=dropout_rng)
+    return -jnp.sum(logp_B), jnp.sum(tokens_B)
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, chunk_size: int = 128) -> Callable:
