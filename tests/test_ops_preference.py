@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxrlhf.ops.losses import bradley_terry_loss
-from jaxrlhf.ops.preference import kto_loss, kto_reference_point, listwise_loss, pair_loss
+from jaxrlhf.ops.preference import kto_loss, kto_reference_point, listwise_loss, pair_loss, response_mask
 
 PC = np.array([-12.0, -30.5, -7.25])   # policy log p(chosen)
 PR = np.array([-14.0, -29.0, -9.0])    # policy log p(rejected)
@@ -180,3 +180,17 @@ def test_kto_reference_point_mean_clipped_no_gradient():
     assert float(kto_reference_point(lp, ref, np.array([1.0, 1.0, 0.0]))) == pytest.approx(0.25, rel=1e-6)
     g = jax.grad(lambda x: kto_reference_point(x, ref))(jnp.asarray(lp, jnp.float32))
     assert np.all(np.asarray(g) == 0.0)
+
+
+def test_response_mask_marks_the_last_real_tokens_before_the_suffix_on_either_padding_side():
+    mask = np.array([[1, 1, 1, 1, 1, 0, 0],    # right padding
+                     [0, 0, 1, 1, 1, 1, 1],    # left padding
+                     [1, 1, 1, 1, 1, 1, 1]])
+    got = np.asarray(response_mask(mask, np.array([2, 3, 1])))
+    np.testing.assert_array_equal(got, [[0, 0, 0, 1, 1, 0, 0],
+                                        [0, 0, 0, 0, 1, 1, 1],
+                                        [0, 0, 0, 0, 0, 0, 1]])
+    got = np.asarray(response_mask(mask, np.array([2, 3, 1]), suffix_len=1))  # e.g. a closing [SEP]
+    np.testing.assert_array_equal(got, [[0, 0, 1, 1, 0, 0, 0],
+                                        [0, 0, 0, 1, 1, 1, 0],
+                                        [0, 0, 0, 0, 0, 1, 0]])

@@ -37,6 +37,16 @@ def _clean(x, w) -> jax.Array:
     return jnp.where(w != 0, _f32(x), 0.0)
 
 
+def response_mask(mask_BxT, response_len_B, suffix_len: int = 0) -> jax.Array:
+    """bool [B, T]: the last `response_len` real tokens of each row before its `suffix_len` closing specials,
+    the tokens a preference loss scores, for left or right padding (`data.batching.PairBatcher` gives each
+    side's `*_len_B`, `data.tokenize.SpecialTokens` the suffix)."""
+    real = jnp.asarray(mask_BxT) > 0
+    from_end_BxT = jnp.cumsum(real[:, ::-1].astype(jnp.int32), axis=-1)[:, ::-1]  # 1 at the last real token
+    n = jnp.asarray(response_len_B, jnp.int32)[:, None]
+    return real & (from_end_BxT > suffix_len) & (from_end_BxT <= suffix_len + n)
+
+
 def pair_loss(
     logp_chosen_B,
     logp_rejected_B,
