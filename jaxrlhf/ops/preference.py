@@ -23,13 +23,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrlhf.ops.losses import Metrics, plackett_luce_loss
+from jaxrlhf.ops.losses import Metrics, _f32, plackett_luce_loss
 
 PAIR_LOSSES = ("sigmoid", "robust", "hinge", "ipo", "simpo")
-
-
-def _f32(x) -> jax.Array:
-    return jnp.asarray(x, jnp.float32)
 
 
 def _clean(x, w) -> jax.Array:
