@@ -286,3 +286,48 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "samples_shown": 4,
     })
     return config
+
+
+def dpo_defaults() -> ml_collections.ConfigDict:
+    """Direct preference optimisation (the DPO family, SimPO, KTO, listwise DPO) of a causal LM against a
+    frozen reference, on the comparison data the reward trainer reads."""
+    config = trainer_config("workdir/dpo")
+    config.model = model_block()
+    config.model.name = "smollm2"
+    config.reference = ""           # frozen reference policy; empty: the starting weights of model.name (under
+                                    # LoRA the same model with its adapters off, no second copy)
+    config.data = data_block(
+        eval_size=256,              # comparisons (or lists, or rated responses) held out, split by prompt
+        max_length=256,             # too long: the prompt is cut from the left, then the response start
+        batch_size=8,               # comparisons per step (global, over all hosts)
+        eval_batch_size=16,
+    )
+    config.data.update({
+        "format": "auto",           # auto | pairs | hh | chat | ranked | ratings (as for train_rm)
+        "append_eos": True,         # end each response with EOS, scored like its other tokens
+        "min_agreement": 0.0,
+    })
+    config.loss = ml_collections.ConfigDict({
+        "type": "sigmoid",          # sigmoid (DPO) | robust | hinge | ipo | simpo: on pairs (ranked lists and
+                                    # ratings expanded into pairs); listwise: Plackett-Luce DPO on ranked lists
+                                    # kept whole; kto: ratings as desirable / undesirable responses
+        "beta": 0.1,                # scale of the implicit reward beta * (log p - log p_ref)
+        "label_smoothing": 0.0,     # sigmoid, simpo: conservative DPO; robust: the label-noise rate
+        "simpo_gamma": 0.5,         # SimPO's target margin
+        "sft_weight": 0.0,          # > 0: adds this times the chosen response's NLL per token (RPO)
+        "reference_free": False,    # implicit rewards from the policy alone (SimPO always is)
+        "reference_logps": "auto",  # cached: one pass over the data before training, saved in the workdir and
+                                    # reused on resume; online: the reference runs in every step; auto:
+                                    # cached when the run covers an epoch or more, else online
+        "kto_threshold": 0.5,       # kto: a rating above this is desirable, at or below undesirable
+        "kto_desirable_weight": 1.0,
+        "kto_undesirable_weight": 1.0,
+        "chunk_size": 128,          # positions per LM-head chunk: [B, chunk, V] logits at a time
+    })
+    config.optim = optim_block()
+    config.optim.learning_rate = 5e-7  # full fine-tuning; LoRA wants ~100x more (configs/dpo.py)
+    config.optim.weight_decay = 0.0
+    config.train = train_block(epochs=1)
+    config.train.eval_at_start = False  # True: held-out metrics of the starting policy too (while policy ==
+                                        # reference every implicit reward is 0: loss log 2, accuracy 0)
+    return config

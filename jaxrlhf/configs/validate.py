@@ -26,6 +26,8 @@ WHITEN_SCOPES = ("rollout", "minibatch")                # rl.experience.WHITEN_S
 LOSS_SCALE = ("auto", "dynamic", "none")                 # training.loss_scale.MODES
 REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")  # models.layers.REMAT_POLICIES
 ATTENTION = ("auto", "default", "xla", "cudnn", "splash")  # models.attention.IMPLEMENTATIONS
+PO_LOSSES = ("sigmoid", "robust", "hinge", "ipo", "simpo", "listwise", "kto")  # po.data.LOSSES
+REFERENCE_LOGPS = ("auto", "cached", "online")          # po.reference.MODES
 
 
 def _model(block: str) -> dict[str, tuple[str, ...]]:
@@ -53,6 +55,12 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
         **_SUPERVISED,
         "data.format": SFT_FORMATS,
     },
+    "dpo": {
+        **_SUPERVISED,
+        "data.format": RM_FORMATS,
+        "loss.type": PO_LOSSES,
+        "loss.reference_logps": REFERENCE_LOGPS,
+    },
     "ppo": {
         **_model("policy"),
         **_model("critic"),
@@ -72,16 +80,18 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def trainer_of(config) -> str:
-    """"ppo", "sft" or "rm", from the blocks only that trainer's defaults have (a ConfigDict or a dict)."""
+    """"ppo", "dpo", "sft" or "rm", from the blocks only that trainer's defaults have (a ConfigDict or a dict)."""
     if "ppo" in config:
         return "ppo"
     loss = config.get("loss") or {}
+    if "beta" in loss:
+        return "dpo"
     if "chunk_size" in loss:
         return "sft"
     if "use_margin" in loss:
         return "rm"
     raise ValueError("cannot tell which trainer this config is for (no ppo block, no loss.chunk_size or "
-                     "loss.use_margin); pass trainer='rm', 'sft' or 'ppo'")
+                     "loss.use_margin); pass trainer='rm', 'sft', 'dpo' or 'ppo'")
 
 
 _MISSING = object()
@@ -100,7 +110,7 @@ def _lookup(config, key: str):
 def check_choices(config, trainer: str | None = None) -> None:
     """Raises `ValueError` for the first key (in `CHOICES` order) whose value is not one of its choices.
 
-    trainer: "rm", "sft" or "ppo"; None: told from the config's blocks (`trainer_of`). A key the config
+    trainer: "rm", "sft", "dpo" or "ppo"; None: told from the config's blocks (`trainer_of`). A key the config
     lacks (a run_config.json written before the key existed) is not checked.
     """
     trainer = trainer_of(config) if trainer is None else trainer

@@ -107,11 +107,16 @@ def objective_of(data_cfg) -> str:
     return "regression" if data_cfg.ratings_mode == "regression" else "pairs"
 
 
-def _is_ranked(source: str, data_cfg) -> bool:
+def source_format(source: str, data_cfg) -> str:
+    """`data.format`, or the format detected from the source's columns when it is auto."""
     if data_cfg.format != "auto":
-        return data_cfg.format == "ranked"
+        return data_cfg.format
     kw = {k: v for k, v in _load_kwargs(data_cfg).items() if k in ("split", "config", "max_rows")}
-    return detect_format(load_table(source, **kw)) == "ranked"
+    return detect_format(load_table(source, **kw))
+
+
+def _is_ranked(source: str, data_cfg) -> bool:
+    return source_format(source, data_cfg) == "ranked"
 
 
 def prepare(config, tokenizer, *, is_decoder: bool, max_positions: int | None = None) -> RMData:

@@ -23,6 +23,7 @@ MAY_CHANGE = (
     "train.on_nonfinite", "train.profile_steps",
     "data.eval_batch_size", "eval.",
     "model.remat", "policy.remat", "critic.remat",  # memory, not maths
+    "loss.reference_logps",           # where the reference's log-probs come from, not what they are
 )
 
 

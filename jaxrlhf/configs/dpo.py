@@ -1,0 +1,35 @@
+"""DPO: SmolLM2-135M-Instruct with LoRA on the HH-RLHF harmless comparisons, against its own starting
+weights (the same model with the adapters off).
+
+    python -m jaxrlhf.assets fetch smollm2
+    python -m jaxrlhf.train_dpo --config=configs/dpo.py
+
+A short run sized for a laptop CPU; raise `train.max_steps` (or set it to 0 and use `train.epochs`) for a
+real one. `--config.loss.type=ipo` (hinge, robust, simpo) switches the loss; ranked lists train with
+`loss.type=listwise`, rated responses with `loss.type=kto`. Held-out pairs are split by prompt and scored
+as an implicit reward model; the export in `workdir/dpo/export` is an HF causal LM.
+"""
+
+from jaxrlhf.configs.base import dpo_defaults
+
+
+def get_config():
+    config = dpo_defaults()
+    config.model.train_mode = "lora"
+    config.model.lora_rank = 16
+    config.model.lora_alpha = 32.0
+    config.model.lora_targets = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
+    config.data.source = "builtin:hh_rlhf_harmless"
+    config.data.format = "hh"
+    config.data.eval_size = 128
+    config.data.max_length = 256
+    config.data.batch_size = 8
+    config.data.pad_to_multiple = 64  # 4 batch shapes up to 256: fewer compiles in a short run
+    config.loss.beta = 0.1
+    config.optim.learning_rate = 5e-5
+    config.optim.warmup_steps = 3
+    config.train.max_steps = 40
+    config.train.eval_every = 0
+    config.train.log_every = 5
+    config.train.checkpoint_every = 20
+    return config
