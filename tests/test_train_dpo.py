@@ -85,7 +85,8 @@ def test_dpo_learns_the_preference_and_exports_an_hf_causal_lm(files, straight):
     assert json.loads((workdir / "eval.json").read_text())["accuracy"] == 1.0
     export = workdir / "export"
     assert json.loads((export / "preference.json").read_text()) == {
-        "loss_type": "sigmoid", "beta": 0.1, "reference": str(files["model"]), "reference_free": False}
+        "loss_type": "sigmoid", "beta": 0.1, "reference": str(files["model"]), "reference_free": False,
+        "append_eos": True}
     # The export is the trained policy: its log-prob of GOOD after a prompt rose against the starting model's.
     tok = transformers.AutoTokenizer.from_pretrained(export)
     ids = tok("hello two three " + GOOD)["input_ids"] + [tok.eos_token_id]
@@ -173,3 +174,49 @@ def test_lora_reference_is_the_policy_with_adapters_off(files, capsys):
     first = next(json.loads(line) for line in (Path(config.workdir) / "metrics.jsonl").read_text().splitlines()
                  if "eval/loss" in line)
     assert first["eval/loss"] == pytest.approx(math.log(2), abs=1e-6) and first["eval/accuracy"] == 0.0
+
+
+def test_eval_rm_scores_the_policy_as_an_implicit_reward_model(files, straight, tmp_path):
+    """eval_rm on the export (beta and reference from its preference.json) and on the workdir: the RM summary
+    of beta * (log p - log p_ref), checked against PyTorch's log-probs of both models."""
+    import subprocess
+    import sys
+
+    from jaxrlhf.eval_rm import evaluate_implicit
+
+    workdir = Path(straight["config"].workdir)
+    rows = [{"prompt": p, "chosen": GOOD, "rejected": BAD} for p in _prompts(3, seed=9)]
+    rows.append({"prompt": "hello", "chosen": BAD, "rejected": GOOD})  # one the policy gets wrong
+    data = _write(tmp_path / "four.jsonl", rows)
+    tok = transformers.AutoTokenizer.from_pretrained(workdir / "export")
+
+    def logp(model_dir, prompt, response):
+        tm = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        ids = tok(prompt)["input_ids"] + tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        n = len(ids) - len(tok(prompt)["input_ids"])
+        with torch.no_grad():
+            lp = torch.log_softmax(tm(torch.tensor([ids])).logits[0].double(), -1)
+        return float(sum(lp[t - 1, ids[t]] for t in range(len(ids) - n, len(ids))))
+
+    reward = {(r["prompt"], side): 0.1 * (logp(workdir / "export", r["prompt"], r[side])
+                                          - logp(files["model"], r["prompt"], r[side]))
+              for r in rows for side in ("chosen", "rejected")}
+    margins = [reward[(r["prompt"], "chosen")] - reward[(r["prompt"], "rejected")] for r in rows]
+    from_export = evaluate_implicit(str(workdir / "export"), str(data))
+    from_workdir = evaluate_implicit(str(workdir), str(data))
+    assert from_export["accuracy"] == 0.75 and from_export["n"] == 4
+    assert from_export["mean_margin"] == pytest.approx(np.mean(margins), abs=1e-4)
+    assert from_export["implicit_reward"] == {"beta": 0.1, "reference": str(files["model"])}
+    for key in ("accuracy", "mean_margin", "reward_mean", "reward_std"):
+        assert from_workdir[key] == pytest.approx(from_export[key], abs=1e-5), key
+    out = subprocess.run([sys.executable, "-m", "jaxrlhf.eval_rm", f"--model={workdir / 'export'}", f"--data={data}",
+                          "--beta=0.2"], capture_output=True, text=True, check=True, env=_cpu_env())
+    cli = json.loads(out.stdout.strip().splitlines()[-1])
+    assert cli["mean_margin"] == pytest.approx(2 * from_export["mean_margin"], abs=1e-4)  # scaled by beta
+    assert {"accuracy", "n", "n_rewards", "mean_margin", "reward_mean", "reward_std", "length_correlation"} <= set(cli)
+
+
+def _cpu_env():
+    import os
+
+    return dict(os.environ, JAX_PLATFORMS="cpu")

@@ -74,7 +74,7 @@ def load_reference(config, mesh, tokenizer) -> Reference:
 
 def preference_json(config, ref: Reference) -> dict:
     return {"loss_type": config.loss.type, "beta": config.loss.beta, "reference": ref.name,
-            "reference_free": ref.kind == "none"}
+            "reference_free": ref.kind == "none", "append_eos": bool(config.data.append_eos)}
 
 
 def summarise(window: list[dict], objective: str) -> tuple[dict, float]:

@@ -1,0 +1,74 @@
+"""A preference-optimised policy read as a reward model: the implicit reward `beta * (log p - log p_ref)` of a
+response, summed over its tokens (SimPO's: `beta * log p / length`, no reference), from an export or a
+train_dpo workdir, for `eval_rm --reference` and anything else that scores with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from jaxrlhf.infra.checkpoint import Checkpointer
+from jaxrlhf.models.hf_files import WeightLoadError, is_hf_dir
+from jaxrlhf.models.hub import from_pretrained, load_tokenizer
+from jaxrlhf.ops.preference import response_mask
+from jaxrlhf.po.setup import PREFERENCE_FILE
+from jaxrlhf.training.run_setup import load_model
+from jaxrlhf.training.trainable import split_for
+
+
+@dataclasses.dataclass
+class Policy:
+    model: nnx.Module
+    tokenizer: Any
+    note: dict  # preference.json: loss_type, beta, reference, reference_free ({} when absent)
+
+
+def load_policy(path: str, mesh) -> Policy:
+    """An exported causal LM (with the `preference.json` train_dpo writes, if any) or a train_dpo workdir
+    (the model of its `run_config.json` with the newest checkpoint's parameters), float32, on `mesh`."""
+    p = Path(path).expanduser()
+    if is_hf_dir(p):
+        note = json.loads((p / PREFERENCE_FILE).read_text()) if (p / PREFERENCE_FILE).is_file() else {}
+        return Policy(from_pretrained(str(p), "causal_lm", mesh=mesh).model, load_tokenizer(p), note)
+    if not (p / "run_config.json").is_file():
+        raise WeightLoadError(f"{p}: neither an exported model (config.json) nor a train_dpo workdir "
+                              f"(run_config.json + checkpoints/)")
+    config = ml_collections.ConfigDict(json.loads((p / "run_config.json").read_text()))
+    if "beta" not in config.get("loss", {}):
+        raise WeightLoadError(f"{p}: a workdir of another trainer than train_dpo (its run_config.json has no "
+                              f"loss.beta); pass its export/ folder or a train_dpo workdir")
+    config.model.dtype, config.model.param_dtype = "float32", "float32"
+    loaded = load_model(config, mesh, "causal_lm")
+    ckpt = Checkpointer(p / "checkpoints")
+    if ckpt.latest_step() is None:
+        raise WeightLoadError(f"{p / 'checkpoints'}: no complete checkpoint")
+    graphdef, trainable, frozen = split_for(loaded.model, config.model)
+    restored, _, _ = ckpt.restore_params(trainable)
+    ckpt.close()
+    loss = config.loss
+    note = {"loss_type": loss.type, "beta": loss.beta, "reference": config.reference or config.model.name,
+            "reference_free": bool(loss.reference_free) or loss.type == "simpo",
+            "append_eos": bool(config.data.append_eos)}
+    return Policy(nnx.merge(graphdef, restored, frozen), load_tokenizer(loaded.model_dir), note)
+
+
+def make_implicit_reward_fn(policy_def, ref_def, *, beta: float, length_normalise: bool = False,
+                            suffix_len: int = 0, chunk_size: int = 128) -> Callable:
+    """reward(policy_state, ref_state, ids_BxT, mask_BxT, response_len_B) -> float32 [B]; `ref_def` None:
+    reference-free. `length_normalise`: divide the log-probs by the response length first (SimPO)."""
+
+    def reward(policy_state, ref_state, ids, mask, length):
+        scored = response_mask(mask, length, suffix_len)
+        logp, tokens = nnx.merge(policy_def, policy_state).sequence_logprobs(ids, mask, scored, chunk_size=chunk_size)
+        if ref_def is not None:
+            logp = logp - nnx.merge(ref_def, ref_state).sequence_logprobs(ids, mask, scored, chunk_size=chunk_size)[0]
+        return beta * (logp / jnp.maximum(tokens, 1.0) if length_normalise else logp)
+
+    return reward
