@@ -19,7 +19,7 @@ def test_at_least_fifty_cases_over_every_kind_and_command(results):
     kinds = {case.kind for case, _ in pairs}
     commands = {case.command for case, _ in pairs}
     assert len(pairs) >= 50 and {"data", "config", "model"} <= kinds
-    assert {"train_rm", "train_sft", "train_ppo", "eval_rm", "score", "compare"} <= commands
+    assert {"train_rm", "train_sft", "train_ppo", "train_dpo", "eval_rm", "score", "compare"} <= commands
 
 
 def test_each_case_is_one_clear_line_and_exit_2(results):

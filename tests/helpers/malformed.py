@@ -21,7 +21,7 @@ from pathlib import Path
 class Case:
     name: str            # what is wrong, for the table
     kind: str            # data | config | model
-    command: str         # train_rm | train_sft | train_ppo | eval_rm | score | compare
+    command: str         # train_rm | train_sft | train_ppo | train_dpo | eval_rm | score | compare
     args: tuple[str, ...]
     expected: str        # a substring of the error line
 
@@ -105,6 +105,14 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
                           "--config.ppo.rollout_batch_size=8", "--config.ppo.minibatch_size=4",
                           "--config.sampling.max_new_tokens=4", "--config.train.iterations=1",
                           "--config.train.export=False") + tuple(extra)
+    # DPO: the comparison file and the tiny model as the policy (its reference: its own starting weights); format
+    # auto, as the embedded default says hh
+    dpo = lambda *extra: (f"--config.model.name={model}", f"--config.data.source={pairs}",
+                          "--config.data.format=auto", "--config.model.train_mode=full", "--config.data.eval_size=8",
+                          "--config.data.max_length=32",
+                          "--config.data.batch_size=8", "--config.train.export=False") + tuple(extra)
+    one_class = data("oneclass", [{"prompt": f"one {i}", "response": r, "reward": 1.0} for i in range(12)
+                                  for r in ("red", "blue")])
     texts = root / "texts.txt"
     texts.write_text("one two\n")
     bad_lines = data("badlines", ['{"prompt": "a"', '{"nothing": 1}'])
@@ -245,6 +253,33 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
         Case("PPO: wrong value type", "config", "train_ppo", ppo("--config.ppo.epochs=abc"), "ppo.epochs=abc"),
         Case("PPO: workdir is a file", "config", "train_ppo", ppo(f"--config.workdir={workfile}"),
              "is a file, not a folder"),
+        Case("DPO: beta not positive", "config", "train_dpo", dpo("--config.loss.beta=0"),
+             "loss.beta=0.0 must be positive"),
+        Case("DPO: unknown loss type", "config", "train_dpo", dpo("--config.loss.type=dpo2"),
+             "loss.type='dpo2' is not one of sigmoid, robust"),
+        Case("DPO: KTO on comparisons (not ratings)", "data", "train_dpo", dpo("--config.loss.type=kto"),
+             "loss.type=kto needs rated responses"),
+        Case("DPO: listwise on comparisons (not ranked lists)", "data", "train_dpo", dpo("--config.loss.type=listwise"),
+             "loss.type=listwise needs ranked lists"),
+        Case("DPO: robust DPO without a label-noise rate", "config", "train_dpo", dpo("--config.loss.type=robust"),
+             "loss.type=robust needs loss.label_smoothing > 0"),
+        Case("DPO: label smoothing of 0.5 or more", "config", "train_dpo", dpo("--config.loss.label_smoothing=0.5"),
+             "loss.label_smoothing=0.5 must be in [0, 0.5)"),
+        Case("DPO: KTO ratings all above the threshold", "data", "train_dpo",
+             dpo("--config.loss.type=kto", f"--config.data.source={one_class}"),
+             "every training rating is above loss.kto_threshold=0.5 (ratings 1 to 1)"),
+        Case("DPO: an SFT term on KTO", "config", "train_dpo",
+             dpo("--config.loss.type=kto", "--config.loss.sft_weight=1"), "loss.sft_weight is an extra term on pairs"),
+        Case("DPO: unknown reference_logps", "config", "train_dpo", dpo("--config.loss.reference_logps=always"),
+             "loss.reference_logps='always' is not one of auto, cached, online"),
+        Case("DPO: reference does not exist", "model", "train_dpo", dpo(f"--config.reference={root / 'noref'}"),
+             "noref"),
+        Case("DPO: unknown data format", "config", "train_dpo", dpo("--config.data.format=prompt_response"),
+             "data.format='prompt_response' is not one of"),
+        Case("eval_rm: implicit reward of a model without beta", "config", "eval_rm",
+             (f"--model={model}", f"--reference={model}", f"--data={pairs}"), "does not say which beta"),
+        Case("eval_rm: implicit reward with beta <= 0", "config", "eval_rm",
+             (f"--model={model}", f"--reference={model}", f"--data={pairs}", "--beta=0"), "--beta=0.0 must be > 0"),
         Case("score: model does not exist", "model", "score", (f"--model={root / 'nomodel'}", f"--input={texts}"),
              "nomodel"),
         Case("score: input file does not exist", "data", "score", (f"--model={model}", f"--input={root / 'no.txt'}"),
