@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGED = REPO / "jaxrlhf" / "configs"
 TWINS = REPO / "configs"
 NOT_EXPERIMENTS = {"__init__", "base", "validate"}
-DEFAULTS = {"rm": base.rm_defaults, "sft": base.sft_defaults, "ppo": base.ppo_defaults}
+DEFAULTS = {"rm": base.rm_defaults, "sft": base.sft_defaults, "dpo": base.dpo_defaults, "ppo": base.ppo_defaults}
 
 
 def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
@@ -88,6 +88,10 @@ def test_every_trainer_shares_the_model_source_run_mesh_and_distributed_blocks()
              "data.eval_batch_size": 16, "data.max_length": 256, "data.on_invalid": "error",
              "optim.learning_rate": 1e-4, "train.epochs": 1, "train.eval_at_start": True,
              "train.log_every": 10, "loss.chunk_size": 128}),
+    ("dpo", {"workdir": "workdir/dpo", "model.name": "smollm2", "reference": "", "data.format": "auto",
+             "data.eval_size": 256, "data.batch_size": 8, "loss.type": "sigmoid", "loss.beta": 0.1,
+             "loss.reference_logps": "auto", "loss.label_smoothing": 0.0, "optim.learning_rate": 5e-7,
+             "train.epochs": 1, "train.eval_at_start": False}),
     ("ppo", {"workdir": "workdir/ppo", "policy.name": "smollm2", "critic.init": "reward_model",
              "critic.name": "", "reward_model.path": "workdir/rm/export", "data.max_prompt_length": 128,
              "data.pad_to_multiple": 32, "data.on_invalid": "error", "sampling.max_new_tokens": 64,
@@ -156,7 +160,7 @@ def test_experiment_overrides_only_existing_keys(name):
 
 
 def test_experiment_files_are_the_expected_ones():
-    assert _experiments(PACKAGED) == ["ppo", "rm", "rm_smollm2", "sft"]
+    assert _experiments(PACKAGED) == ["dpo", "ppo", "rm", "rm_smollm2", "sft"]
 
 
 def test_every_packaged_config_has_a_checkout_twin_and_back():
@@ -175,7 +179,7 @@ def test_twin_reexports_the_packaged_get_config(name):
 
 
 def test_trainers_default_to_a_packaged_config():
-    for trainer, name in (("train_rm", "rm"), ("train_sft", "sft"), ("train_ppo", "ppo")):
+    for trainer, name in (("train_rm", "rm"), ("train_sft", "sft"), ("train_dpo", "dpo"), ("train_ppo", "ppo")):
         source = (REPO / "jaxrlhf" / f"{trainer}.py").read_text()
         assert f'"configs" / "{name}.py"' in source, f"{trainer} no longer defaults to jaxrlhf/configs/{name}.py"
         assert (PACKAGED / f"{name}.py").is_file()
@@ -222,6 +226,11 @@ def test_choices_copy_the_library():
     assert validate.CRITIC_INITS == CRITIC_INITS
     assert validate.KL_ESTIMATORS == ESTIMATORS
     assert validate.WHITEN_SCOPES == WHITEN_SCOPES
+    from jaxrlhf.po.data import LOSSES
+    from jaxrlhf.po.reference import MODES as REFERENCE_MODES
+
+    assert validate.PO_LOSSES == LOSSES
+    assert validate.REFERENCE_LOGPS == REFERENCE_MODES
 
 
 def test_rm_objective_modes_are_the_ones_rm_data_accepts():
@@ -287,5 +296,5 @@ def test_missing_keys_are_not_checked_and_unknown_trainers_raise():
     validate.check_choices(config)
     with pytest.raises(ValueError, match="cannot tell which trainer"):
         validate.trainer_of(ml_collections.ConfigDict({"model": base.model_block()}))
-    with pytest.raises(ValueError, match="trainer='dpo'"):
-        validate.check_choices(config, trainer="dpo")
+    with pytest.raises(ValueError, match="trainer='grpo'"):
+        validate.check_choices(config, trainer="grpo")

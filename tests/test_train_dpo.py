@@ -12,9 +12,9 @@ import pytest
 import torch
 import transformers
 
-from jaxrlhf.configs.base import dpo_defaults
 from jaxrlhf.po.reference import FILE
 from jaxrlhf.train_dpo import train
+from tests.helpers import runs
 from tests.helpers.models import make_tiny_llama_dir
 from tests.helpers.runs import complete_steps
 from tests.helpers.tokenizers import WORDS
@@ -50,25 +50,7 @@ def files(tmp_path_factory):
 
 
 def tiny_dpo_config(files, workdir: Path, data: str = "pairs", loss: str = "sigmoid"):
-    config = dpo_defaults()
-    config.workdir = str(workdir)
-    config.model.name = str(files["model"])
-    config.model.train_mode = "full"
-    config.data.source = str(files[data])
-    config.data.eval_size = 8
-    config.data.max_length = 32
-    config.data.batch_size = 8
-    config.data.eval_batch_size = 8
-    config.data.pad_to_multiple = 16
-    config.loss.type = loss
-    config.loss.chunk_size = 8
-    config.optim.learning_rate = 1e-3
-    config.optim.warmup_steps = 1
-    config.train.epochs = 3
-    config.train.log_every = 3
-    config.train.checkpoint_every = 5
-    config.train.export = False
-    return config
+    return runs.tiny_dpo_config(files["model"], files[data], workdir, loss)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
     python -m tests.workers train_rm --model DIR --data FILE --work DIR --mesh 1,8,1 [--stop-after N]
     python -m tests.workers multihost_rm --model DIR --data FILE --work DIR --out DIR [--set train.epochs=2 ...]
+    python -m tests.workers train_dpo --model DIR --data FILE --work DIR --mesh 2,2,2 [--set loss.type="ipo" ...]
     python -m tests.workers multihost_ppo --policy DIR --rm DIR --prompts FILE --work DIR
     python -m tests.workers placed_bytes --model DIR
 
@@ -80,6 +81,29 @@ def multihost_rm(args) -> None:
     np.savez(args.out + f"/params_{jax.process_index()}.npz", **local)
     print("RESULT " + json.dumps(dict(process=jax.process_index(), processes=jax.process_count(),
                                       devices=jax.device_count(), checksum=checksum, rows=rows, summary=summary)))
+
+
+def train_dpo(args) -> None:
+    """The tiny DPO run (tests/test_train_dpo.py's config) on the mesh data,fsdp,tensor, in one process of a
+    possibly multi-process run, logging every step; prints its losses by step and summary
+    (test_sharded_dpo). `--set block.key=JSON` overrides the config."""
+    import jax
+
+    from jaxrlhf.train_dpo import train
+    from tests.helpers.runs import tiny_dpo_config
+
+    cfg = tiny_dpo_config(args.model, args.data, args.work)
+    cfg.train.log_every = 1
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = args.mesh
+    for item in args.set:
+        dotted, value = item.split("=", 1)
+        block, key = dotted.rsplit(".", 1)
+        cfg[block][key] = json.loads(value)
+    summary = train(cfg)
+    records = [json.loads(line) for line in (Path(args.work) / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+    print("RESULT " + json.dumps(dict(process=jax.process_index(), processes=jax.process_count(),
+                                      devices=jax.device_count(), losses=losses, summary=summary)))
 
 
 def multihost_ppo(args) -> None:
@@ -188,6 +212,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="folder for params_<process>.npz")
     p.add_argument("--set", action="append", default=[], metavar="BLOCK.KEY=JSON")
     p.set_defaults(run=multihost_rm)
+    p = sub.add_parser("train_dpo", help=train_dpo.__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--work", required=True)
+    p.add_argument("--mesh", type=_mesh, default=(1, 1, 1), help="data,fsdp,tensor")
+    p.add_argument("--set", action="append", default=[], metavar="BLOCK.KEY=JSON")
+    p.set_defaults(run=train_dpo)
     p = sub.add_parser("multihost_ppo", help=multihost_ppo.__doc__)
     for name in ("--policy", "--rm", "--prompts", "--work"):
         p.add_argument(name, required=True)

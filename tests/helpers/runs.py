@@ -1,4 +1,4 @@
-"""Tiny trainer runs: RM and PPO configs over the tiny Llama, the RM command line, checkpoint folders."""
+"""Tiny trainer runs: RM, DPO and PPO configs over the tiny Llama, the RM command line, checkpoint folders."""
 
 from __future__ import annotations
 
@@ -38,6 +38,31 @@ def tiny_rm_config(model_dir: Path, data_file: Path, workdir: Path):
     for key, value in TINY_RM_SETTINGS.items():
         section, name = key.split(".")
         setattr(config[section], name, value)
+    return config
+
+
+def tiny_dpo_config(model_dir: Path, data_file: Path, workdir: Path, loss: str = "sigmoid"):
+    """DPO on the tiny Llama, fully fine-tuned against its starting weights, 3 epochs of 8 pairs."""
+    from jaxrlhf.configs.base import dpo_defaults
+
+    config = dpo_defaults()
+    config.workdir = str(workdir)
+    config.model.name = str(model_dir)
+    config.model.train_mode = "full"
+    config.data.source = str(data_file)
+    config.data.eval_size = 8
+    config.data.max_length = 32
+    config.data.batch_size = 8
+    config.data.eval_batch_size = 8
+    config.data.pad_to_multiple = 16
+    config.loss.type = loss
+    config.loss.chunk_size = 8
+    config.optim.learning_rate = 1e-3
+    config.optim.warmup_steps = 1
+    config.train.epochs = 3
+    config.train.log_every = 3
+    config.train.checkpoint_every = 5
+    config.train.export = False
     return config
 
 
