@@ -125,6 +125,23 @@ def test_chat_messages_rendered_with_the_template(decoder_tokenizer):
         assert (rec2.prompt, rec2.chosen, rec2.rejected) == (rec.prompt, rec.chosen, rec.rejected)
 
 
+def test_hh_dialogues_rendered_with_the_chat_template_are_the_chat_rows_of_the_same_turns(decoder_tokenizer):
+    """chat_template=True: an HH dialogue's Human/Assistant turns become user/assistant messages, so the
+    record is the one the chat format gives for those messages written out."""
+    hh = [{"chosen": f"{HUMAN} hi there{ASSISTANT} hello{HUMAN} why{ASSISTANT} yes good",
+           "rejected": f"{HUMAN} hi there{ASSISTANT} hello{HUMAN} why{ASSISTANT} no"}]
+    turns = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"},
+             {"role": "user", "content": "why"}]
+    chat = [{"prompt": turns, "chosen": [{"role": "assistant", "content": "yes good"}],
+             "rejected": [{"role": "assistant", "content": "no"}]}]
+    want = parse_table(load_table(chat), format="chat", tokenizer=decoder_tokenizer).records[0]
+    got = parse_table(load_table(hh), format="hh", tokenizer=decoder_tokenizer, chat_template=True).records[0]
+    assert (got.prompt, got.chosen, got.rejected) == (want.prompt, want.chosen, want.rejected)
+    assert got.prompt.endswith("<|im_start|>assistant\n") and got.chosen == "yes good<|im_end|>"
+    raw = parse_table(load_table(hh), format="hh", tokenizer=decoder_tokenizer).records[0]
+    assert raw.prompt.endswith(ASSISTANT) and raw.chosen == " yes good"  # off: the text as the data has it
+
+
 def test_chat_multi_turn_prompt_is_the_shared_messages(decoder_tokenizer):
     conv = [{"role": "system", "content": "a"}, {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "hello"}, {"role": "user", "content": "why"}]

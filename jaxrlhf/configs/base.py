@@ -306,6 +306,8 @@ def dpo_defaults() -> ml_collections.ConfigDict:
         "format": "auto",           # auto | pairs | hh | chat | ranked | ratings (as for train_rm)
         "append_eos": True,         # end each response with EOS, scored like its other tokens
         "min_agreement": 0.0,
+        "chat_template": False,     # render HH dialogues with the policy tokenizer's chat template, as the
+                                    # policy is prompted when it chats (chat-format data always is)
     })
     config.loss = ml_collections.ConfigDict({
         "type": "sigmoid",          # sigmoid (DPO) | robust | hinge | ipo | simpo: on pairs (ranked lists and

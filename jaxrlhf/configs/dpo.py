@@ -21,6 +21,7 @@ def get_config():
     config.model.lora_targets = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
     config.data.source = "builtin:hh_rlhf_harmless"
     config.data.format = "hh"
+    config.data.chat_template = True  # HH turns as ChatML messages: train on the prompts the policy chats with
     config.data.eval_size = 128
     config.data.max_length = 256
     config.data.batch_size = 8

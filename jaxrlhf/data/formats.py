@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from typing import Any
 
 from jaxrlhf.data.chat import ChatRenderer
@@ -27,6 +28,8 @@ from jaxrlhf.data.sources import Table
 
 FORMATS = ("auto", "pairs", "hh", "chat", "ranked", "ratings")
 HH_ASSISTANT = "\n\nAssistant:"
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 RATING_COLUMNS = ("reward", "rating", "score")
 
 
@@ -102,6 +105,26 @@ def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
     return chosen[:end], chosen[end:], rejected[end:]
 
 
+def hh_messages(text: str) -> list[tuple[str, str]]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:' -> [(user, a), (assistant, b), (user, c)]."""
+    parts = HH_TURN.split(text)
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        content = content.strip()
+        if content:
+            messages.append((_HH_ROLES[role], content))
+    return messages
+
+
+def _hh_as_chat(renderer: ChatRenderer, prompt: str, chosen: str, rejected: str) -> tuple[str, str, str]:
+    """An HH prompt and its two final assistant turns rendered with the model's chat template."""
+    shared = hh_messages(prompt)
+    if not shared or shared[-1][0] != "user":
+        raise RowInvalid("chosen", "bad_structure", "the prompt does not end with a Human turn")
+    return (renderer.prompt(shared), renderer.response(shared, ("assistant", chosen.strip()), "chosen"),
+            renderer.response(shared, ("assistant", rejected.strip()), "rejected"))
+
+
 def _require(table: Table, names: tuple[str, ...]) -> None:
     missing = [n for n in names if n not in table.columns]
     if missing:
@@ -133,7 +156,7 @@ def _parse_pair_row(fmt: str, table: Table, i: int, renderer, report: DataReport
         prompt, c, r = split_hh(chosen, rejected)
         if not c.strip() or not r.strip():
             report.notes["empty_response"] += 1  # a real preference: saying nothing was better
-        return prompt, c, r
+        return _hh_as_chat(renderer, prompt, c, r) if renderer is not None else (prompt, c, r)
     if chosen == rejected:
         raise RowInvalid("rejected", "identical", "chosen and rejected are the same text")
     return text(cols["prompt"][i], "prompt"), chosen, rejected
@@ -166,10 +189,13 @@ def parse_table(
     tokenizer=None,
     on_invalid: str = "raise",
     min_agreement: float | None = None,
+    chat_template: bool = False,
 ) -> Parsed:
     """Parses and validates every row of `table` (see module doc).
 
     tokenizer: needed for chat data (its chat template renders the texts).
+    chat_template: HH dialogues too are rendered with the tokenizer's chat template (their Human and
+    Assistant turns as user and assistant messages), as a chat model sees a conversation.
     min_agreement: drop pairs whose `agreement` is below it (needs an `agreement` column).
     """
     if format not in FORMATS:
@@ -183,7 +209,7 @@ def parse_table(
         _require(table, ("prompt", "chosen", "rejected") if fmt == "pairs" else ("chosen", "rejected"))
         if min_agreement is not None:
             _require(table, ("agreement",))
-        renderer = ChatRenderer(tokenizer) if fmt == "chat" else None
+        renderer = ChatRenderer(tokenizer) if fmt == "chat" or (fmt == "hh" and chat_template) else None
         for i in range(table.num_rows):
             try:
                 prompt, chosen, rejected = _parse_pair_row(fmt, table, i, renderer, report)

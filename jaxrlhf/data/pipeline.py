@@ -33,9 +33,11 @@ def load_records(
     tokenizer=None,
     on_invalid: str = "raise",
     min_agreement: float | None = None,
+    chat_template: bool = False,
     **load_kwargs,
 ) -> Parsed:
-    """Loads and validates a source (`jaxrlhf.data.sources`) in a format (`jaxrlhf.data.formats`).
+    """Loads and validates a source (`jaxrlhf.data.sources`) in a format (`jaxrlhf.data.formats`);
+    `chat_template`: render HH dialogues with the tokenizer's chat template.
 
     load_kwargs: config, split, data_dir, revision, cache_dir, max_rows, column_map, name.
     """
@@ -44,7 +46,7 @@ def load_records(
         raise TypeError(f"unknown arguments {sorted(unknown)}")
     table = load_table(source, **load_kwargs)
     return parse_table(table, format, tokenizer=tokenizer, on_invalid=on_invalid,
-                       min_agreement=min_agreement)
+                       min_agreement=min_agreement, chat_template=chat_template)
 
 
 def as_pairs(records: list, report: DataReport | None = None, margin_scale: float = 0.0) -> list[Pair]:

@@ -12,32 +12,17 @@ that data expects to see before the response; ends with "\\n\\nAssistant:" for H
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from jaxrlhf.data.chat import as_messages
 from jaxrlhf.data.errors import RowInvalid
-from jaxrlhf.data.formats import HH_ASSISTANT, split_hh
-
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+from jaxrlhf.data.formats import HH_ASSISTANT, HH_TURN, hh_messages, split_hh
 
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
     text: str  # as in the data; ends with "\n\nAssistant:" for HH dialogues
     messages: tuple[tuple[str, str], ...]  # (role, content), ending with a user turn
-
-
-def hh_messages(text: str) -> list[tuple[str, str]]:
-    """'\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:' -> [(user, a), (assistant, b), (user, c)]."""
-    parts = _HH_TURN.split(text)
-    messages = []
-    for role, content in zip(parts[1::2], parts[2::2]):
-        content = content.strip()
-        if content:
-            messages.append((_HH_ROLES[role], content))
-    return messages
 
 
 def hh_prompt(chosen: str, rejected: str | None = None) -> str:
@@ -55,7 +40,7 @@ def prompt_of_text(value: str) -> Prompt:
     """A prompt string: HH turns when it has them, else one user message."""
     if not value.strip():
         raise RowInvalid("prompt", "empty")
-    messages = hh_messages(value) if _HH_TURN.search(value) else [("user", value.strip())]
+    messages = hh_messages(value) if HH_TURN.search(value) else [("user", value.strip())]
     return Prompt(value, tuple(messages))
 
 

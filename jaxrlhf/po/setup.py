@@ -11,6 +11,7 @@ from flax import nnx
 from jaxrlhf.models.hub import load_tokenizer
 from jaxrlhf.training.loop import host_scalar
 from jaxrlhf.training.run_setup import load_block
+from jaxrlhf.training.trainable import base_is_reference
 
 PREFERENCE_FILE = "preference.json"  # in an export: beta, loss type and reference, for eval_rm --reference
 
@@ -48,19 +49,12 @@ class Reference:
                 "model": f"{self.name} (a frozen copy)"}[self.kind]
 
 
-def shares_policy_base(config) -> bool:
-    """Under LoRA the starting model is the policy with its adapters off, when the reference is that model
-    and only adapters train."""
-    m = config.model
-    return m.train_mode == "lora" and not m.get("train_lm_head", False) and config.reference in ("", m.name)
-
-
 def load_reference(config, mesh, tokenizer) -> Reference:
     loss = config.loss
     if loss.reference_free or loss.type == "simpo":
         return Reference("none", "none")
     name = config.reference or config.model.name
-    if shares_policy_base(config):
+    if base_is_reference(config.model, config.reference):
         return Reference("adapters_off", name)
     if config.reference and config.reference != config.model.name:
         other = load_tokenizer(name)

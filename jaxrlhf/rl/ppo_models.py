@@ -20,7 +20,7 @@ from jaxrlhf.models.hub import LoadedModel, load_tokenizer
 from jaxrlhf.rl.rollout import same_vocabulary
 from jaxrlhf.rm.load import TrainedRM, load_trained_rm
 from jaxrlhf.training.run_setup import load_block
-from jaxrlhf.training.trainable import split_for
+from jaxrlhf.training.trainable import base_is_reference, split_for
 
 CRITIC_INITS = ("reward_model", "actor")
 
@@ -42,12 +42,8 @@ class PPOModels:
 
 
 def shares_actor_base(config) -> bool:
-    """Under LoRA the reference is the actor's frozen base with the adapters off, when it is the same model
-    (`reference` empty or `policy.name`) and nothing but adapters trains (an LM head trained with
-    `train_lm_head` would make the base differ from the reference)."""
-    p = config.policy
-    return (p.train_mode == "lora" and not p.get("train_lm_head", False)
-            and config.reference in ("", p.name))
+    """Under LoRA the reference is the actor's frozen base with the adapters off (`base_is_reference`)."""
+    return base_is_reference(config.policy, config.reference)
 
 
 def load_ppo_models(config, mesh) -> PPOModels:

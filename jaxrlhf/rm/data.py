@@ -94,6 +94,8 @@ def _load_kwargs(data_cfg) -> dict:
         kw["config"] = data_cfg.subset
     if data_cfg.limit:
         kw["max_rows"] = data_cfg.limit
+    if data_cfg.get("chat_template", False):  # train_dpo's key
+        kw["chat_template"] = True
     return kw
 
 

@@ -36,6 +36,15 @@ def split_for(model: nnx.Module, block):
     return split_trainable(model, block.train_mode, bool(block.get("train_lm_head", False)))
 
 
+def base_is_reference(block, reference: str) -> bool:
+    """Whether a frozen reference named `reference` ("" for the block's own model) is the block's model with
+    its LoRA adapters off (`models.layers.adapters_off`), so no second copy need load: under LoRA, when it
+    names the same model and nothing but adapters trains (an LM head trained with `train_lm_head` would
+    make the base differ from the reference)."""
+    return (block.train_mode == "lora" and not block.get("train_lm_head", False)
+            and reference in ("", block.name))
+
+
 def count_params(state) -> int:
     import jax
 
