@@ -56,12 +56,11 @@ def load_reference(config, mesh, tokenizer) -> Reference:
     name = config.reference or config.model.name
     if base_is_reference(config.model, config.reference):
         return Reference("adapters_off", name)
+    loaded = load_block(config.model, name, "causal_lm", mesh, config.seed, lora=False, trains=False)
     if config.reference and config.reference != config.model.name:
-        other = load_tokenizer(name)
-        if other.get_vocab() != tokenizer.get_vocab():
+        if load_tokenizer(loaded.model_dir).get_vocab() != tokenizer.get_vocab():
             raise ValueError(f"reference={config.reference} has another vocabulary than model.name="
                              f"{config.model.name}: DPO compares the log-probs both give the same token ids")
-    loaded = load_block(config.model, name, "causal_lm", mesh, config.seed, lora=False, trains=False)
     graphdef, state = nnx.split(loaded.model)
     return Reference("model", name, graphdef, state)
 
