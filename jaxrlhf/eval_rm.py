@@ -52,12 +52,15 @@ def _load_kwargs(fmt: str, limit: int) -> dict:
 
 
 def _score(data: str, tokenizer, max_length: int, batch_size: int, append_eos: bool, pair_fn, reward_fn, mesh,
-           kw: dict) -> dict:
-    """The reward-model summary of `data`: pair_fn(batch) -> (r_c, r_r); reward_fn(ids, mask, length) -> r."""
-    pairs, _, report = load_pair_data(data, tokenizer, max_length, append_eos=append_eos, **kw)
+           kw: dict, shared_prompt: bool = False) -> dict:
+    """The reward-model summary of `data`: pair_fn(batch) -> (r_c, r_r); reward_fn(ids, mask, length) -> r.
+    `shared_prompt`: responses to one prompt keep the same cut of it, as train_dpo tokenises."""
+    pairs, _, report = load_pair_data(data, tokenizer, max_length, append_eos=append_eos, shared_prompt=shared_prompt,
+                                      **kw)
     summary = summarise(score_pairs(pair_fn, PairBatcher(pairs, batch_size, shuffle=False).epoch(0), mesh))
     if load_records(data, tokenizer=tokenizer, **kw).format == "ranked":
-        lists, _, _ = load_list_data(data, tokenizer, max_length, append_eos=append_eos, **kw)
+        lists, _, _ = load_list_data(data, tokenizer, max_length, append_eos=append_eos, shared_prompt=shared_prompt,
+                                     **kw)
         batches = ListBatcher(lists, batch_size, shuffle=False).epoch(0)
         summary["kendall_tau"] = score_lists(reward_fn, batches, mesh)["kendall_tau"]
     skipped = dict(report.invalid) | dict(report.filtered)
@@ -124,7 +127,7 @@ def evaluate_implicit(model_path: str, data: str, *, reference: str | None = Non
     pair_fn = lambda b: (reward_fn(b["chosen_ids_BxT"], b["chosen_mask_BxT"], b["chosen_len_B"]),
                          reward_fn(b["rejected_ids_BxT"], b["rejected_mask_BxT"], b["rejected_len_B"]))
     summary = _score(data, policy.tokenizer, max_length, batch_size, append_eos, pair_fn, reward_fn, mesh,
-                     _load_kwargs(fmt, limit))
+                     _load_kwargs(fmt, limit), shared_prompt=True)
     summary["implicit_reward"] = {"beta": float(beta), "reference": reference}
     return summary
 

@@ -15,7 +15,8 @@ both alike), and the floors the README claims:
 - rm: reward-model training pairs/s vs TRL 1.16 RewardTrainer (scripts/bench_rm.py), floor 1.5x;
 - ppo: one PPO iteration vs TRL 1.12 PPOTrainer (scripts/bench_ppo.py), floor 1.5x;
 - rollout: rollout tokens/s vs transformers generate, the slowest mode (scripts/bench_rollout.py), floor 2x;
-- rm_step: the configs/rm.py train step vs PyTorch (scripts/bench_rm_step.py), no floor (a diagnostic).
+- rm_step: the configs/rm.py train step vs PyTorch (scripts/bench_rm_step.py), no floor (a diagnostic);
+- dpo: DPO training steps/s vs TRL 1.16 DPOTrainer with PEFT LoRA (scripts/bench_dpo.py), floor 1.5x.
 
 Each script writes its own section of docs/benchmarks.md and its result as JSON (`--json`) into
 `--results`; the table is made from those files, so a row not rerun (`--only`) shows its last run and says
@@ -56,6 +57,7 @@ BENCHES = (
     Bench("ppo", "scripts/bench_ppo.py", 1.5, benchlib.TRL_PPO_VERSION, ("smollm2",)),
     Bench("rollout", "scripts/bench_rollout.py", 2.0, assets=("smollm2",)),
     Bench("rm_step", "scripts/bench_rm_step.py", None, assets=("minilm",)),
+    Bench("dpo", "scripts/bench_dpo.py", 1.5, benchlib.TRL_REWARD_VERSION, ("smollm2",)),
 )
 
 

@@ -165,3 +165,25 @@ def test_hh_max_length_rule_against_whitespace_token_counts(decoder_tokenizer, t
     assert msg.startswith(f"builtin:hh_rlhf_harmless: max_length=8 cuts {cut} of {len(full)} responses")
     assert msg.endswith(f"the median prompt + response is {int(np.ceil(np.median(full)))} tokens: set max_length to "
                         f"at least {int(np.ceil(np.median(full)))}")
+
+
+def test_shared_prompt_cuts_the_prompt_alike_for_every_response(decoder_tokenizer):
+    """A prompt too long for the longer response: with shared_prompt both sides (and every list response)
+    keep the same last prompt tokens, those that fit beside the longest response; without it, each side keeps
+    what fits beside itself."""
+    from jaxrlhf.data import RankedList
+    from jaxrlhf.data.tokenize import tokenize_lists
+
+    prompt = "one two three four five six seven eight nine ten"  # 10 tokens
+    pair = Pair(prompt, "yes", "no bad red green blue")  # responses of 1 and 5 tokens, + EOS
+    own = tokenize_pairs([pair], decoder_tokenizer, max_length=12)  # BOS + prompt + response + EOS
+    shared = tokenize_pairs([pair], decoder_tokenizer, max_length=12, shared_prompt=True)
+    words = lambda enc: decoder_tokenizer.convert_ids_to_tokens(list(enc.sequence(0)))
+    assert words(own.chosen)[1:own.chosen.prompt_len[0]] == prompt.split()[-9:]
+    assert words(own.rejected)[1:own.rejected.prompt_len[0]] == prompt.split()[-5:]
+    assert words(shared.rejected) == words(own.rejected) and len(words(shared.rejected)) == 12
+    assert words(shared.chosen) == ["<s>", *prompt.split()[-5:], "yes", "</s>"]
+    lists = tokenize_lists([RankedList(prompt, ("yes", "no bad red green blue", "good one"), (0, 2, 1))],
+                           decoder_tokenizer, max_length=12, shared_prompt=True)
+    cuts = {tuple(lists.seqs.sequence(i)[:lists.seqs.prompt_len[i]]) for i in range(3)}
+    assert len(cuts) == 1 and len(next(iter(cuts))) == 6  # BOS + the same 5 prompt tokens

@@ -76,11 +76,13 @@ def load_pair_data(
     margin_scale: float = 0.0,
     names: Mapping[str, str] | None = None,
     max_positions: int | None = None,
+    shared_prompt: bool = False,
     **kwargs,
 ) -> tuple[PairData, PairData | None, DataReport]:
     """Comparisons for Bradley-Terry training, split by prompt into (train, held-out or None).
 
-    Ranked lists and ratings are expanded into pairs after the split. kwargs go to `load_records`.
+    Ranked lists and ratings are expanded into pairs after the split. kwargs go to `load_records`;
+    `shared_prompt` to `tokenize_pairs`.
     The report's `kept` counts the pairs made; notes count truncated pairs per side.
     """
     parsed = load_records(source, tokenizer=tokenizer, **kwargs)
@@ -90,7 +92,7 @@ def load_pair_data(
     for side, part in zip(("training", "held-out") if parts[1] else ("",), parts):
         pairs = as_pairs(part, report, margin_scale)
         require_pairs(pairs, part, report, side=side, names=names)
-        out.append(tokenize_pairs(pairs, tokenizer, max_length, append_eos) if pairs else None)
+        out.append(tokenize_pairs(pairs, tokenizer, max_length, append_eos, shared_prompt) if pairs else None)
     report.kept = sum(len(d) for d in out if d is not None)
     for d in out:
         if d is not None:
@@ -103,12 +105,12 @@ def load_pair_data(
 
 def load_list_data(source: Any, tokenizer, max_length: int, *, held_out: int | float = 0,
                    seed: int = 0, append_eos: bool | None = None, names: Mapping[str, str] | None = None,
-                   max_positions: int | None = None,
+                   max_positions: int | None = None, shared_prompt: bool = False,
                    **kwargs) -> tuple[ListData, ListData | None, DataReport]:
     """Ranked lists kept whole (Plackett-Luce, Kendall's tau), split by prompt."""
     parsed = load_records(source, tokenizer=tokenizer, format=kwargs.pop("format", "ranked"), **kwargs)
     parts = _split(parsed, held_out, seed, names, kwargs)
-    out = [tokenize_lists(p, tokenizer, max_length, append_eos) if p else None for p in parts]
+    out = [tokenize_lists(p, tokenizer, max_length, append_eos, shared_prompt) if p else None for p in parts]
     check_truncation([out[0].seqs], max_length, parsed.report.source, names, max_positions or model_limit(tokenizer))
     return out[0], (out[1] if len(out) > 1 else None), parsed.report
 

@@ -119,11 +119,29 @@ class TextEncoder:
             self._prompt_cache[p] = ids
         return [self._prompt_cache[p] for p in prompts]
 
-    def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> Encoded:
+    def response_ids(self, responses: Sequence[str]) -> list[list[int]]:
+        """Each response's tokens with the EOS `encode` appends."""
+        eos = self.special.eos_id
+        return [r + [eos] if eos is not None and (not r or r[-1] != eos) else r for r in self.token_ids(responses)]
+
+    def shared_prompt_room(self, response_groups: Sequence[Sequence[str]]) -> np.ndarray:
+        """Per group of responses to one prompt, the prompt tokens that fit beside the longest of them: passed
+        to `encode` as `prompt_room`, every response of a group keeps the same (cut) prompt."""
+        sizes = np.fromiter((len(g) for g in response_groups), np.int64, len(response_groups))
+        lengths = np.fromiter((len(r) for r in self.response_ids([r for g in response_groups for r in g])), np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        longest = np.maximum.reduceat(lengths, starts) if len(lengths) else np.zeros(0, np.int64)
+        return np.maximum(self.max_length - self.special.num_fixed - longest, 0)
+
+    def encode(self, prompts: Sequence[str], responses: Sequence[str], prompt_room=None) -> Encoded:
+        """`prompt_room[i]`: at most that many prompt tokens for row i (its start is cut), before the usual
+        fitting (`shared_prompt_room`)."""
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses differ in number")
         sp = self.special
         p_ids, r_ids = self._prompt_ids(prompts), self.token_ids(responses)
+        if prompt_room is not None:
+            p_ids = [p[len(p) - min(len(p), int(room)):] for p, room in zip(p_ids, prompt_room)]
         n = len(prompts)
         prompt_len = np.zeros(n, np.int32)
         response_len = np.zeros(n, np.int32)
@@ -204,21 +222,30 @@ def _groups(prompts: Sequence[str]) -> np.ndarray:
     return np.asarray([index.setdefault(p, len(index)) for p in prompts], np.int32)
 
 
-def tokenize_pairs(pairs, tokenizer, max_length: int, append_eos: bool | None = None) -> PairData:
-    """Tokenises `Pair` records (see module doc for the sequence layout and truncation)."""
+def tokenize_pairs(pairs, tokenizer, max_length: int, append_eos: bool | None = None,
+                   shared_prompt: bool = False) -> PairData:
+    """Tokenises `Pair` records (see module doc for the sequence layout and truncation). `shared_prompt`: when
+    the prompt must be cut, chosen and rejected keep the same part of it (what fits beside the longer
+    response), as DPO compares the two responses to one prompt; else each keeps what fits beside it."""
     enc = TextEncoder(tokenizer, max_length, append_eos)
     prompts = [p.prompt for p in pairs]
-    chosen = enc.encode(prompts, [p.chosen for p in pairs])
-    rejected = enc.encode(prompts, [p.rejected for p in pairs])
+    room = enc.shared_prompt_room([(p.chosen, p.rejected) for p in pairs]) if shared_prompt else None
+    chosen = enc.encode(prompts, [p.chosen for p in pairs], room)
+    rejected = enc.encode(prompts, [p.rejected for p in pairs], room)
     margin = np.asarray([p.margin for p in pairs], np.float32)
     return PairData(chosen, rejected, margin, _groups(prompts), enc.special.pad_id, enc.max_length)
 
 
-def tokenize_lists(lists, tokenizer, max_length: int, append_eos: bool | None = None) -> ListData:
-    """Tokenises `RankedList` records, every response after its list's prompt."""
+def tokenize_lists(lists, tokenizer, max_length: int, append_eos: bool | None = None,
+                   shared_prompt: bool = False) -> ListData:
+    """Tokenises `RankedList` records, every response after its list's prompt (`shared_prompt` as for
+    `tokenize_pairs`: a list's responses keep the same part of a prompt that must be cut)."""
     enc = TextEncoder(tokenizer, max_length, append_eos)
     prompts = [lst.prompt for lst in lists for _ in lst.responses]
-    seqs = enc.encode(prompts, [r for lst in lists for r in lst.responses])
+    room = None
+    if shared_prompt:
+        room = np.repeat(enc.shared_prompt_room([lst.responses for lst in lists]), [len(x.responses) for x in lists])
+    seqs = enc.encode(prompts, [r for lst in lists for r in lst.responses], room)
     sizes = np.asarray([len(lst.responses) for lst in lists], np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     ranks = np.asarray([k for lst in lists for k in lst.ranks], np.int32)

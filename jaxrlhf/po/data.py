@@ -186,7 +186,9 @@ def prepare(config, tokenizer, max_positions: int | None = None) -> PrefData:
             found = rm_data.source_format(source, config.data)
             if found != fmt:
                 raise ValueError(f"loss.type={config.loss.type} needs {what}; {source} holds {found} data: {hint}")
-    rm = rm_data.prepare(_rm_view(config, objective), tokenizer, is_decoder=True, max_positions=max_positions)
+    # One prompt, two (or K) responses: a prompt too long is cut alike for all of them.
+    rm = rm_data.prepare(_rm_view(config, objective), tokenizer, is_decoder=True, max_positions=max_positions,
+                         shared_prompt=True)
     specials = special_tokens(tokenizer, bool(config.data.append_eos))
     train, held = rm.train, rm.held_out
     if objective == "kto":

@@ -121,8 +121,10 @@ def _is_ranked(source: str, data_cfg) -> bool:
     return source_format(source, data_cfg) == "ranked"
 
 
-def prepare(config, tokenizer, *, is_decoder: bool, max_positions: int | None = None) -> RMData:
-    """Loads, validates, tokenises and splits the data named in `config.data`.
+def prepare(config, tokenizer, *, is_decoder: bool, max_positions: int | None = None,
+            shared_prompt: bool = False) -> RMData:
+    """Loads, validates, tokenises and splits the data named in `config.data`; `shared_prompt`: the
+    responses to one prompt keep the same part of it when it must be cut (`data.tokenize.tokenize_pairs`).
 
     Data that leaves nothing sensible to train is a one-line `ValueError` naming the config keys to change
     (`jaxrlhf.data.usable`); max_positions: the model's limit for a suggested data.max_length (default: the
@@ -137,6 +139,8 @@ def prepare(config, tokenizer, *, is_decoder: bool, max_positions: int | None = 
                   **_load_kwargs(d))
     if objective != "pairs":
         common.pop("format")  # the list / rating loaders pick their format
+    if objective != "regression":
+        common["shared_prompt"] = shared_prompt
     held_out = 0 if d.eval_source else d.eval_size
     train, held, report = load(d.source, tokenizer, d.max_length, held_out=held_out, seed=d.split_seed, **common)
     eval_source, eval_held = (d.eval_source, 0) if d.eval_source else (d.source, held_out)
@@ -144,7 +148,7 @@ def prepare(config, tokenizer, *, is_decoder: bool, max_positions: int | None = 
         held, _, _ = load(d.eval_source, tokenizer, d.max_length, **common)
     held_lists = None
     if objective == "pairs" and _is_ranked(eval_source, d):
-        kw = {k: v for k, v in common.items() if k != "format"}
+        kw = {k: v for k, v in common.items() if k not in ("format", "shared_prompt")}
         lists = load_list_data(eval_source, tokenizer, d.max_length, held_out=eval_held, seed=d.split_seed, **kw)
         held_lists = lists[1] if eval_held else lists[0]
     procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
