@@ -183,6 +183,7 @@ def test_shared_prompt_cuts_the_prompt_alike_for_every_response(decoder_tokenize
     assert words(own.rejected)[1:own.rejected.prompt_len[0]] == prompt.split()[-5:]
     assert words(shared.rejected) == words(own.rejected) and len(words(shared.rejected)) == 12
     assert words(shared.chosen) == ["<s>", *prompt.split()[-5:], "yes", "</s>"]
+    assert shared.chosen.truncated[0] and shared.chosen.full_length[0] == 13  # counted as cut, like the other side
     lists = tokenize_lists([RankedList(prompt, ("yes", "no bad red green blue", "good one"), (0, 2, 1))],
                            decoder_tokenizer, max_length=12, shared_prompt=True)
     cuts = {tuple(lists.seqs.sequence(i)[:lists.seqs.prompt_len[i]]) for i in range(3)}

@@ -140,6 +140,7 @@ class TextEncoder:
             raise ValueError("prompts and responses differ in number")
         sp = self.special
         p_ids, r_ids = self._prompt_ids(prompts), self.token_ids(responses)
+        full_prompt_len = [len(p) for p in p_ids]
         if prompt_room is not None:
             p_ids = [p[len(p) - min(len(p), int(room)):] for p, room in zip(p_ids, prompt_room)]
         n = len(prompts)
@@ -152,7 +153,8 @@ class TextEncoder:
         for i, (p, r) in enumerate(zip(p_ids, r_ids)):
             eos = [sp.eos_id] if sp.eos_id is not None and (not r or r[-1] != sp.eos_id) else []
             budget = self.max_length - sp.num_fixed - len(eos)
-            full_length[i] = sp.num_fixed + len(p) + len(r) + len(eos)
+            full_length[i] = sp.num_fixed + full_prompt_len[i] + len(r) + len(eos)
+            truncated[i] = len(p) < full_prompt_len[i]
             full_response_len[i] = len(r) + len(eos)
             if len(p) + len(r) > budget:
                 truncated[i] = True
