@@ -118,17 +118,26 @@ def objective_loss(spec: LossSpec, logps: dict, tokens: dict, ref: dict | None, 
     return loss_sum, denom, dict(metrics, kl_reference_sum=z0 * denom)
 
 
+def _models(graphdef, ref_def, reference: str, trainable, frozen_and_ref) -> tuple[nnx.Module, nnx.Module | None]:
+    """The policy, and the reference model when it is a separate one."""
+    frozen, ref_state = frozen_and_ref
+    return nnx.merge(graphdef, trainable, frozen), nnx.merge(ref_def, ref_state) if reference == "model" else None
+
+
+def _score(graphdef, ref_def, spec: LossSpec, reference: str, trainable, frozen_and_ref, batch, dropout_rng=None):
+    """(policy log-probs, response tokens, reference log-probs or None) of every group of the batch."""
+    policy, ref_model = _models(graphdef, ref_def, reference, trainable, frozen_and_ref)
+    logps, tokens = group_logprobs(policy, batch, spec.objective, spec, dropout_rng)
+    return logps, tokens, reference_logprobs(reference, policy, ref_model, batch, spec.objective, spec)
+
+
 def make_loss_fn(graphdef: nnx.GraphDef, ref_def: nnx.GraphDef | None, spec: LossSpec, reference: str) -> Callable:
     """loss_fn(trainable, (frozen, ref_state), batch, rng) -> (loss_sum, {"denom", "tokens", metric sums})."""
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
 
     def loss_fn(trainable, frozen_and_ref, batch, dropout_rng):
-        frozen, ref_state = frozen_and_ref
-        policy = nnx.merge(graphdef, trainable, frozen)
-        logps, tokens = group_logprobs(policy, batch, spec.objective, spec, dropout_rng)
-        ref_model = nnx.merge(ref_def, ref_state) if reference == "model" else None
-        ref = reference_logprobs(reference, policy, ref_model, batch, spec.objective, spec)
+        logps, tokens, ref = _score(graphdef, ref_def, spec, reference, trainable, frozen_and_ref, batch, dropout_rng)
         loss_sum, denom, metrics = objective_loss(spec, logps, tokens, ref, batch)
         seq_tokens = sum(jnp.sum(batch[k[1]]) for k in GROUPS[spec.objective].values()).astype(jnp.float32)
         return loss_sum, {"denom": denom, "seq_tokens": seq_tokens, **metrics}
@@ -159,11 +168,7 @@ def make_eval_step(graphdef, ref_def, spec: LossSpec, reference: str) -> Callabl
     """eval(trainable, (frozen, ref_state), batch) -> (loss_sum, metric sums, {group: implicit reward})."""
 
     def eval_step(trainable, frozen_and_ref, batch):
-        frozen, ref_state = frozen_and_ref
-        policy = nnx.merge(graphdef, trainable, frozen)
-        logps, tokens = group_logprobs(policy, batch, spec.objective, spec)
-        ref_model = nnx.merge(ref_def, ref_state) if reference == "model" else None
-        ref = reference_logprobs(reference, policy, ref_model, batch, spec.objective, spec)
+        logps, tokens, ref = _score(graphdef, ref_def, spec, reference, trainable, frozen_and_ref, batch)
         loss_sum, denom, metrics = objective_loss(spec, logps, tokens, ref, batch)
         rewards = implicit_rewards(spec, logps, tokens, ref)
         return loss_sum, {"denom": denom, **metrics}, rewards
@@ -185,9 +190,7 @@ def make_reference_fn(graphdef, ref_def, spec: LossSpec, reference: str) -> Call
         raise ValueError(f"only a reference model or the adapters-off policy can be cached, got {reference!r}")
 
     def ref_fn(trainable, frozen_and_ref, batch):
-        frozen, ref_state = frozen_and_ref
-        policy = nnx.merge(graphdef, trainable, frozen)
-        ref_model = nnx.merge(ref_def, ref_state) if reference == "model" else None
+        policy, ref_model = _models(graphdef, ref_def, reference, trainable, frozen_and_ref)
         return reference_logprobs(reference, policy, ref_model, batch, spec.objective, spec)
 
     return ref_fn
