@@ -14,13 +14,11 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from jaxrlhf.infra.checkpoint import Checkpointer
 from jaxrlhf.models.hf_files import WeightLoadError, is_hf_dir
 from jaxrlhf.models.hub import from_pretrained, load_tokenizer
 from jaxrlhf.ops.preference import response_mask
 from jaxrlhf.po.setup import PREFERENCE_FILE
-from jaxrlhf.training.run_setup import load_model
-from jaxrlhf.training.trainable import split_for
+from jaxrlhf.training.run_setup import load_model, restore_trained_params
 
 
 @dataclasses.dataclass
@@ -46,17 +44,12 @@ def load_policy(path: str, mesh) -> Policy:
                               f"loss.beta); pass its export/ folder or a train_dpo workdir")
     config.model.dtype, config.model.param_dtype = "float32", "float32"
     loaded = load_model(config, mesh, "causal_lm")
-    ckpt = Checkpointer(p / "checkpoints")
-    if ckpt.latest_step() is None:
-        raise WeightLoadError(f"{p / 'checkpoints'}: no complete checkpoint")
-    graphdef, trainable, frozen = split_for(loaded.model, config.model)
-    restored, _, _ = ckpt.restore_params(trainable)
-    ckpt.close()
+    model = restore_trained_params(loaded.model, config.model, p / "checkpoints")
     loss = config.loss
     note = {"loss_type": loss.type, "beta": loss.beta, "reference": config.reference or config.model.name,
             "reference_free": bool(loss.reference_free) or loss.type == "simpo",
             "append_eos": bool(config.data.append_eos)}
-    return Policy(nnx.merge(graphdef, restored, frozen), load_tokenizer(loaded.model_dir), note)
+    return Policy(model, load_tokenizer(loaded.model_dir), note)
 
 
 def make_implicit_reward_fn(policy_def, ref_def, *, beta: float, length_normalise: bool = False,

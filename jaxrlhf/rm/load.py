@@ -74,21 +74,13 @@ def load_trained_rm(path: str, mesh=None, *, dtype: str = "float32", param_dtype
     from flax import nnx
 
     from jaxrlhf.infra import sharding as shd
-    from jaxrlhf.infra.checkpoint import Checkpointer
-    from jaxrlhf.training.trainable import split_for
+    from jaxrlhf.training.run_setup import restore_trained_params
 
     config = ml_collections.ConfigDict(json.loads(run_config.read_text()))
     config.model.dtype, config.model.param_dtype = dtype, "float32"  # the checkpoint's masters restore as saved
     mesh = mesh if mesh is not None else shd.make_mesh(devices=jax.devices()[:1])
     loaded = load_reward_model(config, mesh)
-    ckpt = Checkpointer(p / "checkpoints")
-    if ckpt.latest_step() is None:
-        raise WeightLoadError(f"{p / 'checkpoints'}: no complete checkpoint")
-    graphdef, trainable, frozen = split_for(loaded.model, config.model)
-    # Only the parameters are needed; the optimiser state in the checkpoint is restored as stored.
-    restored, _, _ = ckpt.restore_params(trainable)
-    ckpt.close()
-    loaded.model = nnx.merge(graphdef, restored, frozen)
+    loaded.model = restore_trained_params(loaded.model, config.model, p / "checkpoints")
     cast_frozen(loaded.model, nnx.Nothing, storage)
     tokenizer = load_tokenizer(loaded.model_dir)
     use_distinct_pad(loaded, tokenizer)  # as train_rm padded it

@@ -152,3 +152,18 @@ def open_checkpoints(config, workdir: Path, state: dict) -> tuple[Checkpointer, 
     state, _, start = ckpt.restore(state, set_aside_damaged=True)
     print(f"resumed from step {start} ({workdir / 'checkpoints'})")
     return ckpt, state, start
+
+
+def restore_trained_params(model, model_cfg, ckpt_dir: Path):
+    """`model` with the trainable parameters (as `model_cfg.train_mode` splits them) of the newest complete
+    checkpoint in `ckpt_dir`, for evaluation: the optimiser state stays on disk."""
+    from jaxrlhf.models.hf_files import WeightLoadError
+    from jaxrlhf.training.trainable import split_for
+
+    ckpt = Checkpointer(ckpt_dir)
+    if ckpt.latest_step() is None:
+        raise WeightLoadError(f"{ckpt_dir}: no complete checkpoint")
+    graphdef, trainable, frozen = split_for(model, model_cfg)
+    restored, _, _ = ckpt.restore_params(trainable)
+    ckpt.close()
+    return nnx.merge(graphdef, restored, frozen)
