@@ -2,7 +2,7 @@
 
 The reference responses come from `rl.sampling.generate` called directly, on all prompts in one
 left-padded batch (the CLI sorts, buckets and fills batches), and the reference rewards from
-`jaxrlhf.score.score_texts`, which tokenises and batches on its own path.
+`jaxrlhf.rm.texts.score_texts`, which tokenises and batches on its own path.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def test_blind_files_show_every_prompt_and_no_key(run):
 
 @pytest.mark.multiprocess
 def test_win_rate_and_rewards_match_score_texts(run):
-    from jaxrlhf.score import score_texts
+    from jaxrlhf.rm.texts import score_texts
 
     items = run.key["items"]
     rewards_a = np.array([item["reward_a"] for item in items])

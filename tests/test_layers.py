@@ -83,3 +83,30 @@ def test_the_check_sees_function_level_and_package_imports(tmp_path):
     assert "models (layer 2) imports jaxrlhf.train_rm (layer 5)" in found[0]
     assert "ops (layer 2) imports jaxrlhf.training.loop (layer 3)" in found[1]
     assert "ops (layer 2) imports jaxrlhf.models (layer 2)" in found[2]
+
+
+def _defines_flags(module_path: Path) -> bool:
+    return "flags.DEFINE_" in module_path.read_text()
+
+
+def flag_module_imports(roots) -> list[str]:
+    """Imports, from tests/scripts/notebooks, of an entry point that defines absl flags at import: two such
+    modules in one process (pytest runs every test in one) define `--model` twice and the second import
+    fails. Their functions live in libraries; the entry point only parses flags."""
+    flagged = {f"jaxrlhf.{p.stem}" for p in PACKAGE.glob("*.py") if _defines_flags(p)}
+    out = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("*.py")):
+            for line, module in _imports(ast.parse(path.read_text(), str(path))):
+                if module in flagged:
+                    out.append(f"{path}:{line}: imports {module}")
+    return out
+
+
+def test_no_test_or_script_imports_an_entry_point_that_defines_flags(tmp_path):
+    repo = PACKAGE.parent
+    assert {"jaxrlhf.eval_rm", "jaxrlhf.score"} <= {f"jaxrlhf.{p.stem}" for p in PACKAGE.glob("*.py")
+                                                     if _defines_flags(p)}
+    assert flag_module_imports([repo / "tests", repo / "scripts"]) == []
+    (tmp_path / "t.py").write_text("def f():\n    from jaxrlhf.eval_rm import main\n")
+    assert flag_module_imports([tmp_path]) == [f"{tmp_path / 't.py'}:2: imports jaxrlhf.eval_rm"]

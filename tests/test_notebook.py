@@ -62,7 +62,7 @@ def test_notebook_runs_on_cpu(tmp_path):
     scores = [json.loads(line) for line in score_out.splitlines() if line.startswith("{")]
     assert len(scores) == 2 and all(isinstance(s["reward"], float) for s in scores), score_out[-2000:]
     # the last cell scored its two texts with the exported model
-    from jaxrlhf.score import score_texts
+    from jaxrlhf.rm.texts import score_texts
 
     texts = [json.loads(line) for line in (tmp_path / "texts.jsonl").read_text().splitlines()]
     expected = [row["reward"] for row in score_texts(str(work / "export"),

@@ -164,7 +164,7 @@ def test_eval_rm_scores_the_policy_as_an_implicit_reward_model(files, straight, 
     import subprocess
     import sys
 
-    from jaxrlhf.eval_rm import evaluate_implicit
+    from jaxrlhf.po.implicit import evaluate_implicit
 
     workdir = Path(straight["config"].workdir)
     rows = [{"prompt": p, "chosen": GOOD, "rejected": BAD} for p in _prompts(3, seed=9)]
