@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGED = REPO / "jaxrlhf" / "configs"
 TWINS = REPO / "configs"
 NOT_EXPERIMENTS = {"__init__", "base", "validate"}
-DEFAULTS = {"rm": base.rm_defaults, "sft": base.sft_defaults, "dpo": base.dpo_defaults, "ppo": base.ppo_defaults}
+DEFAULTS = {"rm": base.rm_defaults, "sft": base.sft_defaults, "dpo": base.dpo_defaults, "ppo": base.ppo_defaults,
+            "grpo": base.grpo_defaults}
 
 
 def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
@@ -231,6 +232,11 @@ def test_choices_copy_the_library():
 
     assert validate.PO_LOSSES == LOSSES
     assert validate.REFERENCE_LOGPS == REFERENCE_MODES
+    from jaxrlhf.ops.ppo import AGGREGATIONS
+    from jaxrlhf.rl.group_step import ALGORITHMS
+
+    assert validate.GRPO_ALGORITHMS == ALGORITHMS
+    assert validate.LOSS_AGGREGATIONS == AGGREGATIONS
 
 
 def test_rm_objective_modes_are_the_ones_rm_data_accepts():

@@ -333,3 +333,69 @@ def dpo_defaults() -> ml_collections.ConfigDict:
     config.train.eval_at_start = False  # True: held-out metrics of the starting policy too (while policy ==
                                         # reference every implicit reward is 0: loss log 2, accuracy 0)
     return config
+
+
+def grpo_defaults() -> ml_collections.ConfigDict:
+    """Critic-free online RL (GRPO, Dr.GRPO, DAPO's switches, RLOO, REINFORCE++) with verifiable rewards, a
+    reward model, or a weighted sum of both."""
+    config = trainer_config("workdir/grpo")
+    config.policy = model_block()
+    config.policy.name = "smollm2"
+    config.reference = ""                    # empty: the starting weights of policy.name (under LoRA its base)
+    config.reward_model = ml_collections.ConfigDict({
+        "path": "",                          # exported RM dir or train_rm workdir; empty: reward functions only
+        "max_length": 512,
+        "dtype": "auto",
+        "param_dtype": "auto",
+    })
+    config.task = ml_collections.ConfigDict({
+        "name": "",                          # arithmetic: generated word problems (below); "": data.source
+        "seed": 0,                           # training problems
+        "eval_seed": 1,                      # held-out problems: another seed
+        "n_train": 2048,
+        "n_eval": 64,
+        "min_value": 1,
+        "max_value": 20,
+        "ops": "+,-",                        # of + - *
+        "styles": "plain,story",             # "What is 3 + 4?" and one-sentence stories
+    })
+    config.data = source_block()
+    config.data.update({
+        "max_prompt_length": 128,
+        "eval_prompts": 32,                  # data.source only: held out, scored greedily every eval_every
+        "pad_to_multiple": 32,
+        "chat_template": True,
+        "system": "",
+    })
+    config.sampling = ml_collections.ConfigDict({
+        "max_new_tokens": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "stop_tokens": "", "ignore_eos": False,
+    })
+    config.rewards = ml_collections.ConfigDict({
+        "functions": "",                     # "exact_match=1.0,format=0.1,pkg.mod:fn=0.5" (rl.verifiable)
+        "rm_weight": 1.0,                    # weight of the reward model's score when reward_model.path is set
+        "format_regex": "",                  # the built-in `format` reward's pattern
+        "length_target": 400,                # the built-in `length_penalty`: characters before it starts
+        "workers": 4,                        # threads that run the reward functions
+    })
+    config.grpo = ml_collections.ConfigDict({
+        "algorithm": "grpo",                 # grpo | rloo | reinforce_pp | reinforce_pp_baseline
+        "group_size": 8,                     # G responses per prompt, sharing the prompt's prefill
+        "rollout_batch_size": 8,             # prompts per iteration (global): rollout_batch_size * G responses
+        "minibatch_size": 64,                # responses per update
+        "epochs": 1,                         # passes over the rollout (> 1: several clipped updates per rollout)
+        "scale_by_std": True,                # GRPO's division by the group std; False: Dr.GRPO
+        "kl_coef": 0.0,                      # beta (0: no reference model is loaded or run)
+        "kl_in_reward": False,               # KL in the reward instead of a loss term (reinforce_pp: always)
+        "kl_estimator": "k3",                # k1 | k2 | k3 per token
+        "clip_eps": 0.2,
+        "clip_eps_high": 0.0,                # DAPO clip-higher (0.28); <= 0: clip_eps
+        "loss_aggregation": "seq_mean_token_mean",  # GRPO; token_mean (DAPO); seq_mean_token_sum_norm (Dr.GRPO)
+        "dynamic_sampling": True,            # groups with all-equal rewards leave the loss (counted)
+        "max_approx_kl": 0.0,                # > 0: the minibatch past this KL is not applied, the rest stop
+        "logprob_chunk": 128,
+        "eval_batch_size": 32,               # held-out prompts per greedy batch
+    })
+    config.actor_optim = constant_optim_block(1e-6)
+    config.train = run_block(log_every=1, checkpoint_every=10)
+    config.train.update({"iterations": 20, "eval_every": 5, "sample_every": 5, "samples_shown": 4})
+    return config

@@ -28,6 +28,8 @@ REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")  #
 ATTENTION = ("auto", "default", "xla", "cudnn", "splash")  # models.attention.IMPLEMENTATIONS
 PO_LOSSES = ("sigmoid", "robust", "hinge", "ipo", "simpo", "listwise", "kto")  # po.data.LOSSES
 REFERENCE_LOGPS = ("auto", "cached", "online")          # po.reference.MODES
+GRPO_ALGORITHMS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")  # rl.group_step.ALGORITHMS
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")  # ops.ppo.AGGREGATIONS
 
 
 def _model(block: str) -> dict[str, tuple[str, ...]]:
@@ -76,13 +78,27 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
         "ppo.whiten_scope": WHITEN_SCOPES,
         "train.on_nonfinite": ON_NONFINITE,
     },
+    "grpo": {
+        **_model("policy"),
+        "reward_model.dtype": AUTO_DTYPES,
+        "reward_model.param_dtype": AUTO_DTYPES,
+        "actor_optim.schedule": SCHEDULES,
+        "data.on_invalid": ON_INVALID,
+        "grpo.algorithm": GRPO_ALGORITHMS,
+        "grpo.kl_estimator": KL_ESTIMATORS,
+        "grpo.loss_aggregation": LOSS_AGGREGATIONS,
+        "train.on_nonfinite": ON_NONFINITE,
+    },
 }
 
 
 def trainer_of(config) -> str:
-    """"ppo", "dpo", "sft" or "rm", from the blocks only that trainer's defaults have (a ConfigDict or a dict)."""
+    """"ppo", "grpo", "dpo", "sft" or "rm", from the blocks only that trainer's defaults have (a ConfigDict or a
+    dict)."""
     if "ppo" in config:
         return "ppo"
+    if "grpo" in config:
+        return "grpo"
     loss = config.get("loss") or {}
     if "beta" in loss:
         return "dpo"

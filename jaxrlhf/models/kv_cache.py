@@ -50,6 +50,12 @@ class KVCache:
     def max_len(self) -> int:
         return self.mask_BxS.shape[1]
 
+    def repeat_rows(self, times: int) -> KVCache:
+        """Each row `times` times in a row (row b -> rows b*times .. b*times + times - 1): a prompt prefilled
+        once serves a group of samples."""
+        return KVCache(jnp.repeat(self.k_LxBxKxSxD, times, axis=1), jnp.repeat(self.v_LxBxKxSxD, times, axis=1),
+                       jnp.repeat(self.mask_BxS, times, axis=0), self.index)
+
     def num_tokens_B(self) -> jax.Array:
         """Real tokens held per row (the position the next real token gets)."""
         return jnp.sum(self.mask_BxS, axis=-1, dtype=jnp.int32)

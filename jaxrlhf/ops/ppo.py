@@ -19,27 +19,60 @@ def _prep(mask_BxT, *xs):
 
 
 def policy_loss(
-    logp_new_BxT, logp_old_BxT, advantages_BxT, mask_BxT, clip_eps: float
+    logp_new_BxT, logp_old_BxT, advantages_BxT, mask_BxT, clip_eps: float, clip_eps_high: float | None = None
 ) -> tuple[jax.Array, jax.Array, Metrics]:
     """Clipped surrogate `-min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)` summed over tokens.
 
     Metrics: `clip_frac_sum`, tokens whose gradient the clip removes (the clipped term is the
     strictly larger loss); `approx_kl_sum`, the k3 estimate of KL(old || new) on tokens sampled
     from the old policy, `(ratio - 1) - log ratio`, which is >= 0 and tracks how far the update
-    has moved; `ratio_sum`.
+    has moved; `ratio_sum`. `clip_eps_high` (DAPO's clip-higher) bounds the ratio above at
+    `1 + clip_eps_high` instead of `1 + clip_eps`.
     """
+    m, loss, metrics = surrogate_tokens(logp_new_BxT, logp_old_BxT, advantages_BxT, mask_BxT, clip_eps, clip_eps_high)
+    return jnp.sum(loss), jnp.sum(m), {k: jnp.sum(v) for k, v in metrics.items()}
+
+
+def surrogate_tokens(logp_new_BxT, logp_old_BxT, advantages_BxT, mask_BxT, clip_eps: float,
+                     clip_eps_high: float | None = None) -> tuple[jax.Array, jax.Array, Metrics]:
+    """(mask_BxT float, per-token clipped surrogate loss_BxT (0 where masked), per-token metrics `*_sum`)."""
     m, (lp_new, lp_old, adv) = _prep(mask_BxT, logp_new_BxT, logp_old_BxT, advantages_BxT)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = lp_new - lp_old
     ratio = jnp.exp(log_ratio)
     unclipped = -adv * ratio
-    clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = jnp.maximum(unclipped, clipped)
+    clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high)
+    loss = m * jnp.maximum(unclipped, clipped)
     metrics = {
-        "clip_frac_sum": jnp.sum(m * (clipped > unclipped)),
-        "approx_kl_sum": jnp.sum(m * (jnp.expm1(log_ratio) - log_ratio)),
-        "ratio_sum": jnp.sum(m * ratio),
+        "clip_frac_sum": m * (clipped > unclipped),
+        "approx_kl_sum": m * (jnp.expm1(log_ratio) - log_ratio),
+        "ratio_sum": m * ratio,
     }
-    return jnp.sum(m * loss), jnp.sum(m), metrics
+    return m, loss, metrics
+
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def aggregate(loss_BxT, mask_BxT, mode: str, max_len: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """(sum, denominator) of a per-token loss, so sum / denominator is the loss and sums over minibatches stay
+    exact under accumulation.
+
+    token_mean (DAPO): every token of the batch weighs the same, sum / tokens.
+    seq_mean_token_mean (GRPO): each response's token mean, averaged over responses.
+    seq_mean_token_sum_norm (Dr.GRPO): each response's token sum over a constant `max_len`, averaged over
+    responses, so no response is up- or down-weighted by its length.
+    """
+    m = jnp.asarray(mask_BxT).astype(jnp.float32)
+    loss = jnp.asarray(loss_BxT, jnp.float32) * m
+    rows = jnp.float32(loss.shape[0])
+    if mode == "token_mean":
+        return jnp.sum(loss), jnp.sum(m)
+    if mode == "seq_mean_token_mean":
+        return jnp.sum(jnp.sum(loss, -1) / jnp.maximum(jnp.sum(m, -1), 1.0)), rows
+    if mode == "seq_mean_token_sum_norm":
+        return jnp.sum(loss) / float(max_len or loss.shape[-1]), rows
+    raise ValueError(f"unknown loss aggregation {mode!r}; expected one of {AGGREGATIONS}")
 
 
 def value_loss(

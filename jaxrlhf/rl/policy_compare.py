@@ -36,6 +36,7 @@ class GenerationSettings:
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
+    top_k: int = 0  # <= 0: off
     seed: int = 0
     batch_size: int = 8
     chat: bool = True
@@ -49,7 +50,7 @@ class GenerationSettings:
 
     def sampling_config(self, eos_ids: tuple[int, ...] = (), pad_id: int = 0) -> SamplingConfig:
         return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                              eos_ids=eos_ids, pad_id=pad_id)
+                              top_k=self.top_k, eos_ids=eos_ids, pad_id=pad_id)
 
 
 def read_prompts(path: str | Path, limit: int = 0) -> list[Prompt]:
@@ -88,13 +89,23 @@ def prompt_bucket(longest: int, cap: int) -> int:
 
 def generate_responses(model_path: str, prompts: list[Prompt],
                        settings: GenerationSettings) -> tuple[list[str], np.ndarray]:
-    """(response texts, generated token counts with EOS) of one causal-LM policy, in prompt order.
+    """(response texts, generated token counts with EOS) of one causal-LM policy, in prompt order."""
+    texts, lengths = generate_groups(model_path, prompts, settings, k=1)
+    return [group[0] for group in texts], lengths[:, 0]
+
+
+def generate_groups(model_path: str, prompts: list[Prompt], settings: GenerationSettings,
+                    k: int = 1) -> tuple[list[list[str]], np.ndarray]:
+    """(k response texts per prompt, generated token counts with EOS [n, k]) of one causal-LM policy, in prompt
+    order; a prompt's k samples share its prefill (`sampling.generate(group_size=k)`).
 
     Prompts are sorted by length so a batch pads little; every batch has the same number of rows
     (filler rows repeat a real prompt) and a power-of-two prompt length.
     """
     from jaxrlhf.models.hub import from_pretrained, load_tokenizer
 
+    if k < 1:
+        raise ValueError(f"k={k}: responses per prompt must be >= 1")
     loaded = from_pretrained(model_path, "causal_lm")
     tokenizer = load_tokenizer(loaded.model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -103,19 +114,21 @@ def generate_responses(model_path: str, prompts: list[Prompt],
     rows = min(settings.batch_size, 1 << (len(prompts) - 1).bit_length())
     order = np.argsort([len(ids) for ids in token_ids], kind="stable")
     model = nnx.split(loaded.model)
-    texts, lengths_N = [""] * len(prompts), np.zeros(len(prompts), np.int64)
+    texts, lengths_NxK = [[""] * k for _ in prompts], np.zeros((len(prompts), k), np.int64)
     for batch_index, start in enumerate(range(0, len(order), rows)):
         members = order[start:start + rows]
         batch = [token_ids[i] for i in members]
         batch += [batch[0]] * (rows - len(batch))  # filler rows: every batch has the same shape
         ids_BxP, mask_BxP = left_pad(batch, pad_id, prompt_bucket(max(map(len, batch)), settings.max_prompt_length))
         rng = jax.random.fold_in(jax.random.key(settings.seed), batch_index)
-        out = generate(model, ids_BxP, mask_BxP, rng, cfg)
-        ids_BxN, mask_BxN = np.asarray(out["response_ids_BxN"]), np.asarray(out["response_mask_BxN"])
+        out = generate(model, ids_BxP, mask_BxP, rng, cfg, group_size=k)
+        ids_RxN, mask_RxN = np.asarray(out["response_ids_BxN"]), np.asarray(out["response_mask_BxN"])
         for row, i in enumerate(members):
-            texts[i] = tokenizer.decode(ids_BxN[row][mask_BxN[row] > 0], skip_special_tokens=True)
-            lengths_N[i] = mask_BxN[row].sum()
-    return texts, lengths_N
+            for j in range(k):
+                r = row * k + j
+                texts[i][j] = tokenizer.decode(ids_RxN[r][mask_RxN[r] > 0], skip_special_tokens=True)
+                lengths_NxK[i, j] = mask_RxN[r].sum()
+    return texts, lengths_NxK
 
 
 def reward_model_scores(rm_path: str, prompts: list[Prompt], responses: list[str], max_length: int = 512,

@@ -29,7 +29,7 @@ def sampling_config(config, tokenizer, actor) -> SamplingConfig:
         stops = ()
     else:
         stops = stop_token_ids(tokenizer, actor.model_dir, actor.hf_config, s.stop_tokens)
-    if not stops and config.rewards.missing_eos_penalty:
+    if not stops and config.rewards.get("missing_eos_penalty", 0.0):
         raise ValueError("rewards.missing_eos_penalty needs a stop token (the policy has no EOS, or "
                          "sampling.ignore_eos is set): every response would be penalised; set sampling.stop_tokens "
                          "or the penalty to 0")

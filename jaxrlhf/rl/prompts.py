@@ -29,22 +29,29 @@ NAMES = {"max_prompt_length": "data.max_prompt_length", "on_invalid": "data.on_i
 
 def parse_prompts(table: Table, on_invalid: str = "raise") -> tuple[list[Prompt], DataReport]:
     """Unique prompts of a table, in order of first appearance."""
+    prompts, _, report = parse_prompt_rows(table, on_invalid)
+    return prompts, report
+
+
+def parse_prompt_rows(table: Table, on_invalid: str = "raise") -> tuple[list[Prompt], list[dict], DataReport]:
+    """Unique prompts of a table and the first row of each (verifiable rewards read its answer)."""
     if "prompt" not in table.columns and "chosen" not in table.columns:
         raise ValueError(f"{table.name}: needs a 'prompt' column or HH-RLHF 'chosen' dialogues; "
                          f"columns are {sorted(table.column_names)}")
     report = DataReport(source=table.name, rows=table.num_rows)
     guard = RowGuard(table.name, on_invalid, report)
-    seen: dict[str, Prompt] = {}
+    seen: dict[str, tuple[Prompt, dict]] = {}
     for i in range(table.num_rows):
+        row = table.row(i)
         try:
-            prompt = prompt_of_row(table.row(i))
+            prompt = prompt_of_row(row)
         except RowInvalid as err:
             guard.invalid(i, err)
             continue
-        seen.setdefault(prompt.text, prompt)
+        seen.setdefault(prompt.text, (prompt, row))
     report.kept = len(seen)
     report.filtered["duplicate"] = table.num_rows - sum(report.invalid.values()) - len(seen)
-    return list(seen.values()), report
+    return [p for p, _ in seen.values()], [r for _, r in seen.values()], report
 
 
 def render_for_policy(tokenizer, prompts: Sequence[Prompt], *, use_chat_template: bool = True,
@@ -75,6 +82,7 @@ class PromptSet:
     pad_to_multiple: int = 32
     seed: int = 0
     shuffle: bool = True  # False: batches in order (a fixed evaluation set)
+    rows: list[dict] | None = None  # the data row of each prompt, for reward functions
 
     def __post_init__(self):
         if len(self.prompts) < self.batch_size:
@@ -103,7 +111,10 @@ class PromptSet:
         width = -(-width // multiple) * multiple
         local = np.array_split(rows, process_count)[process_index]
         ids, mask = left_pad([self.ids[r] for r in local], self.pad_id, length=width)
-        return {"ids_BxP": ids, "mask_BxP": mask, "prompts": [self.prompts[r] for r in local]}
+        out = {"ids_BxP": ids, "mask_BxP": mask, "prompts": [self.prompts[r] for r in local]}
+        if self.rows is not None:
+            out["rows"] = [self.rows[r] for r in local]
+        return out
 
     def hold_out(self, n: int) -> tuple[PromptSet, PromptSet | None]:
         """(training set, evaluation set of `n` prompts rounded down to whole batches, in a fixed order).
@@ -122,7 +133,8 @@ class PromptSet:
                              f"one rollout batch: {fix}")
         order = np.random.default_rng([self.seed, 7919]).permutation(len(self.prompts))
         part = lambda rows, shuffle: dataclasses.replace(
-            self, prompts=[self.prompts[r] for r in rows], ids=[self.ids[r] for r in rows], shuffle=shuffle)
+            self, prompts=[self.prompts[r] for r in rows], ids=[self.ids[r] for r in rows], shuffle=shuffle,
+            rows=None if self.rows is None else [self.rows[r] for r in rows])
         return part(order[n:], True), part(order[:n], False)
 
     def batches(self, start: int = 0) -> Iterator[dict]:
@@ -135,9 +147,9 @@ class PromptSet:
 def build_prompt_set(table: Table, tokenizer, *, batch_size: int, max_prompt_length: int,
                      pad_to_multiple: int = 32, seed: int = 0, on_invalid: str = "raise",
                      use_chat_template: bool = True, system: str | None = None, limit: int = 0) -> PromptSet:
-    prompts, report = parse_prompts(table, on_invalid)
+    prompts, rows, report = parse_prompt_rows(table, on_invalid)
     if limit:
-        prompts = prompts[:limit]
+        prompts, rows = prompts[:limit], rows[:limit]
     ids = render_for_policy(tokenizer, prompts, use_chat_template=use_chat_template, system=system)
     keep = [i for i, x in enumerate(ids) if len(x) <= max_prompt_length]
     report.filtered["too_long"] = len(ids) - len(keep)
@@ -146,7 +158,7 @@ def build_prompt_set(table: Table, tokenizer, *, batch_size: int, max_prompt_len
         raise ValueError(_no_batch(report, sorted(len(x) for x in ids), batch_size, max_prompt_length, on_invalid))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return PromptSet([prompts[i] for i in keep], [ids[i] for i in keep], report, int(pad_id or 0), batch_size,
-                     pad_to_multiple, seed)
+                     pad_to_multiple, seed, rows=[rows[i] for i in keep])
 
 
 def _no_batch(report: DataReport, lengths: list[int], batch_size: int, max_prompt_length: int,

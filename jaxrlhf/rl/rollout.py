@@ -16,16 +16,19 @@ from jaxrlhf.infra.multihost import to_host
 from jaxrlhf.rl.sampling import SamplingConfig, decode
 
 
-def make_sample_fn(actor_def, cfg: SamplingConfig):
+def make_sample_fn(actor_def, cfg: SamplingConfig, group_size: int = 1):
     """sample(actor (trainable, frozen), prompt_ids_BxP, prompt_mask_BxP, rng) -> rollout batch (jitted).
 
     The batch: ids_BxT / mask_BxT (prompt then response, T = P + N), response_ids_BxN,
-    response_mask_BxN, ended_B (int32: a stop token was sampled), sample_logp_BxN.
+    response_mask_BxN, ended_B (int32: a stop token was sampled), sample_logp_BxN. With `group_size` G it has
+    B*G rows, each prompt's G samples in a row, from one shared prefill (`sampling.decode`).
     """
 
     @jax.jit
     def sample(actor, prompt_ids, prompt_mask, rng):
-        out = decode(nnx.merge(actor_def, *actor), prompt_ids, prompt_mask, rng, cfg)
+        out = decode(nnx.merge(actor_def, *actor), prompt_ids, prompt_mask, rng, cfg, group_size)
+        if group_size > 1:
+            prompt_ids, prompt_mask = (jnp.repeat(x, group_size, axis=0) for x in (prompt_ids, prompt_mask))
         return {"ids_BxT": jnp.concatenate([prompt_ids, out["response_ids_BxN"]], axis=1),
                 "mask_BxT": jnp.concatenate([prompt_mask, out["response_mask_BxN"]], axis=1),
                 "response_ids_BxN": out["response_ids_BxN"], "response_mask_BxN": out["response_mask_BxN"],

@@ -71,8 +71,10 @@ class SamplingConfig:
 
 
 def decode(model: nnx.Module, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, rng: jax.Array | None,
-           cfg: SamplingConfig) -> dict[str, jax.Array]:
-    """The traceable body of `generate` (a CausalLM module, not jitted here)."""
+           cfg: SamplingConfig, group_size: int = 1) -> dict[str, jax.Array]:
+    """The traceable body of `generate` (a CausalLM module, not jitted here). `group_size` G: G samples of each
+    prompt, rows b*G .. b*G + G - 1 of the [B*G, N] outputs, from one prefill of the B prompts whose cache the
+    group shares: the same tokens as G copies of each prompt row given the same key."""
     rng = jax.random.key(0) if rng is None else rng
     eos = jnp.asarray(cfg.eos_ids, jnp.int32) if cfg.eos_ids else None
     backbone = model.backbone
@@ -90,7 +92,7 @@ def decode(model: nnx.Module, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Ar
         return tok, alive, finished_B | (alive & is_stop(tok)), bufs
 
     with _weights_sliced_once(backbone):
-        return _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit)
+        return _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit, group_size)
 
 
 def _weights_sliced_once(backbone):
@@ -131,7 +133,7 @@ def kv_phases(P: int, N: int, bucket: int | None = None, max_phases: int | None 
     return tuple(b for b in bounds if b < S) + (S,)
 
 
-def _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit):
+def _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit, group_size=1):
     backbone = model.backbone
     B, P = prompt_ids_BxP.shape
     N = cfg.max_new_tokens
@@ -143,6 +145,8 @@ def _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit):
     cache = backbone.init_cache(B, P + N)
     hidden_BxPxD, cache = backbone(prompt_ids_BxP, prompt_mask_BxP, cache=cache, kv_len=P)
     logits = next_logits(gather_positions(hidden_BxPxD, last_token_index(prompt_mask_BxP)))
+    if group_size > 1:  # the group's rows share their prompt's prefill
+        cache, logits, B = cache.repeat_rows(group_size), jnp.repeat(logits, group_size, axis=0), B * group_size
     bufs = (jnp.full((B, N), cfg.pad_id, jnp.int32), jnp.zeros((B, N), jnp.int32), jnp.zeros((B, N), jnp.float32))
     tok, alive, finished, bufs = emit(0, logits, jnp.zeros((B,), jnp.bool_), bufs)
     carry = (jnp.asarray(1, jnp.int32), cache, tok, alive, finished, bufs)
@@ -168,23 +172,24 @@ def _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit):
             "lengths_B": jnp.sum(mask, axis=-1), "num_steps": step}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, rng, cfg):
-    return decode(nnx.merge(graphdef, state), prompt_ids_BxP, prompt_mask_BxP, rng, cfg)
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "group_size"))
+def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, rng, cfg, group_size=1):
+    return decode(nnx.merge(graphdef, state), prompt_ids_BxP, prompt_mask_BxP, rng, cfg, group_size)
 
 
 def generate(model: nnx.Module | tuple[Any, Any], prompt_ids_BxP, prompt_mask_BxP, rng: jax.Array | None,
-             cfg: SamplingConfig) -> dict[str, jax.Array]:
+             cfg: SamplingConfig, group_size: int = 1) -> dict[str, jax.Array]:
     """Samples `cfg.max_new_tokens` tokens (fewer steps if every row stops) after each prompt.
 
     `model` is a CausalLM or its `nnx.split` pair (graphdef, state); passing the pair skips a graph
     traversal per call. Returns response_ids_BxN (int32), response_mask_BxN (int32), logprobs_BxN
     (float32), ended_B (bool: a stop token was emitted), lengths_B and num_steps (decode steps run).
+    With `group_size` G the outputs have B*G rows, G samples of each prompt in a row (see `decode`).
     """
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
     rng = jax.random.key(0) if rng is None else rng
     return _generate_jit(graphdef, state, jnp.asarray(prompt_ids_BxP, jnp.int32),
-                         jnp.asarray(prompt_mask_BxP, jnp.int32), rng, cfg)
+                         jnp.asarray(prompt_mask_BxP, jnp.int32), rng, cfg, group_size)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None = None,

@@ -21,7 +21,7 @@ from pathlib import Path
 class Case:
     name: str            # what is wrong, for the table
     kind: str            # data | config | model
-    command: str         # train_rm | train_sft | train_ppo | train_dpo | eval_rm | score | compare
+    command: str         # train_rm | train_sft | train_ppo | train_dpo | train_grpo | eval_rm | score | compare
     args: tuple[str, ...]
     expected: str        # a substring of the error line
 
@@ -105,6 +105,13 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
                           "--config.ppo.rollout_batch_size=8", "--config.ppo.minibatch_size=4",
                           "--config.sampling.max_new_tokens=4", "--config.train.iterations=1",
                           "--config.train.export=False") + tuple(extra)
+    # GRPO: the PPO prompts and a reward function; each case fails before or at the first reward
+    grpo = lambda *extra: (f"--config.policy.name={model}", "--config.task.name=", f"--config.data.source={prompts}",
+                           "--config.data.max_prompt_length=64", "--config.data.eval_prompts=0",
+                           "--config.rewards.functions=length_penalty", "--config.grpo.rollout_batch_size=4",
+                           "--config.grpo.group_size=2", "--config.grpo.minibatch_size=8",
+                           "--config.sampling.max_new_tokens=4", "--config.train.iterations=1",
+                           "--config.train.export=False") + tuple(extra)
     # DPO: the comparison file and the tiny model as the policy (its reference: its own starting weights); format
     # auto, as the embedded default says hh
     dpo = lambda *extra: (f"--config.model.name={model}", f"--config.data.source={pairs}",
@@ -287,6 +294,17 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
         Case("score: a line is not JSON", "data", "score", (f"--model={model}", f"--input={bad_lines}"),
              "line 1: invalid JSON"),
         Case("score: no texts", "data", "score", (f"--model={model}", f"--input={no_texts}"), "no texts to score"),
+        Case("GRPO: unknown algorithm", "config", "train_grpo", grpo("--config.grpo.algorithm=ppo2"),
+             "grpo.algorithm='ppo2' is not one of"),
+        Case("GRPO: one sample per prompt", "config", "train_grpo",
+             grpo("--config.grpo.group_size=1", "--config.grpo.minibatch_size=4"),
+             "grpo needs at least 2 samples per prompt"),
+        Case("GRPO: reward function cannot be imported", "config", "train_grpo",
+             grpo("--config.rewards.functions=no_such_module:score"), "cannot import 'no_such_module'"),
+        Case("GRPO: reward function fails on a row", "data", "train_grpo",
+             grpo("--config.rewards.functions=exact_match"),
+             "reward function 'exact_match' failed on row 0 (prompt"),
+        Case("GRPO: no reward at all", "config", "train_grpo", grpo("--config.rewards.functions="), "no reward"),
         Case("compare: policy does not exist", "model", "compare", cmp(f"--b={root / 'nomodel'}"),
              "nomodel: model directory not found"),
         Case("compare: prompts file does not exist", "data", "compare", cmp(f"--prompts={root / 'no_prompts.jsonl'}"),

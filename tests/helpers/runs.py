@@ -119,3 +119,31 @@ def tiny_ppo_config(policy_dir: Path, rm_dir: Path, prompts: Path, workdir: Path
     config.train.eval_every = 0
     config.train.export = False
     return config
+
+
+def tiny_grpo_config(policy_dir: Path, prompts: Path, workdir: Path, algorithm: str = "grpo"):
+    """train_grpo on the tiny Llama: 4 prompts x G=4 per iteration, reward = share of "yes" words."""
+    from jaxrlhf.configs.base import grpo_defaults
+
+    config = grpo_defaults()
+    config.workdir = str(workdir)
+    config.policy.name = str(policy_dir)
+    config.data.source = str(prompts)
+    config.data.max_prompt_length = 24
+    config.data.eval_prompts = 8
+    config.data.pad_to_multiple = 8
+    config.sampling.max_new_tokens = 6
+    config.rewards.functions = "tests.helpers.rewards:yes_fraction"
+    config.grpo.algorithm = algorithm
+    config.grpo.group_size = 4
+    config.grpo.rollout_batch_size = 4
+    config.grpo.minibatch_size = 8
+    config.grpo.epochs = 2
+    config.grpo.eval_batch_size = 8
+    config.actor_optim.learning_rate = 3e-3
+    config.train.iterations = 4
+    config.train.checkpoint_every = 2
+    config.train.sample_every = 0
+    config.train.eval_every = 0
+    config.train.export = False
+    return config
