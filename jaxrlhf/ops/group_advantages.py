@@ -27,7 +27,8 @@ def group_advantages(rewards_BxG, estimator: str = "grpo", scale_by_std: bool = 
     G = r.shape[-1]
     if G < 2:
         raise ValueError(f"a group needs at least 2 responses for a baseline, got G={G}")
-    centred = r - jnp.mean(r, axis=-1, keepdims=True)
+    # exactly zero for an all-equal group: its float32 mean may be an ulp off, which the std division inflates
+    centred = jnp.where(degenerate_groups(r)[:, None], 0.0, r - jnp.mean(r, axis=-1, keepdims=True))
     if estimator == "rloo":
         return centred * (G / (G - 1))
     if estimator == "group_mean" or not scale_by_std:

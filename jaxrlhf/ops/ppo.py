@@ -62,10 +62,11 @@ def aggregate(loss_BxT, mask_BxT, mode: str, max_len: int | None = None) -> tupl
     seq_mean_token_mean (GRPO): each response's token mean, averaged over responses.
     seq_mean_token_sum_norm (Dr.GRPO): each response's token sum over a constant `max_len`, averaged over
     responses, so no response is up- or down-weighted by its length.
+    A response with no token in the mask (a dropped group's) counts in no denominator.
     """
     m = jnp.asarray(mask_BxT).astype(jnp.float32)
     loss = jnp.asarray(loss_BxT, jnp.float32) * m
-    rows = jnp.float32(loss.shape[0])
+    rows = jnp.sum(jnp.any(m > 0, axis=-1).astype(jnp.float32))  # responses in the loss (masked-out ones are not)
     if mode == "token_mean":
         return jnp.sum(loss), jnp.sum(m)
     if mode == "seq_mean_token_mean":
