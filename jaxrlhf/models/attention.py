@@ -14,6 +14,10 @@ Two implementations of the same maths:
 A query row with no visible key (a left-pad position) gets uniform weights instead of NaN in both;
 callers ignore those rows. Logits and softmax run in float32 whatever the input dtype.
 
+`softcap` (Gemma 2's `attn_logit_softcapping`): the scaled logits become softcap * tanh(logits / softcap)
+before the mask, as HF does. The default path and "xla" (there: the reference maths, since
+`jax.nn.dot_product_attention` takes no soft-cap) carry it; cuDNN and Splash refuse it.
+
 `dot_product_attention(..., implementation=)` picks the kernel (`model.attention`): this default path,
 or XLA's, cuDNN's or Splash's fused attention (`models.attention_kernels`, which says when each applies).
 """
@@ -49,20 +53,22 @@ def dot_product_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD:
                           mask_BxTxS: jax.Array, *, dropout_rate: float = 0.0,
                           dropout_rng: jax.Array | None = None, implementation: str = "default",
                           key_mask_BxS: jax.Array | None = None, causal: bool = False, window: int | None = None,
-                          interpret: bool = False) -> jax.Array:
+                          interpret: bool = False, softcap: float | None = None) -> jax.Array:
     """Attention of H query heads over K key/value heads (H a multiple of K); `mask_BxTxS` True = visible.
     With a `dropout_rng` and a positive `dropout_rate`, the probabilities are dropped (BERT training).
 
     `implementation`: one of IMPLEMENTATIONS (module docstring). `key_mask_BxS`, `causal`, `window` say how
     the mask was made, for the kernels that take none: `mask_BxTxS = key_mask_BxS[:, None, :]`, and, when
     `causal`, key slot s <= query slot t, and, with a `window`, s > t - window (slots from 0, T == S: no
-    KV cache). `interpret`: Splash in Pallas interpret mode (CPU)."""
+    KV cache). `interpret`: Splash in Pallas interpret mode (CPU). `softcap`: module docstring."""
     if dropout_rng is not None and dropout_rate > 0.0:
         return reference_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, dropout_rate=dropout_rate,
-                                   dropout_rng=dropout_rng)
+                                   dropout_rng=dropout_rng, softcap=softcap)
     window = effective_window(window, k_BxSxKxD.shape[1])
     chosen = select_implementation(implementation, q_BxTxHxD, k_BxSxKxD, key_mask_BxS=key_mask_BxS,
-                                   causal=causal, window=window, interpret=interpret)
+                                   causal=causal, window=window, interpret=interpret, softcap=softcap)
+    if chosen == "xla" and softcap is not None:  # XLA compiles the plain maths; jax.nn's kernel has no soft-cap
+        return reference_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, softcap=softcap)
     if chosen == "xla":
         return xla_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS)
     if chosen == "cudnn":  # a window is not kept by packing (holes shift slots): the dense mask carries it
@@ -71,29 +77,35 @@ def dot_product_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD:
     if chosen == "splash":
         return splash_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, key_mask_BxS, causal=causal, window=window,
                                 interpret=interpret)
-    return blocked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS)
+    return blocked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, softcap=softcap)
+
+
+def soft_cap(logits: jax.Array, softcap: float | None) -> jax.Array:
+    """softcap * tanh(logits / softcap), identity for None: bounds logits smoothly to (-softcap, softcap)."""
+    return logits if softcap is None else softcap * jnp.tanh(logits / softcap)
 
 
 def reference_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, dropout_rate: float = 0.0,
-                        dropout_rng: jax.Array | None = None) -> jax.Array:
+                        dropout_rng: jax.Array | None = None, softcap: float | None = None) -> jax.Array:
     B, T, H, D = q_BxTxHxD.shape
     K = k_BxSxKxD.shape[2]
     q_BxTxKxGxD = q_BxTxHxD.reshape(B, T, K, H // K, D)
     logits = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, k_BxSxKxD,
                         preferred_element_type=jnp.float32) / math.sqrt(D)
-    logits = jnp.where(mask_BxTxS[:, None, None, :, :], logits, _NEG)
+    logits = jnp.where(mask_BxTxS[:, None, None, :, :], soft_cap(logits, softcap), _NEG)
     probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, dropout_rng).astype(v_BxSxKxD.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
     return out.reshape(B, T, H, D)
 
 
-def blocked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, block_rows: int | None = None) -> jax.Array:
+def blocked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, block_rows: int | None = None,
+                      softcap: float | None = None) -> jax.Array:
     return blocked_attention_heads_major(q_BxTxHxD, k_BxSxKxD.transpose(0, 2, 1, 3), v_BxSxKxD.transpose(0, 2, 1, 3),
-                                         mask_BxTxS, block_rows=block_rows)
+                                         mask_BxTxS, block_rows=block_rows, softcap=softcap)
 
 
 def blocked_attention_heads_major(q_BxTxHxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS, *,
-                                  block_rows: int | None = None) -> jax.Array:
+                                  block_rows: int | None = None, softcap: float | None = None) -> jax.Array:
     """`blocked_attention` with keys and values already heads-major (the KV cache's layout): only the T
     query rows are rearranged, so a decode step reads the cache as it lies."""
     B, T, H, D = q_BxTxHxD.shape
@@ -102,23 +114,24 @@ def blocked_attention_heads_major(q_BxTxHxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS, *
     if block_rows is None:
         block_rows = default_block_rows(B, K * G * T * S * 4)
     q_BxKxMxD = q_BxTxHxD.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
-    out_BxKxMxD = _attend(q_BxKxMxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS.astype(bool), block_rows)
+    softcap = None if softcap is None else float(softcap)  # static: one compiled block per value
+    out_BxKxMxD = _attend(q_BxKxMxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS.astype(bool), block_rows, softcap)
     return out_BxKxMxD.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
 
 
 def cached_attention(q_BxTxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.Array, mask_BxTxS: jax.Array, *,
-                     implementation: str = "default") -> jax.Array:
+                     implementation: str = "default", softcap: float | None = None) -> jax.Array:
     """Attention over KV-cache slots held heads-major ([B, K, S, D]), for a call that is not a prefill of
     an empty cache. A one-token query (the decode step) takes the blocked path with the cache as it lies;
     a longer query asked for a fused kernel gets the keys transposed back to [B, S, K, D] (rare: chunked
     prefill onto a filled cache)."""
     B, K, S, D = k_BxKxSxD.shape
     shape_BxSxKxD = jax.ShapeDtypeStruct((B, S, K, D), k_BxKxSxD.dtype)
-    chosen = select_implementation(cache_implementation(implementation), q_BxTxHxD, shape_BxSxKxD)
+    chosen = select_implementation(cache_implementation(implementation), q_BxTxHxD, shape_BxSxKxD, softcap=softcap)
     if chosen == "default":
-        return blocked_attention_heads_major(q_BxTxHxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS)
+        return blocked_attention_heads_major(q_BxTxHxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS, softcap=softcap)
     return dot_product_attention(q_BxTxHxD, k_BxKxSxD.transpose(0, 2, 1, 3), v_BxKxSxD.transpose(0, 2, 1, 3),
-                                 mask_BxTxS, implementation=chosen)
+                                 mask_BxTxS, implementation=chosen, softcap=softcap)
 
 
 def default_block_rows(batch: int, logits_bytes_per_row: int) -> int:
@@ -134,10 +147,11 @@ def default_block_rows(batch: int, logits_bytes_per_row: int) -> int:
 
 # ----------------------------------------------------------------------------- one block, both directions
 
-def _logits(q_bxKxMxD, k_bxKxSxD, mask_bxTxS):
+def _capped_logits(q_bxKxMxD, k_bxKxSxD, softcap):
+    """Scaled (and soft-capped) logits, before the mask."""
     D = q_bxKxMxD.shape[-1]
     logits = jnp.einsum("bkmd,bksd->bkms", q_bxKxMxD, k_bxKxSxD, preferred_element_type=jnp.float32)
-    return _masked(logits * (1.0 / math.sqrt(D)), mask_bxTxS, _NEG)
+    return soft_cap(logits * (1.0 / math.sqrt(D)), softcap)
 
 
 def _masked(x_bxKxMxS, mask_bxTxS, fill: float):
@@ -147,8 +161,8 @@ def _masked(x_bxKxMxS, mask_bxTxS, fill: float):
     return jnp.where(mask_bxTxS[:, None, None], x, fill).reshape(b, K, M, S)
 
 
-def _forward_block(q, k, v, mask):
-    logits = _logits(q, k, mask)
+def _forward_block(q, k, v, mask, softcap=None):
+    logits = _masked(_capped_logits(q, k, softcap), mask, _NEG)
     row_max = jnp.max(logits, axis=-1, keepdims=True)
     unnorm = jnp.exp(logits - row_max)
     row_sum = jnp.sum(unnorm, axis=-1, keepdims=True)
@@ -157,14 +171,17 @@ def _forward_block(q, k, v, mask):
     return out, row_max[..., 0], row_sum[..., 0]
 
 
-def _backward_block(q, k, v, mask, out, row_max, row_sum, d_out):
+def _backward_block(softcap, q, k, v, mask, out, row_max, row_sum, d_out):
     D = q.shape[-1]
-    probs = jnp.exp(_logits(q, k, mask) - row_max[..., None]) / row_sum[..., None]
+    capped = _capped_logits(q, k, softcap)
+    probs = jnp.exp(_masked(capped, mask, _NEG) - row_max[..., None]) / row_sum[..., None]
     d_v = jnp.einsum("bkms,bkmd->bksd", probs.astype(d_out.dtype), d_out, preferred_element_type=jnp.float32)
     d_probs = jnp.einsum("bkmd,bksd->bkms", d_out, v, preferred_element_type=jnp.float32)
     # softmax backward: d_logits = P * (dP - sum_s P dP); sum_s P dP = sum_d dO * O.
     row_dot = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     d_logits = probs * (d_probs - row_dot) * (1.0 / math.sqrt(D))
+    if softcap is not None:  # d/dx c tanh(x / c) = 1 - tanh^2 = 1 - (capped / c)^2
+        d_logits = d_logits * (1.0 - jnp.square(capped / softcap))
     # Masked logits get no gradient (as through the reference's `where`); a row with no visible key has
     # uniform, non-zero probabilities, so the mask must be applied here, not left to the exponent.
     d_logits = _masked(d_logits, mask, 0.0).astype(q.dtype)
@@ -186,18 +203,18 @@ def _map_blocks(fn, block_rows: int, *arrays):
     return jax.tree.map(lambda *o: jnp.stack(o).reshape(B, *o[0].shape[2:]), *outs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attend(q, k, v, mask, block_rows):
-    return _map_blocks(_forward_block, block_rows, q, k, v, mask)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attend(q, k, v, mask, block_rows, softcap):
+    return _map_blocks(functools.partial(_forward_block, softcap=softcap), block_rows, q, k, v, mask)[0]
 
 
-def _attend_fwd(q, k, v, mask, block_rows):
-    out, row_max, row_sum = _map_blocks(_forward_block, block_rows, q, k, v, mask)
+def _attend_fwd(q, k, v, mask, block_rows, softcap):
+    out, row_max, row_sum = _map_blocks(functools.partial(_forward_block, softcap=softcap), block_rows, q, k, v, mask)
     return out, (q, k, v, mask, out, row_max, row_sum)
 
 
-def _attend_bwd(block_rows, residuals, d_out):
-    d_q, d_k, d_v = _map_blocks(_backward_block, block_rows, *residuals, d_out)
+def _attend_bwd(block_rows, softcap, residuals, d_out):
+    d_q, d_k, d_v = _map_blocks(functools.partial(_backward_block, softcap), block_rows, *residuals, d_out)
     return d_q, d_k, d_v, None
 
 

@@ -19,7 +19,7 @@ Whatever is asked, a one-token query (the decode step) and attention dropout tak
 the models run a KV-cache prefill asked for "splash" on XLA (`cache_implementation`). An implementation
 that cannot serve a call raises a one-line ValueError saying why (`auto` falls back): cuDNN off a GPU,
 or in float32; Splash off a TPU, or where the mask has no structure it can express (layers that pick a
-sliding window per layer, as some Qwen2 configs do).
+sliding window per layer, as some Qwen2 configs do); either with attention logit soft-capping (Gemma 2).
 The kernels differ on pad query rows only (cuDNN's packed path returns zeros there, Splash attends them
 to the other pads), which no caller reads; real rows and their gradients agree.
 """
@@ -47,9 +47,10 @@ def check_implementation(implementation: str) -> str:
 
 def select_implementation(implementation: str, q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, *,
                           key_mask_BxS: jax.Array | None = None, causal: bool = False, window: int | None = None,
-                          interpret: bool = False) -> str:
+                          interpret: bool = False, softcap: float | None = None) -> str:
     """The implementation that serves this call: "default", "xla", "cudnn" or "splash" (module docstring).
-    An explicit choice that cannot serve it raises a one-line ValueError; "auto" falls back."""
+    An explicit choice that cannot serve it raises a one-line ValueError; "auto" falls back. `softcap`
+    (attention logit soft-capping) only the default and "xla" paths carry."""
     check_implementation(implementation)
     B, T = q_BxTxHxD.shape[:2]
     S = k_BxSxKxD.shape[1]
@@ -58,8 +59,11 @@ def select_implementation(implementation: str, q_BxTxHxD: jax.Array, k_BxSxKxD: 
                          f"got T={T}, S={S}, B={B}")
     if implementation == "default" or T == 1:  # the decode step always takes today's path
         return "default"
-    reasons = {"xla": lambda: None, "cudnn": lambda: _cudnn_refusal(q_BxTxHxD, S, key_mask_BxS, window),
-               "splash": lambda: _splash_refusal(q_BxTxHxD, key_mask_BxS, causal, window, interpret)}
+    capped = (lambda: f"attention logit soft-capping (attn_logit_softcapping={softcap}) runs on the default and "
+              f"xla paths only") if softcap is not None else (lambda: None)
+    reasons = {"xla": lambda: None,
+               "cudnn": lambda: capped() or _cudnn_refusal(q_BxTxHxD, S, key_mask_BxS, window),
+               "splash": lambda: capped() or _splash_refusal(q_BxTxHxD, key_mask_BxS, causal, window, interpret)}
     if implementation == "auto":
         fused = {"gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend())
         if fused is None:

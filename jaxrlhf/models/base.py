@@ -51,11 +51,13 @@ class WeightSpec:
 class HeadSpec:
     """Shape of a family's sequence-classification head, so HF checkpoints round-trip.
 
-    pre_dense: a dense + tanh layer before the scalar projection (BERT pooler, RoBERTa classifier).
+    pre_dense: a dense layer and `activation` before the scalar projection (BERT pooler, RoBERTa classifier:
+    tanh; DeBERTa's ContextPooler: its `pooler_hidden_act`, gelu).
     """
 
     use_bias: bool = False
     pre_dense: bool = False
+    activation: str = "tanh"  # "tanh" or a `layers.ACTIVATIONS` name
 
 
 def linear_specs(path: tuple[str, ...], hf_key: str, *, bias: bool) -> list[WeightSpec]:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrlhf.models.base import HeadSpec
-from jaxrlhf.models.layers import Linear
+from jaxrlhf.models.layers import Linear, activation
 from jaxrlhf.ops.logprobs import lm_logits, token_logprobs
 
 
@@ -34,12 +34,14 @@ def gather_positions(hidden_BxTxD: jax.Array, index_B: jax.Array) -> jax.Array:
 
 
 class ScalarHead(nnx.Module):
-    """hidden -> scalar, optionally through dense + tanh first (the BERT/RoBERTa classifier shape)."""
+    """hidden -> scalar, optionally through dense + activation first (the BERT/RoBERTa classifier shape: tanh;
+    DeBERTa's pooler: gelu)."""
 
     def __init__(self, dim: int, spec: HeadSpec, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32):
         self.dense = nnx.data(Linear(dim, dim, use_bias=True, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
                               if spec.pre_dense else None)
+        self.act = jnp.tanh if spec.activation == "tanh" else activation(spec.activation)
         # std 0.02 as HF initialises a fresh classifier: small enough that the first BT losses sit
         # near log 2, large enough that the backbone gets gradient from the first step.
         self.out = Linear(dim, 1, use_bias=spec.use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
@@ -47,27 +49,44 @@ class ScalarHead(nnx.Module):
 
     def __call__(self, h: jax.Array) -> jax.Array:
         if self.dense is not None:
-            h = jnp.tanh(self.dense(h))
+            h = self.act(self.dense(h))
         return self.out(h)[..., 0]
 
 
 class CausalLM(nnx.Module):
+    """Logits from the backbone's last hidden states. A backbone with a `final_logit_softcap` (Gemma 2) has its
+    logits soft-capped on every path here (logits, sequence_logprobs, token_logprobs), so sampler and learner
+    agree; such a model refuses `lm_head_kernel()`, whose callers would compute uncapped logits."""
+
     def __init__(self, backbone: nnx.Module, *, vocab_size: int, tie_embeddings: bool, rngs: nnx.Rngs,
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
         self.backbone = backbone
         self.dtype = dtype
+        self.logit_softcap = getattr(backbone, "final_logit_softcap", None)
         self.lm_head = nnx.data(None if tie_embeddings else Linear(
             backbone.hidden_size, vocab_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype))
 
     def lm_head_kernel(self) -> jax.Array:
         """The D x V output matrix (tied: the transposed token embedding)."""
+        if self.logit_softcap is not None:
+            raise ValueError(f"this model soft-caps its logits (final_logit_softcapping={self.logit_softcap}): take "
+                             f"log-probs through CausalLM.token_logprobs / logits, not lm_head_kernel()")
+        return self._kernel()
+
+    def _kernel(self) -> jax.Array:
         if self.lm_head is None:
             return self.backbone.embed.embedding[...].T
         return self.lm_head.kernel_value(self.dtype)
 
     def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
         """float32 logits (`ops.logprobs.lm_logits`, as the chunked log-prob path computes them)."""
-        return lm_logits(hidden_BxTxD.astype(self.dtype), self.lm_head_kernel())
+        return lm_logits(hidden_BxTxD.astype(self.dtype), self._kernel(), self.logit_softcap)
+
+    def token_logprobs(self, hidden_BxTxD, targets_BxT, temperature: float = 1.0, chunk_size: int = 128, *,
+                       return_entropy: bool = False):
+        """`ops.logprobs.token_logprobs` through this LM head (soft-capped where the model caps its logits)."""
+        return token_logprobs(hidden_BxTxD, self._kernel(), targets_BxT, temperature, chunk_size,
+                              return_entropy=return_entropy, softcap=self.logit_softcap)
 
     def sequence_logprobs(self, ids_BxT, mask_BxT, scored_BxT, *, chunk_size: int = 128,
                           dropout_rng=None) -> tuple[jax.Array, jax.Array]:
@@ -75,7 +94,7 @@ class CausalLM(nnx.Module):
         Position t - 1 predicts token t, so a marked token is scored from the hidden state before it; the
         LM head runs in chunks (`ops.logprobs.token_logprobs`), never on all [B, T, V] logits at once."""
         hidden_BxTxD, _ = self.backbone(ids_BxT, mask_BxT, dropout_rng=dropout_rng)
-        logp_BxT1 = token_logprobs(hidden_BxTxD[:, :-1], self.lm_head_kernel(), ids_BxT[:, 1:], chunk_size=chunk_size)
+        logp_BxT1 = self.token_logprobs(hidden_BxTxD[:, :-1], ids_BxT[:, 1:], chunk_size=chunk_size)
         scored_BxT1 = scored_BxT[:, 1:].astype(jnp.float32)
         return jnp.sum(logp_BxT1 * scored_BxT1, axis=-1), jnp.sum(scored_BxT1, axis=-1)
 

@@ -147,19 +147,20 @@ def read_layer(cache_LxBxKxSxD: jax.Array, layer: jax.Array | int, kv_len: int) 
 
 def attend_and_write(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array, mask_BxTxS: jax.Array,
                      layer_kv: tuple | None, inputs: AttentionInputs, implementation: str,
-                     structure: dict | None = None):
+                     structure: dict | None = None, softcap: float | None = None):
     """One layer's attention with or without a cache, shared by the decoder families.
 
     Over this call's own keys ([B, T, K, D]: no cache, or a prefill) it is `dot_product_attention` with
     the mask's `structure` (its key_mask_BxS, causal, window: for the fused kernels); on a filled cache it is
     `cached_attention` over the slots [0, kv_len) in their heads-major layout. `layer_kv` is
-    (k_LxBxKxSxD, v_LxBxKxSxD, layer) or None. Returns (out_BxTxHxD, (k, v) cache or None).
+    (k_LxBxKxSxD, v_LxBxKxSxD, layer) or None. `softcap`: attention logit soft-capping (Gemma 2), or None.
+    Returns (out_BxTxHxD, (k, v) cache or None).
     """
     dtype = q_BxTxHxD.dtype
 
     def own_keys():
         return dot_product_attention(q_BxTxHxD, k_BxTxKxD.astype(dtype), v_BxTxKxD.astype(dtype), mask_BxTxS,
-                                     implementation=implementation, **(structure or {}))
+                                     implementation=implementation, softcap=softcap, **(structure or {}))
 
     if layer_kv is None:
         return own_keys(), None
@@ -170,7 +171,7 @@ def attend_and_write(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.
         return own_keys(), (k_all, v_all)
     out = cached_attention(q_BxTxHxD, read_layer(k_all, layer, inputs.kv_len).astype(dtype),
                            read_layer(v_all, layer, inputs.kv_len).astype(dtype), mask_BxTxS,
-                           implementation=implementation)
+                           implementation=implementation, softcap=softcap)
     return out, (k_all, v_all)
 
 

@@ -1,11 +1,13 @@
-"""Llama-family decoder: Llama 2/3, Mistral, Qwen2/2.5, SmolLM2.
+"""Llama-family decoder: Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2.
 
 Pre-norm blocks (RMSNorm) of grouped-query attention with rotary embeddings and a SwiGLU MLP, scanned
 over layers. Weights use the HF checkpoint layout as it is: RoPE rotates halves of each head
 (`rotate_half`), so HF q/k projections load without any row permutation. Differences between the
 members are config switches: q/k/v bias (Qwen2; `attention_bias` puts a bias on o_proj too),
 `head_dim`, `rope_theta` and Llama-3 / linear `rope_scaling`, tied embeddings (SmolLM2, small Qwen2.5)
-and the sliding window (Mistral; Qwen2 when `use_sliding_window`), applied on cache slots as HF does.
+and the sliding window (Mistral; Qwen2/3 when `use_sliding_window`), applied on cache slots as HF does;
+Qwen3's per-head RMSNorm of q and k before RoPE is `qk_norm`. `Attention` also serves `models.gemma`
+(its own norm class, a query scale and attention-logit soft-capping).
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ from jaxrlhf.models.layers import (
     split_keys,
 )
 
-MODEL_TYPES = ("llama", "mistral", "qwen2")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 IS_DECODER = True
 POOLING = "last"
 HF_BASE_PREFIX = "model."
 REWARD_HEAD = HeadSpec(use_bias=False, pre_dense=False)
 
-_ARCH_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+_ARCH_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 _ARCH_SUFFIX = {"backbone": "Model", "causal_lm": "ForCausalLM", "reward": "ForSequenceClassification",
                 "value": "ForSequenceClassification"}
 _ROPE_TYPES = ("default", "linear", "llama3")
@@ -77,10 +79,11 @@ class Config:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim of each q and k head, before RoPE
     tie_word_embeddings: bool = False
     sliding_window: int | None = None
     sliding_layers: tuple[bool, ...] | None = None  # which layers use the window (None: none)
-    max_window_layers: int | None = None  # Qwen2's field, kept for export
+    max_window_layers: int | None = None  # Qwen2/3's field, kept for export
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
@@ -122,7 +125,7 @@ class Config:
         sliding_window, sliding_layers, max_window_layers = None, None, None
         if model_type == "mistral" and d.get("sliding_window") is not None:
             sliding_window, sliding_layers = int(d["sliding_window"]), (True,) * layers
-        elif model_type == "qwen2":
+        elif model_type in ("qwen2", "qwen3"):
             max_window_layers = d.get("max_window_layers")
             if d.get("use_sliding_window") and d.get("sliding_window") is not None:
                 sliding_window = int(d["sliding_window"])
@@ -144,7 +147,7 @@ class Config:
             rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
             rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
             rope_original_max_position_embeddings=rope.get("original_max_position_embeddings"),
-            qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=bool(d.get("mlp_bias", False)),
+            qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=bool(d.get("mlp_bias", False)), qk_norm=model_type == "qwen3",
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)), sliding_window=sliding_window,
             sliding_layers=sliding_layers, max_window_layers=max_window_layers,
             bos_token_id=d.get("bos_token_id"), eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
@@ -164,8 +167,11 @@ class Config:
 
     def to_hf(self, task: str = "causal_lm") -> dict:
         """A config.json dict for `transformers` (LlamaForCausalLM, Qwen2ForSequenceClassification, ...)."""
-        if self.model_type == "llama" and self.qkv_bias != self.o_bias:
-            raise ValueError("HF Llama has one `attention_bias` switch for q/k/v/o; this config differs")
+        if self.model_type in ("llama", "qwen3") and self.qkv_bias != self.o_bias:
+            raise ValueError(f"HF {_ARCH_NAMES[self.model_type]} has one `attention_bias` switch for q/k/v/o; "
+                             f"this config differs")
+        if self.qk_norm != (self.model_type == "qwen3"):
+            raise ValueError(f"qk_norm={self.qk_norm} has no HF {_ARCH_NAMES[self.model_type]} equivalent")
         eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
         d: dict[str, Any] = {
             "architectures": [_ARCH_NAMES[self.model_type] + _ARCH_SUFFIX[task]],
@@ -187,6 +193,8 @@ class Config:
         elif self.model_type == "mistral":
             d["sliding_window"] = self.sliding_window
         else:
+            if self.model_type == "qwen3":
+                d["attention_bias"] = self.qkv_bias
             d.update(use_sliding_window=self.sliding_window is not None, sliding_window=self.sliding_window,
                      max_window_layers=self.max_window_layers if self.max_window_layers is not None
                      else self.num_hidden_layers,
@@ -234,10 +242,16 @@ def apply_rope(x_BxTxNxD: jax.Array, cos_BxTxD: jax.Array, sin_BxTxD: jax.Array)
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, attention: str = "auto", **kw):
+    """GQA with RoPE. `cfg` needs the shape fields, qkv_bias, o_bias and qk_norm. `norm`: the class of the q/k
+    norms (Gemma's differs); `q_scale`: multiplies q so that the kernel's 1/sqrt(head_dim) becomes the family's
+    scale (Gemma's query_pre_attn_scalar); `softcap`: attention logit soft-capping (Gemma 2)."""
+
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs, lora: LoRAConfig | None, attention: str = "auto",
+                 norm: type = RMSNorm, q_scale: float = 1.0, softcap: float | None = None, **kw):
         H, K, D, E = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
         self.num_heads, self.num_kv_heads, self.head_dim = H, K, D
         self.attention = attention  # models.attention.IMPLEMENTATIONS
+        self.q_scale, self.softcap = q_scale, softcap
 
         def linear(name, d_in, d_out, bias):
             return Linear(d_in, d_out, use_bias=bias, rngs=rngs, lora=lora_for(lora, "attn." + name), **kw)
@@ -246,6 +260,8 @@ class Attention(nnx.Module):
         self.k_proj = linear("k_proj", E, K * D, cfg.qkv_bias)
         self.v_proj = linear("v_proj", E, K * D, cfg.qkv_bias)
         self.o_proj = linear("o_proj", H * D, E, cfg.o_bias)
+        self.q_norm = nnx.data(norm(D, cfg.rms_norm_eps, **kw) if cfg.qk_norm else None)
+        self.k_norm = nnx.data(norm(D, cfg.rms_norm_eps, **kw) if cfg.qk_norm else None)
 
     def __call__(self, x_BxTxE, cos_BxTxD, sin_BxTxD, mask_BxTxS, layer_kv, inputs, rng, structure=None):
         """`inputs`: the call's kv_cache.AttentionInputs. `structure`: how the mask was made
@@ -256,9 +272,14 @@ class Attention(nnx.Module):
         q = self.q_proj(x_BxTxE, r[0]).reshape(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x_BxTxE, r[1]).reshape(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x_BxTxE, r[2]).reshape(B, T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:  # per head, over head_dim
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos_BxTxD, sin_BxTxD), apply_rope(k, cos_BxTxD, sin_BxTxD)
+        if self.q_scale != 1.0:
+            q = q * jnp.asarray(self.q_scale, q.dtype)
         # With a cache: this call's keys are written into it, and a decode step attends over its prefix.
-        out, layer_kv = kv_cache.attend_and_write(q, k, v, mask_BxTxS, layer_kv, inputs, self.attention, structure)
+        out, layer_kv = kv_cache.attend_and_write(q, k, v, mask_BxTxS, layer_kv, inputs, self.attention, structure,
+                                                  softcap=self.softcap)
         out = self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim), r[3])
         return out, layer_kv
 
@@ -375,6 +396,9 @@ def weight_specs(cfg: Config, task: str) -> list[WeightSpec]:
     for name, bias in (("q_proj", cfg.qkv_bias), ("k_proj", cfg.qkv_bias), ("v_proj", cfg.qkv_bias),
                        ("o_proj", cfg.o_bias)):
         specs += stacked_linear_specs(path0 + ("layers", "attn", name), layer + "self_attn." + name, L, bias=bias)
+    if cfg.qk_norm:
+        specs += [stacked_specs(path0 + ("layers", "attn", n, "scale"), layer + f"self_attn.{n}.weight", L)
+                  for n in ("q_norm", "k_norm")]
     for name in ("gate_proj", "up_proj", "down_proj"):
         specs += stacked_linear_specs(path0 + ("layers", "mlp", name), layer + "mlp." + name, L, bias=cfg.mlp_bias)
     specs += [stacked_specs(path0 + ("layers", "attn_norm", "scale"), layer + "input_layernorm.weight", L),

@@ -17,7 +17,13 @@ _FAMILY_MODULES = {
     "llama": "jaxrlhf.models.llama",
     "mistral": "jaxrlhf.models.llama",
     "qwen2": "jaxrlhf.models.llama",
+    "qwen3": "jaxrlhf.models.llama",
+    "gemma": "jaxrlhf.models.gemma",
+    "gemma2": "jaxrlhf.models.gemma",
+    "gemma3_text": "jaxrlhf.models.gemma",
     "gpt2": "jaxrlhf.models.gpt2",
+    "gpt_neo": "jaxrlhf.models.gpt_neo",
+    "deberta-v2": "jaxrlhf.models.deberta",
     "bert": "jaxrlhf.models.bert",
     "roberta": "jaxrlhf.models.bert",
 }

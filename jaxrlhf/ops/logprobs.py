@@ -15,13 +15,15 @@ from jaxrlhf.ops.matmul import matmul_f32
 from jaxrlhf.ops.ppo import entropy_from_logits
 
 
-def lm_logits(hidden_xD: jax.Array, lm_head_DxV: jax.Array) -> jax.Array:
+def lm_logits(hidden_xD: jax.Array, lm_head_DxV: jax.Array, softcap: float | None = None) -> jax.Array:
     """Next-token logits `hidden @ lm_head` as float32: the product runs in the hidden states' (compute)
     dtype, the kernel cast to it (a float32 master is not an f32 GEMM in a bf16 run), and accumulates in
     float32 (bf16 logits would be rounded by up to 0.125 at magnitude 30), in the backward pass too
     (`ops.matmul`). The one function the sampler
-    and the log-prob path both use, so the policy that samples is the policy PPO's ratio assumes."""
-    return matmul_f32(hidden_xD, lm_head_DxV)
+    and the log-prob path both use, so the policy that samples is the policy PPO's ratio assumes.
+    `softcap` (Gemma 2's `final_logit_softcapping`): softcap * tanh(logits / softcap), in float32."""
+    logits = matmul_f32(hidden_xD, lm_head_DxV)
+    return logits if softcap is None else softcap * jnp.tanh(logits / softcap)
 
 
 def logprobs_from_logits(logits_BxTxV, targets_BxT, temperature: float = 1.0) -> jax.Array:
@@ -39,6 +41,7 @@ def token_logprobs(
     chunk_size: int = 128,
     *,
     return_entropy: bool = False,
+    softcap: float | None = None,
 ):
     """`log softmax(hidden @ lm_head / temperature)[targets]` as [B, T] float32.
 
@@ -46,6 +49,7 @@ def token_logprobs(
     the caller aligns them). The logits are `lm_logits`'s: the hidden states' dtype, float32 accumulation.
     With a tied embedding [V, D], pass its transpose. With `return_entropy`, also returns the
     per-token entropy of the same (temperature-scaled) distribution: `(logp_BxT, entropy_BxT)`.
+    `softcap`: the logits are soft-capped (`lm_logits`) before the temperature, as HF generation does.
     """
     hidden = jnp.asarray(hidden_BxTxD)
     w = jnp.asarray(lm_head_DxV)
@@ -62,7 +66,7 @@ def token_logprobs(
     @jax.checkpoint
     def one_chunk(args):
         h_BxCxD, y_BxC = args
-        logits = lm_logits(h_BxCxD, w) / temperature
+        logits = lm_logits(h_BxCxD, w, softcap) / temperature
         logp = logprobs_from_logits(logits, y_BxC)
         ent = entropy_from_logits(logits) if return_entropy else jnp.zeros_like(logp)
         return logp, ent

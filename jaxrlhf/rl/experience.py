@@ -17,7 +17,6 @@ from flax import nnx
 from jaxrlhf.models.layers import adapters_off
 from jaxrlhf.ops import whitening
 from jaxrlhf.ops.gae import gae
-from jaxrlhf.ops.logprobs import token_logprobs
 from jaxrlhf.ops.metrics import explained_variance
 from jaxrlhf.rl.rewards import RewardShaping, process_scores, token_rewards
 
@@ -53,8 +52,8 @@ def response_logprobs(policy: nnx.Module, ids_BxT, mask_BxT, response_ids_BxN, t
     hidden_BxTxD, _ = policy.backbone(ids_BxT, mask_BxT)
     h_BxNxD = hidden_BxTxD[:, T - N - 1:T - 1]
     temperature = temperature if temperature > 0 else 1.0  # greedy sampling reports temperature-1 log-probs
-    return token_logprobs(h_BxNxD, policy.lm_head_kernel(), response_ids_BxN, temperature, chunk_size,
-                          return_entropy=return_entropy)
+    # Through the model's own head: soft-capped logits (Gemma 2) as the sampler computes them.
+    return policy.token_logprobs(h_BxNxD, response_ids_BxN, temperature, chunk_size, return_entropy=return_entropy)
 
 
 def response_values(critic: nnx.Module, ids_BxT, mask_BxT, num_response: int):
