@@ -21,6 +21,7 @@ from jaxrlhf.infra.metrics import MetricsWriter
 from jaxrlhf.infra.runtime import run_trainer
 from jaxrlhf.models.export import export_hf
 from jaxrlhf.rl import group_setup
+from jaxrlhf.rl.guardrails import kl_guard
 from jaxrlhf.rl.ppo_iteration import SampleTable
 from jaxrlhf.training.loop import Cadence, HostLoop, Reporting, StepHook
 from jaxrlhf.training.observe import Profiler
@@ -55,7 +56,7 @@ def train(config, hooks: Sequence[StepHook] = ()) -> dict:
     writer = MetricsWriter(workdir)
     batches = (prompts.batch(it, jax.process_index(), jax.process_count()) for it in range(start, t.iterations))
     loop = HostLoop(step=iteration, cadence=cadence, reporting=reporting, ckpt=ckpt, writer=writer, seed=config.seed,
-                    evaluate=iteration.evaluate if has_eval else None, hooks=(samples, *hooks),
+                    evaluate=iteration.evaluate if has_eval else None, hooks=(samples, kl_guard(t), *hooks),
                     profiler=Profiler(t.get("profile_steps", ""), workdir))
     result = loop.run(state, batches, start)
     writer.close()

@@ -237,6 +237,9 @@ def test_choices_copy_the_library():
 
     assert validate.GRPO_ALGORITHMS == ALGORITHMS
     assert validate.LOSS_AGGREGATIONS == AGGREGATIONS
+    from jaxrlhf.rl.guardrails import ON_MAX_KL
+
+    assert validate.ON_MAX_KL == ON_MAX_KL
 
 
 def test_rm_objective_modes_are_the_ones_rm_data_accepts():

@@ -157,3 +157,25 @@ def test_sample_cli_writes_k_responses_per_prompt(setup, tmp_path):
 
     single, _ = generate_responses(str(policy), read_prompts(prompts, 3), GenerationSettings(max_new_tokens=5))
     assert [r["responses"][0] for r in rows] == single  # the K-sample path greedy-decodes what compare does
+
+
+def test_a_kl_bound_stops_the_run_with_a_checkpoint_or_warns(setup, tmp_path, capfd):
+    from jaxrlhf.train_grpo import train
+    from tests.helpers.runs import complete_steps
+
+    policy, prompts, _ = setup
+    config = tiny_grpo_config(policy, prompts, tmp_path / "kl")
+    config.grpo.kl_coef = 0.01
+    config.train.iterations = 8
+    config.train.checkpoint_every = 0
+    config.train.max_kl_per_seq = 0.05  # iteration 1 samples the reference (KL 0); the updates move it past this
+    out = train(config)
+    stopped = out["stopped_at"]
+    assert 1 < stopped < 8 and complete_steps(tmp_path / "kl" / "checkpoints") == [stopped]
+    last = [r for r in records(tmp_path / "kl") if "grpo/kl_k1_per_seq" in r][-1]
+    assert last["step"] == stopped and last["grpo/kl_k1_per_seq"] > 0.05
+    assert "passed train.max_kl_per_seq=0.05" in capfd.readouterr().err
+    config.workdir = str(tmp_path / "warn")
+    config.train.on_max_kl = "warn"
+    assert "stopped_at" not in train(config)
+    assert capfd.readouterr().err.count("train.on_max_kl=warn") == 1

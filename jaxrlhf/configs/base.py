@@ -284,6 +284,8 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "eval_every": 5,                     # iterations between held-out evaluations (0: never)
         "sample_every": 5,                   # iterations between sample tables (0: never)
         "samples_shown": 4,
+        "max_kl_per_seq": 0.0,               # > 0: past this KL to the reference (nats per sequence) ...
+        "on_max_kl": "stop",                 # ... stop (checkpoint saved) or warn
     })
     return config
 
@@ -397,5 +399,7 @@ def grpo_defaults() -> ml_collections.ConfigDict:
     })
     config.actor_optim = constant_optim_block(1e-6)
     config.train = run_block(log_every=1, checkpoint_every=10)
-    config.train.update({"iterations": 20, "eval_every": 5, "sample_every": 5, "samples_shown": 4})
+    config.train.update({"iterations": 20, "eval_every": 5, "sample_every": 5, "samples_shown": 4,
+                         "max_kl_per_seq": 0.0,  # > 0: past this KL to the reference (needs grpo.kl_coef > 0) ...
+                         "on_max_kl": "stop"})   # ... stop (checkpoint saved) or warn
     return config

@@ -30,6 +30,7 @@ PO_LOSSES = ("sigmoid", "robust", "hinge", "ipo", "simpo", "listwise", "kto")  #
 REFERENCE_LOGPS = ("auto", "cached", "online")          # po.reference.MODES
 GRPO_ALGORITHMS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")  # rl.group_step.ALGORITHMS
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")  # ops.ppo.AGGREGATIONS
+ON_MAX_KL = ("stop", "warn")                            # rl.guardrails.ON_MAX_KL
 
 
 def _model(block: str) -> dict[str, tuple[str, ...]]:
@@ -77,6 +78,7 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
         "kl.estimator": KL_ESTIMATORS,
         "ppo.whiten_scope": WHITEN_SCOPES,
         "train.on_nonfinite": ON_NONFINITE,
+        "train.on_max_kl": ON_MAX_KL,
     },
     "grpo": {
         **_model("policy"),
@@ -88,6 +90,7 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
         "grpo.kl_estimator": KL_ESTIMATORS,
         "grpo.loss_aggregation": LOSS_AGGREGATIONS,
         "train.on_nonfinite": ON_NONFINITE,
+        "train.on_max_kl": ON_MAX_KL,
     },
 }
 

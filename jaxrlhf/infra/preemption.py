@@ -32,6 +32,13 @@ def install_handlers() -> None:
         signal.signal(signal.SIGINT, _on_signal)
 
 
+def request(reason: str) -> None:
+    """A stop asked for by the run itself (a guardrail), said on stderr: saved and stopped like a SIGTERM."""
+    if not _requested.is_set():
+        print(f"\n{reason}: stopping after this step and saving a checkpoint", file=sys.stderr, flush=True)
+    _requested.set()
+
+
 def should_stop() -> bool:
     return _requested.is_set()
 

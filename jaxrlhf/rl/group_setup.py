@@ -41,6 +41,9 @@ def group_config(config) -> GroupRLConfig:
     if g.rollout_batch_size * g.group_size % g.minibatch_size:
         raise ValueError(f"grpo.rollout_batch_size * grpo.group_size = {g.rollout_batch_size * g.group_size} "
                          f"responses must be a multiple of grpo.minibatch_size={g.minibatch_size}")
+    if config.train.max_kl_per_seq > 0 and g.kl_coef <= 0:
+        raise ValueError(f"train.max_kl_per_seq={config.train.max_kl_per_seq} watches the KL to the reference, "
+                         f"which a run with grpo.kl_coef=0 never computes: set grpo.kl_coef > 0")
     single = g.epochs == 1 and g.minibatch_size == g.rollout_batch_size * g.group_size
     return GroupRLConfig(
         algorithm=g.algorithm, group_size=g.group_size, scale_by_std=g.scale_by_std, kl_coef=g.kl_coef,
