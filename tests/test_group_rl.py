@@ -210,5 +210,11 @@ def test_arithmetic_problems_are_seeded_and_their_answers_exact():
         x, y = (int(v) for v in __import__("re").findall(r"\d+", row["prompt"])[:2])
         assert row["answer"] == {"+": x + y, "-": x - y, "*": x * y}[row["op"]] and row["answer"] >= 0
     assert {r["op"] for r in a} == {"+", "-", "*"}
+    assert len({r["prompt"] for r in a}) == 200  # distinct
+    held = arithmetic.problems(64, seed=1)
+    train = arithmetic.problems(2048, seed=0, exclude={r["prompt"] for r in held})
+    assert len(train) == 2048 and not {r["prompt"] for r in held} & {r["prompt"] for r in train}
     with pytest.raises(ValueError, match="task.ops"):
         arithmetic.problems(3, 0, ops="/")
+    with pytest.raises(ValueError, match="cannot draw 10 problems"):  # 1 + 1 .. 2 + 2 in one template: 3 sums
+        arithmetic.problems(10, 0, min_value=1, max_value=2, ops="+", styles="plain")

@@ -17,17 +17,17 @@ def get_config():
     config.policy.name = "smollm2"
     config.task.name = "arithmetic"
     config.task.n_eval = 64
-    config.data.max_prompt_length = 96
-    config.data.pad_to_multiple = 96            # one prompt width: every iteration reuses the compiled steps
+    config.data.max_prompt_length = 64          # the longest problem renders to 63 tokens with the chat template
+    config.data.pad_to_multiple = 64            # one prompt width: every iteration reuses the compiled steps
     config.sampling.max_new_tokens = 16         # "Answer with the number only": a few tokens
     config.sampling.temperature = 1.0
     config.rewards.functions = "exact_match"
     config.grpo.algorithm = "grpo"
     config.grpo.group_size = 8
     config.grpo.rollout_batch_size = 8          # 64 responses per iteration
-    config.grpo.minibatch_size = 32
+    config.grpo.minibatch_size = 64             # one update per rollout (TRL's default): no old-logprob pass
     config.grpo.epochs = 1
-    config.actor_optim.learning_rate = 1e-6
+    config.actor_optim.learning_rate = 1e-5
     config.train.iterations = 40
     config.train.eval_every = 10
     return config

@@ -72,14 +72,15 @@ def build_prompts(config, tokenizer) -> tuple[PromptSet, PromptSet | None]:
     d, t, g = config.data, config.task, config.grpo
     kw = dict(max_prompt_length=d.max_prompt_length, pad_to_multiple=d.pad_to_multiple, seed=config.seed,
               use_chat_template=d.chat_template, system=d.system or None)
-    if t.name == "arithmetic":
+    if t.name == "arithmetic":  # the training problems exclude every held-out one
         gen = dict(min_value=t.min_value, max_value=t.max_value, ops=t.ops, styles=t.styles)
-        train = build_prompt_set(load_table(arithmetic.problems(t.n_train, t.seed, **gen), name="arithmetic (train)"),
-                                 tokenizer, batch_size=g.rollout_batch_size, **kw)
-        if not t.n_eval:
+        held_rows = arithmetic.problems(t.n_eval, t.eval_seed, **gen) if t.n_eval else []
+        train_rows = arithmetic.problems(t.n_train, t.seed, exclude={r["prompt"] for r in held_rows}, **gen)
+        train = build_prompt_set(load_table(train_rows, name="arithmetic (train)"), tokenizer,
+                                 batch_size=g.rollout_batch_size, **kw)
+        if not held_rows:
             return train, None
-        held = build_prompt_set(load_table(arithmetic.problems(t.n_eval, t.eval_seed, **gen),
-                                           name="arithmetic (held out)"), tokenizer,
+        held = build_prompt_set(load_table(held_rows, name="arithmetic (held out)"), tokenizer,
                                 batch_size=min(g.eval_batch_size, t.n_eval), **kw)
         return train, dataclasses.replace(held, shuffle=False)
     if t.name:
