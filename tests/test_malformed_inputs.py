@@ -19,7 +19,8 @@ def test_at_least_fifty_cases_over_every_kind_and_command(results):
     kinds = {case.kind for case, _ in pairs}
     commands = {case.command for case, _ in pairs}
     assert len(pairs) >= 50 and {"data", "config", "model"} <= kinds
-    assert {"train_rm", "train_sft", "train_ppo", "train_dpo", "eval_rm", "score", "compare"} <= commands
+    assert {"train_rm", "train_sft", "train_ppo", "train_dpo", "eval_rm", "score", "compare",
+            "export_gguf"} <= commands
 
 
 def test_each_case_is_one_clear_line_and_exit_2(results):
@@ -32,3 +33,4 @@ def test_each_case_is_one_clear_line_and_exit_2(results):
     assert not failures, "\n".join(failures)
     # Nothing that passes for a finished run was left behind.
     assert not list(root.rglob("eval.json")) and not list(root.rglob("export")) and not list(root.rglob("key.json"))
+    assert not list(root.rglob("*.gguf"))  # a refused export leaves no file, not even a partial one

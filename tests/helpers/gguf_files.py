@@ -122,3 +122,58 @@ def make_tiny(tied, seed=0):
             if "norm" in n:
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
     return model
+
+
+# --------------------------------------------------------------------------------------------------
+# HF directories with a byte-level BPE tokenizer (what the GGUF exporter needs to write a vocabulary)
+
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def byte_bpe_tokenizer(split: str = "gpt2"):
+    """The tiny byte-level BPE of `tiny_vocab` as a transformers fast tokenizer (ChatML, no BOS added).
+
+    `split`: "gpt2" (ByteLevel with GPT-2's regex, as SmolLM2's) or "qwen2" (NFC + Qwen2's split regex)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens, merges, _ = tiny_vocab()
+    tk = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, [tuple(m.split(" ")) for m in merges]))
+    if split == "gpt2":
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tk.normalizer = normalizers.NFC()
+        tk.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def make_tiny_decoder_dir(path, kind: str = "llama", tied: bool = True, seed: int = 0, **overrides):
+    """A random transformers Llama, Mistral or Qwen2 (norms and biases away from their init, so a dropped or misplaced
+    one shows) saved with `byte_bpe_tokenizer` as an HF directory. Returns (path, model)."""
+    import transformers
+
+    tok = byte_bpe_tokenizer("qwen2" if kind == "qwen2" else "gpt2")
+    cfg = dict(tiny_config(len(tok), tied).to_dict(), **overrides)
+    cls = {"llama": (transformers.LlamaConfig, LlamaForCausalLM),
+           "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[kind]
+    for key in ("architectures", "model_type", "transformers_version"):
+        cfg.pop(key, None)
+    torch.manual_seed(seed)
+    model = cls[1](cls[0](**cfg)).float().eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif n.endswith(".bias"):
+                p.copy_(0.5 * torch.randn_like(p))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, model

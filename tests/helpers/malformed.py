@@ -22,6 +22,7 @@ class Case:
     name: str            # what is wrong, for the table
     kind: str            # data | config | model
     command: str         # train_rm | train_sft | train_ppo | train_dpo | train_grpo | eval_rm | score | compare
+    #                      | export_gguf
     args: tuple[str, ...]
     expected: str        # a substring of the error line
 
@@ -125,6 +126,13 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
     bad_lines = data("badlines", ['{"prompt": "a"', '{"nothing": 1}'])
     no_texts = root / "notexts.txt"
     no_texts.write_text("\n")
+    # GGUF export: the word-level tiny model itself has a tokenizer llama.cpp cannot rebuild
+    gguf_out = root / "out.gguf"
+    as_rm = _model_variant(model, root / "as_rm", config_edit=lambda c: c.update(
+        architectures=["LlamaForSequenceClassification"]))
+    as_encoder = _model_variant(model, root / "as_encoder", config_edit=lambda c: c.update(
+        model_type="bert", architectures=["BertModel"]))
+    gg = lambda m, *extra: (f"--model={m}", f"--out={gguf_out}") + tuple(extra)
     cmp = lambda *extra: (f"--a={model}", f"--b={model}", f"--prompts={prompts}", f"--out={root / 'compare_out'}",
                           "--limit=2", "--max_new_tokens=2") + tuple(extra)
     cases = [
@@ -316,6 +324,13 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
         Case("compare: top_p > 1", "config", "compare", cmp("--top_p=1.5"), "top_p must be in (0, 1]"),
         Case("compare: reward model does not exist", "model", "compare", cmp(f"--rm={root / 'no_rm'}"),
              "reward model not found"),
+        Case("export_gguf: unknown --type", "config", "export_gguf", gg(model, "--type=q4_k"),
+             "unknown --type 'q4_k'; choose one of f32, f16"),
+        Case("export_gguf: a reward model", "model", "export_gguf", gg(as_rm, "--type=q8_0"),
+             "is a reward model or critic (LlamaForSequenceClassification)"),
+        Case("export_gguf: an encoder", "model", "export_gguf", gg(as_encoder), "is a bert encoder"),
+        Case("export_gguf: a tokenizer llama.cpp cannot rebuild", "model", "export_gguf", gg(model),
+             "tokenizer cannot be written to GGUF: WordLevel model"),
     ]
     return cases
 
