@@ -20,6 +20,7 @@ from jaxrlhf.infra.metrics import MetricsWriter
 from jaxrlhf.infra.runtime import run_trainer
 from jaxrlhf.models.export import export_hf
 from jaxrlhf.rl import ppo_setup
+from jaxrlhf.rl.frontier import write_frontier
 from jaxrlhf.rl.guardrails import kl_guard
 from jaxrlhf.rl.ppo_iteration import SampleTable
 from jaxrlhf.rl.ppo_models import load_ppo_models
@@ -66,6 +67,8 @@ def train(config, hooks: Sequence[StepHook] = ()) -> dict:
                     profiler=Profiler(t.get("profile_steps", ""), workdir))
     result = loop.run(state, batches, start)
     writer.close()
+    if jax.process_index() == 0:
+        write_frontier(workdir, "ppo/", "score_mean", "RM score of the rollouts")
     if not result.finished:
         return {"stopped_at": result.done}
     if t.export:

@@ -218,3 +218,19 @@ def test_arithmetic_problems_are_seeded_and_their_answers_exact():
         arithmetic.problems(3, 0, ops="/")
     with pytest.raises(ValueError, match="cannot draw 10 problems"):  # 1 + 1 .. 2 + 2 in one template: 3 sums
         arithmetic.problems(10, 0, min_value=1, max_value=2, ops="+", styles="plain")
+
+
+def test_the_frontier_reads_the_last_record_of_each_step(tmp_path):
+    import json
+
+    from jaxrlhf.rl.frontier import frontier_png, kl_reward_points
+
+    lines = [{"step": 1, "ppo/kl_k1_per_seq": 0.0, "ppo/score_mean": 0.1}, {"step": 2, "ppo/kl_k1_per_seq": 1.0,
+             "ppo/score_mean": 0.5}, {"step": 2, "eval/score_mean": 9.0},  # an eval record: not a point
+             {"step": 2, "ppo/kl_k1_per_seq": 2.0, "ppo/score_mean": 0.7}]  # resumed: logged again, wins
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    points = kl_reward_points(path, "ppo/", "score_mean")
+    assert points == [(1, 0.0, 0.1), (2, 2.0, 0.7)]
+    assert frontier_png(points[:1], tmp_path / "one.png", "score") is None
+    assert frontier_png(points, tmp_path / "f.png", "score").read_bytes()[:4] == b"\x89PNG"

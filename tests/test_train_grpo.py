@@ -121,6 +121,12 @@ def test_each_algorithm_learns_with_a_kl_to_the_reference(setup, tmp_path, algor
     assert train_rows[0]["grpo/kl_k1_per_seq"] == pytest.approx(0.0, abs=1e-5)  # starts at the reference
     assert train_rows[-1]["grpo/kl_k1_per_seq"] > 0.0
     assert ("grpo/kl_loss" in train_rows[-1]) == (algorithm != "reinforce_pp")  # REINFORCE++: KL in the reward
+    from jaxrlhf.rl.frontier import kl_reward_points
+
+    png = (tmp_path / algorithm / "kl_reward_frontier.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert kl_reward_points(tmp_path / algorithm / "metrics.jsonl", "grpo/", "reward_mean") == [
+        (r["step"], r["grpo/kl_k1_per_seq"], r["grpo/reward_mean"]) for r in train_rows]
 
 
 def test_lora_grpo_uses_the_adapters_off_base_as_reference(setup, tmp_path):
