@@ -20,8 +20,9 @@ import transformers
 from flax import nnx
 
 from jaxrlhf.models import bert, registry
-from jaxrlhf.models.layers import Linear, LoRAConfig, LoRAParam, keep_mask
+from jaxrlhf.models.layers import Linear, LoRAConfig, keep_mask
 from tests.helpers.models import tiny_bert_config, tiny_llama_jax_config
+from tests.helpers.weights import copy_by_specs
 
 V = 101
 TOL = 1e-4
@@ -56,24 +57,8 @@ def _torch_model(kind: str, task: str, seed: int = 0, **kw):
 def load_state_dict(model: nnx.Module, cfg: bert.Config, task: str, sd: dict[str, np.ndarray],
                     ignore: tuple[str, ...] = ()) -> None:
     """Copies HF tensors into `model` through `bert.weight_specs`, checking the table both ways."""
-    flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    current = dict(flat)
-    new, used = {}, set()
-    for spec in bert.weight_specs(cfg, task):
-        assert spec.path in current, f"spec names unknown parameter {spec.path}"
-        assert spec.path not in new, f"two specs for {spec.path}"
-        parts = [spec.to_flax(np.asarray(sd[k])) for k in spec.hf_keys]
-        for key, part in zip(spec.hf_keys, parts):  # the exporter relies on to_hf inverting to_flax
-            np.testing.assert_array_equal(spec.to_hf(part), sd[key])
-        used.update(spec.hf_keys)
-        value = np.stack(parts) if spec.stacked else parts[0]
-        assert value.shape == current[spec.path].get_value().shape, spec.path
-        new[spec.path] = value
-    uncovered = [p for p, v in flat if p not in new and not isinstance(v, LoRAParam)]
-    assert not uncovered, f"parameters no spec covers: {uncovered}"
-    unused = {k for k in sd if k not in used and not k.endswith("position_ids") and not k.startswith(ignore)}
-    assert not unused, f"HF tensors no spec reads: {sorted(unused)}"
-    nnx.update(model, nnx.from_flat_state([(p, v.replace(jnp.asarray(new[p]))) for p, v in flat if p in new]))
+    copy_by_specs(model, bert.weight_specs(cfg, task), sd,
+                  unread=lambda k: k.endswith("position_ids") or (bool(ignore) and k.startswith(ignore)))
 
 
 def _sd(tm) -> dict[str, np.ndarray]:

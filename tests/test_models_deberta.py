@@ -18,7 +18,7 @@ import transformers
 from flax import nnx
 
 from jaxrlhf.models import deberta, registry
-from jaxrlhf.models.layers import LoRAParam
+from tests.helpers.weights import copy_torch_model
 
 V = 101
 PAD = 0
@@ -62,24 +62,7 @@ def _torch_model(hc, task: str, seed: int = 0):
 
 
 def load_torch_weights(model: nnx.Module, cfg, task: str, tm) -> None:
-    """Copies a torch state_dict into `model` through `deberta.weight_specs`, checking the table both ways."""
-    sd = {k: v.detach().cpu().numpy() for k, v in tm.state_dict().items() if not k.endswith("position_ids")}
-    flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    current = dict(flat)
-    new, used = {}, set()
-    for spec in deberta.weight_specs(cfg, task):
-        assert spec.path in current and spec.path not in new, spec.path
-        parts = [spec.to_flax(sd[k]) for k in spec.hf_keys]
-        for key, part in zip(spec.hf_keys, parts):  # the exporter relies on to_hf inverting to_flax
-            np.testing.assert_array_equal(spec.to_hf(part), sd[key])
-        used.update(spec.hf_keys)
-        value = np.stack(parts) if spec.stacked else parts[0]
-        assert value.shape == current[spec.path].get_value().shape, spec.path
-        new[spec.path] = value
-    uncovered = [p for p, v in flat if p not in new and not isinstance(v, LoRAParam)]
-    assert not uncovered, f"parameters no spec covers: {uncovered}"
-    assert not set(sd) - used, f"torch tensors no spec reads: {sorted(set(sd) - used)}"
-    nnx.update(model, nnx.from_flat_state([(p, v.replace(jnp.asarray(new[p]))) for p, v in flat if p in new]))
+    copy_torch_model(model, deberta.weight_specs(cfg, task), tm)
 
 
 def _build(name: str, task: str, seed: int = 0, **kw):

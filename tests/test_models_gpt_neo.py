@@ -19,7 +19,8 @@ import transformers
 from flax import nnx
 
 from jaxrlhf.models import gpt_neo, registry
-from jaxrlhf.models.layers import LoRAConfig, LoRAParam
+from jaxrlhf.models.layers import LoRAConfig
+from tests.helpers.weights import copy_torch_model
 
 V = 101  # vocabulary; id 0 is the pad token
 PAD = 0
@@ -60,25 +61,7 @@ def _torch_model(hc, task: str, seed: int = 0):
 
 
 def load_torch_weights(model: nnx.Module, cfg, task: str, tm) -> None:
-    """Copies a torch state_dict into `model` through `gpt_neo.weight_specs`, checking the table both ways."""
-    sd = {k: v.detach().cpu().numpy() for k, v in tm.state_dict().items()}
-    flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    current = dict(flat)
-    new, used = {}, set()
-    for spec in gpt_neo.weight_specs(cfg, task):
-        assert spec.path in current and spec.path not in new, spec.path
-        parts = [spec.to_flax(sd[k]) for k in spec.hf_keys]
-        for key, part in zip(spec.hf_keys, parts):  # the exporter relies on to_hf inverting to_flax
-            np.testing.assert_array_equal(spec.to_hf(part), sd[key])
-        used.update(spec.hf_keys)
-        value = np.stack(parts) if spec.stacked else parts[0]
-        assert value.shape == current[spec.path].get_value().shape, spec.path
-        new[spec.path] = value
-    uncovered = [p for p, v in flat if p not in new and not isinstance(v, LoRAParam)]
-    assert not uncovered, f"parameters no spec covers: {uncovered}"
-    unused = set(sd) - used - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
-    assert not unused, f"torch tensors no spec reads: {sorted(unused)}"
-    nnx.update(model, nnx.from_flat_state([(p, v.replace(jnp.asarray(new[p]))) for p, v in flat if p in new]))
+    copy_torch_model(model, gpt_neo.weight_specs(cfg, task), tm, cfg.tie_word_embeddings)
 
 
 def _build(name: str, task: str, seed: int = 0, **kw):

@@ -18,7 +18,7 @@ import transformers
 from flax import nnx
 
 from jaxrlhf.models import attention, export, gemma, hub, llama, registry
-from jaxrlhf.models.layers import LoRAParam
+from tests.helpers.weights import copy_torch_model
 
 V = 101  # vocabulary; id 0 is the pad token
 PAD = 0
@@ -82,25 +82,7 @@ def _torch_model(hc, task: str, seed: int = 0):
 
 
 def _load(model: nnx.Module, family, cfg, task: str, tm) -> None:
-    """Copies a torch state_dict into `model` through `family.weight_specs`, checking the table as it goes."""
-    sd = {k: v.detach().cpu().numpy() for k, v in tm.state_dict().items()}
-    flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    current = dict(flat)
-    new, used = {}, set()
-    for spec in family.weight_specs(cfg, task):
-        assert spec.path in current, f"spec names unknown parameter {spec.path}"
-        parts = [spec.to_flax(sd[k]) for k in spec.hf_keys]
-        for key, part in zip(spec.hf_keys, parts):
-            np.testing.assert_array_equal(spec.to_hf(part), sd[key])
-        used.update(spec.hf_keys)
-        value = np.stack(parts) if spec.stacked else parts[0]
-        assert value.shape == current[spec.path].get_value().shape, spec.path
-        new[spec.path] = value
-    uncovered = [p for p, v in flat if p not in new and not isinstance(v, LoRAParam)]
-    assert not uncovered, f"parameters no spec covers: {uncovered}"
-    unused = set(sd) - used - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
-    assert not unused, f"torch tensors no spec reads: {sorted(unused)}"
-    nnx.update(model, nnx.from_flat_state([(p, v.replace(jnp.asarray(new[p]))) for p, v in flat if p in new]))
+    copy_torch_model(model, family.weight_specs(cfg, task), tm, cfg.tie_word_embeddings)
 
 
 def _build(name: str, task: str, seed: int = 0, **kw):
