@@ -26,10 +26,15 @@ setup(
         "tqdm",
         "matplotlib",
         "tensorboardX",
+        # The reward-model server (jaxrlhf.serve) and the annotation server: a small, well-kept ASGI framework
+        # and its usual server.
+        "starlette>=0.40",
+        "uvicorn>=0.30",
     ],
     extras_require={
         # torch only for the PyTorch reference models the tests compare against.
         # nbclient and ipykernel run the Colab notebook in tests/test_notebook.py.
-        "test": ["torch==2.13.0", "pytest", "ruff==0.17.6", "sentencepiece", "nbclient", "ipykernel"],
+        # httpx is what Starlette's TestClient drives the servers' apps with (tests/test_serve.py).
+        "test": ["torch==2.13.0", "pytest", "ruff==0.17.6", "sentencepiece", "nbclient", "ipykernel", "httpx"],
     },
 )

@@ -18,6 +18,7 @@ LAYERS = {
     "rm": 4, "sft": 4, "rl": 4, "po": 4,
     "train_rm": 5, "train_sft": 5, "train_ppo": 5, "train_dpo": 5,
     "eval_rm": 5, "score": 5, "compare": 5, "assets": 5, "plan": 5, "train_grpo": 5, "sample": 5, "export_gguf": 5,
+    "serve": 5,
 }
 # Packages of one layer stay apart, except where named here, each with its reason.
 ALLOWED_SIDEWAYS = {

@@ -22,7 +22,7 @@ class Case:
     name: str            # what is wrong, for the table
     kind: str            # data | config | model
     command: str         # train_rm | train_sft | train_ppo | train_dpo | train_grpo | eval_rm | score | compare
-    #                      | export_gguf
+    #                      | export_gguf | serve
     args: tuple[str, ...]
     expected: str        # a substring of the error line
 
@@ -302,6 +302,9 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
         Case("score: a line is not JSON", "data", "score", (f"--model={model}", f"--input={bad_lines}"),
              "line 1: invalid JSON"),
         Case("score: no texts", "data", "score", (f"--model={model}", f"--input={no_texts}"), "no texts to score"),
+        Case("serve: model does not exist", "model", "serve", (f"--model={root / 'nomodel'}",), "nomodel"),
+        Case("serve: port out of range", "config", "serve", (f"--model={model}", "--port=70000"),
+             "--port=70000 must be in 1..65535"),
         Case("GRPO: unknown algorithm", "config", "train_grpo", grpo("--config.grpo.algorithm=ppo2"),
              "grpo.algorithm='ppo2' is not one of"),
         Case("GRPO: one sample per prompt", "config", "train_grpo",
