@@ -2,7 +2,7 @@
 docs/benchmarks.md, and writes a "Headline ratios" table to docs/benchmarks.md and to the README.
 
     python -m jaxrlhf.assets fetch minilm smollm2
-    pip install --no-deps --target /tmp/trl116 trl==1.16.0 accelerate   # RewardTrainer (bench_rm)
+    pip install --no-deps --target /tmp/trl116 trl==1.16.0 accelerate   # bench_rm, bench_dpo, bench_grpo
     pip install --no-deps --target /tmp/trl112 trl==1.12.0 accelerate   # PPOTrainer (bench_ppo)
     python scripts/bench_all.py              # the full runs
     python scripts/bench_all.py --quick      # each script's --quick: the same steps, fewer of them
@@ -15,6 +15,9 @@ both alike), and the floors the README claims:
 - rm: reward-model training pairs/s vs TRL 1.16 RewardTrainer (scripts/bench_rm.py), floor 1.5x;
 - ppo: one PPO iteration vs TRL 1.12 PPOTrainer (scripts/bench_ppo.py), floor 1.5x;
 - rollout: rollout tokens/s vs transformers generate, the slowest mode (scripts/bench_rollout.py), floor 2x;
+- rollout_group: G=8 samples per prompt, jaxrlhf's shared prefill vs transformers num_return_sequences
+  (scripts/bench_rollout.py --group 8), floor 3x;
+- grpo: one GRPO iteration vs TRL 1.16 GRPOTrainer (scripts/bench_grpo.py), floor 2x;
 - rm_step: the configs/rm.py train step vs PyTorch (scripts/bench_rm_step.py), no floor (a diagnostic);
 - dpo: DPO training steps/s vs TRL 1.16 DPOTrainer with PEFT LoRA (scripts/bench_dpo.py), floor 1.5x.
 
@@ -50,14 +53,17 @@ class Bench:
     floor: float | None    # the speed-up the README claims (None: no claim)
     trl: str = ""          # the TRL pin its other side needs, in its own folder
     assets: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()  # the script's own flags for this row (one script, several rows)
 
 
 BENCHES = (
     Bench("rm", "scripts/bench_rm.py", 1.5, benchlib.TRL_REWARD_VERSION, ("minilm",)),
     Bench("ppo", "scripts/bench_ppo.py", 1.5, benchlib.TRL_PPO_VERSION, ("smollm2",)),
     Bench("rollout", "scripts/bench_rollout.py", 2.0, assets=("smollm2",)),
+    Bench("rollout_group", "scripts/bench_rollout.py", 3.0, assets=("smollm2",), args=("--group", "8")),
     Bench("rm_step", "scripts/bench_rm_step.py", None, assets=("minilm",)),
     Bench("dpo", "scripts/bench_dpo.py", 1.5, benchlib.TRL_REWARD_VERSION, ("smollm2",)),
+    Bench("grpo", "scripts/bench_grpo.py", 2.0, benchlib.TRL_REWARD_VERSION, ("smollm2",)),
 )
 
 
@@ -105,7 +111,7 @@ def missing(args, benches: list[Bench]) -> list[str]:
 
 
 def command(args, bench: Bench) -> list[str]:
-    cmd = [sys.executable, str(REPO / bench.script), "--out", args.out, "--json", result_path(args, bench)]
+    cmd = [sys.executable, str(REPO / bench.script), *bench.args, "--out", args.out, "--json", result_path(args, bench)]
     if bench.trl:
         cmd += ["--trl_path", trl_path(args, bench)]
     return cmd + (["--quick"] if args.quick else [])
