@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers.data import write_prompts
 from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.processes import run_worker
 from tests.helpers.runs import tiny_grpo_config
 
 pytestmark = pytest.mark.slow  # trains and spawns processes
@@ -185,3 +186,22 @@ def test_a_kl_bound_stops_the_run_with_a_checkpoint_or_warns(setup, tmp_path, ca
     config.train.on_max_kl = "warn"
     assert "stopped_at" not in train(config)
     assert capfd.readouterr().err.count("train.on_max_kl=warn") == 1
+
+
+def _sharded(setup, tmp_path, name, mesh, devices):
+    policy, prompts, _ = setup
+    out = run_worker("sharded_grpo", "--policy", policy, "--prompts", prompts, "--work", tmp_path / name,
+                     "--mesh", ",".join(map(str, mesh)), devices=devices,
+                     env={"HF_DATASETS_CACHE": str(tmp_path / "hf")})
+    assert f"DEVICES {devices}" in out.stdout
+    return [r for r in records(tmp_path / name) if "grpo/reward_mean" in r]
+
+
+@pytest.mark.multiprocess
+def test_sharded_grpo_iterations_match_one_device(setup, tmp_path):
+    """A 2x2x2 mesh over 8 fake devices (data, FSDP, tensor at once) computes the iterations one device does."""
+    one, mixed = _sharded(setup, tmp_path, "one", (1, 1, 1), 1), _sharded(setup, tmp_path, "mixed", (2, 2, 2), 8)
+    assert len(one) == len(mixed) == 2
+    for key in ("reward_mean", "kl_per_seq", "policy_loss", "kl_loss", "approx_kl", "response_length"):
+        for a, b in zip(one, mixed):
+            assert abs(a[f"grpo/{key}"] - b[f"grpo/{key}"]) < 1e-5, (key, a[f"grpo/{key}"], b[f"grpo/{key}"])

@@ -152,6 +152,23 @@ def sharded_ppo(args) -> None:
     train(cfg)
 
 
+def sharded_grpo(args) -> None:
+    """2 tiny GRPO iterations (with a KL loss to the reference) on the mesh data,fsdp,tensor
+    (test_train_grpo's sharded-equals-one-device check)."""
+    import jax
+
+    from jaxrlhf.train_grpo import train
+    from tests.helpers.runs import tiny_grpo_config
+
+    cfg = tiny_grpo_config(Path(args.policy), Path(args.prompts), Path(args.work))
+    cfg.train.iterations = 2
+    cfg.train.checkpoint_every = 0
+    cfg.grpo.kl_coef = 0.05
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = args.mesh
+    print("DEVICES", len(jax.devices()))
+    train(cfg)
+
+
 def placed_bytes(args) -> None:
     """For five meshes over the devices: the planner's per-device bytes and those from_pretrained places
     (test_planner). Prints `RESULT [...]`."""
@@ -228,6 +245,11 @@ def main(argv=None) -> None:
         p.add_argument(name, required=True)
     p.add_argument("--mesh", type=_mesh, default=(1, 1, 1), help="data,fsdp,tensor")
     p.set_defaults(run=sharded_ppo)
+    p = sub.add_parser("sharded_grpo", help=sharded_grpo.__doc__)
+    for name in ("--policy", "--prompts", "--work"):
+        p.add_argument(name, required=True)
+    p.add_argument("--mesh", type=_mesh, default=(1, 1, 1), help="data,fsdp,tensor")
+    p.set_defaults(run=sharded_grpo)
     p = sub.add_parser("placed_bytes", help=placed_bytes.__doc__)
     p.add_argument("--model", required=True)
     p.set_defaults(run=placed_bytes)
