@@ -161,7 +161,7 @@ def test_experiment_overrides_only_existing_keys(name):
 
 
 def test_experiment_files_are_the_expected_ones():
-    assert _experiments(PACKAGED) == ["dpo", "ppo", "rm", "rm_smollm2", "sft"]
+    assert _experiments(PACKAGED) == ["dpo", "grpo_arithmetic", "ppo", "rm", "rm_smollm2", "sft"]
 
 
 def test_every_packaged_config_has_a_checkout_twin_and_back():
@@ -305,5 +305,5 @@ def test_missing_keys_are_not_checked_and_unknown_trainers_raise():
     validate.check_choices(config)
     with pytest.raises(ValueError, match="cannot tell which trainer"):
         validate.trainer_of(ml_collections.ConfigDict({"model": base.model_block()}))
-    with pytest.raises(ValueError, match="trainer='grpo'"):
-        validate.check_choices(config, trainer="grpo")
+    with pytest.raises(ValueError, match="trainer='a2c'"):
+        validate.check_choices(config, trainer="a2c")

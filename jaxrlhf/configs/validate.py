@@ -109,8 +109,8 @@ def trainer_of(config) -> str:
         return "sft"
     if "use_margin" in loss:
         return "rm"
-    raise ValueError("cannot tell which trainer this config is for (no ppo block, no loss.chunk_size or "
-                     "loss.use_margin); pass trainer='rm', 'sft', 'dpo' or 'ppo'")
+    raise ValueError("cannot tell which trainer this config is for (no ppo or grpo block, no loss.beta, "
+                     "loss.chunk_size or loss.use_margin); pass trainer='rm', 'sft', 'dpo', 'ppo' or 'grpo'")
 
 
 _MISSING = object()
@@ -129,7 +129,7 @@ def _lookup(config, key: str):
 def check_choices(config, trainer: str | None = None) -> None:
     """Raises `ValueError` for the first key (in `CHOICES` order) whose value is not one of its choices.
 
-    trainer: "rm", "sft", "dpo" or "ppo"; None: told from the config's blocks (`trainer_of`). A key the config
+    trainer: "rm", "sft", "dpo", "ppo" or "grpo"; None: told from the config's blocks (`trainer_of`). A key the config
     lacks (a run_config.json written before the key existed) is not checked.
     """
     trainer = trainer_of(config) if trainer is None else trainer
