@@ -218,6 +218,8 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "max_length": 512,                   # RM tokens when it re-tokenises text (other tokenizer)
         "dtype": "auto",                     # compute (auto: bfloat16 on TPU/GPU, float32 on CPU)
         "param_dtype": "auto",               # its (frozen) weights: auto = the compute dtype
+        "ensemble": "",                      # more RMs (comma-separated): the reward is mean - k * std of all
+        "uncertainty_k": 1.0,                # ... k: how much their disagreement costs (0: the plain mean)
     })
     config.critic = model_block()
     config.critic.init = "reward_model"      # reward_model (PPO-Max) | actor: where the critic starts
@@ -349,6 +351,8 @@ def grpo_defaults() -> ml_collections.ConfigDict:
         "max_length": 512,
         "dtype": "auto",
         "param_dtype": "auto",
+        "ensemble": "",                      # more RMs (comma-separated): mean - k * std of all their scores
+        "uncertainty_k": 1.0,
     })
     config.task = ml_collections.ConfigDict({
         "name": "",                          # arithmetic: generated word problems (below); "": data.source

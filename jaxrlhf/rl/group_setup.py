@@ -22,6 +22,7 @@ from jaxrlhf.rl.ppo_step import scan_minibatches
 from jaxrlhf.rl.prompts import PromptSet, build_prompt_set
 from jaxrlhf.rl.rollout import make_sample_fn
 from jaxrlhf.rl.verifiable import RewardFunctions
+from jaxrlhf.rm.ensemble import reward_scorer
 from jaxrlhf.rm.load import TrainedRM, load_trained_rm
 from jaxrlhf.training.optim import init_opt_state, make_optimizer
 from jaxrlhf.training.run_setup import load_block
@@ -91,13 +92,14 @@ def build_prompts(config, tokenizer) -> tuple[PromptSet, PromptSet | None]:
     return prompts.hold_out(d.eval_prompts)
 
 
-def build_rewarder(config, models: GroupModels) -> Rewarder:
+def build_rewarder(config, models: GroupModels, mesh) -> Rewarder:
     r = config.rewards
     functions = RewardFunctions.parse(r.functions, format_regex=r.format_regex, length_target=r.length_target,
                                       workers=r.workers)
     if not functions and models.rm is None:
         raise ValueError("no reward: set rewards.functions (e.g. exact_match) and/or reward_model.path")
-    scorer = models.rm.scorer(max_length=config.reward_model.max_length) if models.rm is not None else None
+    scorer = (reward_scorer(config.reward_model, models.rm, mesh, config.reward_model.max_length)
+              if models.rm is not None else None)
     return Rewarder(functions=functions, scorer=scorer, rm_weight=r.rm_weight)
 
 
@@ -121,7 +123,7 @@ def build(config, models: GroupModels, cfg: GroupRLConfig, mesh, eval_prompts) -
 
     return state, GroupIteration(
         actor_def=actor_def, cfg=cfg, sample=make_sample_fn(actor_def, sampling, cfg.group_size),
-        greedy_sample=make_sample_fn(actor_def, greedy), rewarder=build_rewarder(config, models),
+        greedy_sample=make_sample_fn(actor_def, greedy), rewarder=build_rewarder(config, models, mesh),
         experience=jax.jit(make_group_experience_fn(actor_def, ref_def, cfg)),
         update=jax.jit(scan_minibatches(update_rows, stop_on_kl=cfg.max_approx_kl > 0), donate_argnums=(0,)),
         update_minibatch=update_rows, frozen_actor=actor_frozen,

@@ -18,6 +18,7 @@ from jaxrlhf.rl.rewards import RewardShaping
 from jaxrlhf.rl.rollout import make_sample_fn
 from jaxrlhf.rl.sampling import SamplingConfig
 from jaxrlhf.rl.stop_tokens import stop_token_ids
+from jaxrlhf.rm.ensemble import reward_scorer
 from jaxrlhf.training import loss_scale
 from jaxrlhf.training.optim import init_opt_state, make_optimizer
 
@@ -101,7 +102,7 @@ def build(config, models: PPOModels, mesh, eval_prompts: PromptSet | None) -> tu
 
     return state, PPOIteration(
         actor_def=actor_def, sampling=sampling, sample=make_sample_fn(actor_def, sampling),
-        scorer=models.rm.scorer(max_length=config.reward_model.max_length),
+        scorer=reward_scorer(config.reward_model, models.rm, mesh, config.reward_model.max_length),
         experience=experience, update_minibatch=update_rows, controller=controller,
         # Every minibatch of the iteration (all epochs) in one program, the KL early stop decided inside it.
         update=jax.jit(scan_minibatches(update_rows, stop_on_kl=p.max_approx_kl > 0), donate_argnums=(0,)),
