@@ -22,7 +22,7 @@ from jaxrlhf.infra.runtime import run_trainer
 from jaxrlhf.models.export import export_hf
 from jaxrlhf.rl import group_setup
 from jaxrlhf.rl.frontier import write_frontier
-from jaxrlhf.rl.guardrails import kl_guard
+from jaxrlhf.rl.guardrails import gold_hook, kl_guard
 from jaxrlhf.rl.ppo_iteration import SampleTable
 from jaxrlhf.training.loop import Cadence, HostLoop, Reporting, StepHook
 from jaxrlhf.training.observe import Profiler
@@ -55,9 +55,10 @@ def train(config, hooks: Sequence[StepHook] = ()) -> dict:
     samples = SampleTable(iteration=iteration, path=workdir / "samples.jsonl", every=t.sample_every,
                           shown=t.samples_shown, start=start)
     writer = MetricsWriter(workdir)
+    guards = [kl_guard(t), *[h for h in (gold_hook(config, iteration, writer, mesh),) if h is not None]]
     batches = (prompts.batch(it, jax.process_index(), jax.process_count()) for it in range(start, t.iterations))
     loop = HostLoop(step=iteration, cadence=cadence, reporting=reporting, ckpt=ckpt, writer=writer, seed=config.seed,
-                    evaluate=iteration.evaluate if has_eval else None, hooks=(samples, kl_guard(t), *hooks),
+                    evaluate=iteration.evaluate if has_eval else None, hooks=(samples, *guards, *hooks),
                     profiler=Profiler(t.get("profile_steps", ""), workdir))
     result = loop.run(state, batches, start)
     writer.close()

@@ -205,3 +205,34 @@ def test_sharded_grpo_iterations_match_one_device(setup, tmp_path):
     for key in ("reward_mean", "kl_per_seq", "policy_loss", "kl_loss", "approx_kl", "response_length"):
         for a, b in zip(one, mixed):
             assert abs(a[f"grpo/{key}"] - b[f"grpo/{key}"]) < 1e-5, (key, a[f"grpo/{key}"], b[f"grpo/{key}"])
+
+
+def test_a_gold_reward_model_scores_the_rollouts_every_n_iterations(setup, tmp_path):
+    """reward_model.gold: every train.gold_every iterations the gold RM's mean score of that iteration's
+    responses is logged; checked against the gold scorer on the last iteration's prompts and texts."""
+    from jaxrlhf.infra import sharding as shd
+    from jaxrlhf.rm.load import load_trained_rm
+    from jaxrlhf.train_grpo import train
+    from tests.helpers.runs import tiny_grpo_config
+
+    policy, prompts, root = setup
+    gold = make_tiny_llama_dir(root / "gold", seed=5)
+    config = tiny_grpo_config(policy, prompts, tmp_path / "gold")
+    config.reward_model.gold = str(gold)
+    config.reward_model.max_length = 64
+    config.train.gold_every = 2
+    config.train.iterations = 4
+    config.train.sample_every = 4
+    config.train.samples_shown = 16  # the table then holds all 4 x 4 responses of iteration 4
+    train(config)
+    rows = {r["step"]: r for r in records(tmp_path / "gold") if "gold/score_mean" in r}
+    assert sorted(rows) == [2, 4]
+    from jaxrlhf.data.prompts import prompt_of_text
+
+    samples = [json.loads(line) for line in (tmp_path / "gold" / "samples.jsonl").read_text().splitlines()]
+    last = [s for s in samples if s["iteration"] == 4]
+    assert len(last) == 16
+    scorer = load_trained_rm(str(gold), shd.make_mesh()).scorer(max_length=64)
+    # One-message prompts: the table's prompt is the prompt text itself.
+    mine = scorer.score_texts([prompt_of_text(s["prompt"]) for s in last], [s["response"] for s in last])
+    assert rows[4]["gold/score_mean"] == pytest.approx(float(np.mean(mine)), abs=1e-4)

@@ -220,6 +220,7 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "param_dtype": "auto",               # its (frozen) weights: auto = the compute dtype
         "ensemble": "",                      # more RMs (comma-separated): the reward is mean - k * std of all
         "uncertainty_k": 1.0,                # ... k: how much their disagreement costs (0: the plain mean)
+        "gold": "",                          # a held-out RM scoring the rollouts every train.gold_every iterations
     })
     config.critic = model_block()
     config.critic.init = "reward_model"      # reward_model (PPO-Max) | actor: where the critic starts
@@ -288,6 +289,7 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "samples_shown": 4,
         "max_kl_per_seq": 0.0,               # > 0: past this KL to the reference (nats per sequence) ...
         "on_max_kl": "stop",                 # ... stop (checkpoint saved) or warn
+        "gold_every": 5,                     # iterations between gold-RM scores (with reward_model.gold)
     })
     return config
 
@@ -353,6 +355,7 @@ def grpo_defaults() -> ml_collections.ConfigDict:
         "param_dtype": "auto",
         "ensemble": "",                      # more RMs (comma-separated): mean - k * std of all their scores
         "uncertainty_k": 1.0,
+        "gold": "",                          # a held-out RM scoring the rollouts every train.gold_every iterations
     })
     config.task = ml_collections.ConfigDict({
         "name": "",                          # arithmetic: generated word problems (below); "": data.source
@@ -405,5 +408,6 @@ def grpo_defaults() -> ml_collections.ConfigDict:
     config.train = run_block(log_every=1, checkpoint_every=10)
     config.train.update({"iterations": 20, "eval_every": 5, "sample_every": 5, "samples_shown": 4,
                          "max_kl_per_seq": 0.0,  # > 0: past this KL to the reference (needs grpo.kl_coef > 0) ...
-                         "on_max_kl": "stop"})   # ... stop (checkpoint saved) or warn
+                         "on_max_kl": "stop",    # ... stop (checkpoint saved) or warn
+                         "gold_every": 5})       # iterations between gold-RM scores (with reward_model.gold)
     return config
