@@ -24,6 +24,7 @@ from jaxrlhf.rl.group_step import GroupRLConfig
 from jaxrlhf.rl.ppo_iteration import summarise_updates
 from jaxrlhf.rl.prompts import PromptSet
 from jaxrlhf.rl.rollout import local_rows, response_texts
+from jaxrlhf.rl.sampling import SamplingConfig
 from jaxrlhf.rl.verifiable import RewardFunctions
 from jaxrlhf.rm.scoring import RewardScorer
 
@@ -54,6 +55,7 @@ class Rewarder:
 class GroupIteration:
     actor_def: Any
     cfg: GroupRLConfig
+    sampling: SamplingConfig  # what `sample` draws with (its stop tokens go into the export)
     sample: Callable        # (actor params, ids_BxP, mask_BxP, key) -> rollout of B*G rows
     greedy_sample: Callable  # the same, temperature 0 and one response per prompt: evaluation
     rewarder: Rewarder

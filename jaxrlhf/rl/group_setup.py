@@ -122,7 +122,7 @@ def build(config, models: GroupModels, cfg: GroupRLConfig, mesh, eval_prompts) -
         return update_step(state, actor_frozen, mb)
 
     return state, GroupIteration(
-        actor_def=actor_def, cfg=cfg, sample=make_sample_fn(actor_def, sampling, cfg.group_size),
+        actor_def=actor_def, cfg=cfg, sampling=sampling, sample=make_sample_fn(actor_def, sampling, cfg.group_size),
         greedy_sample=make_sample_fn(actor_def, greedy), rewarder=build_rewarder(config, models, mesh),
         experience=jax.jit(make_group_experience_fn(actor_def, ref_def, cfg)),
         update=jax.jit(scan_minibatches(update_rows, stop_on_kl=cfg.max_approx_kl > 0), donate_argnums=(0,)),
