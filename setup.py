@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Reward models and PPO (RLHF) in JAX/Flax NNX, sharded over device meshes.",
     packages=find_packages(include=["jaxrlhf", "jaxrlhf.*"]),
-    package_data={"jaxrlhf": ["data/builtin/*", "configs/*.py"]},
+    package_data={"jaxrlhf": ["data/builtin/*", "configs/*.py", "feedback/static/*"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=[
@@ -35,6 +35,11 @@ setup(
         # torch only for the PyTorch reference models the tests compare against.
         # nbclient and ipykernel run the Colab notebook in tests/test_notebook.py.
         # httpx is what Starlette's TestClient drives the servers' apps with (tests/test_serve.py).
-        "test": ["torch==2.13.0", "pytest", "ruff==0.17.6", "sentencepiece", "nbclient", "ipykernel", "httpx"],
+        # playwright drives the system's Chromium in the annotation app's browser tests (its own browser
+        # download is never used); psycopg runs the annotation store against a real PostgreSQL server.
+        "test": ["torch==2.13.0", "pytest", "ruff==0.17.6", "sentencepiece", "nbclient", "ipykernel", "httpx",
+                 "playwright>=1.40", "psycopg[binary]>=3.1"],
+        # The annotation server on PostgreSQL (`--db=postgresql://...`); SQLite needs nothing.
+        "postgres": ["psycopg[binary]>=3.1"],
     },
 )

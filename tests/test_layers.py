@@ -15,16 +15,17 @@ LAYERS = {
     "infra": 1,
     "data": 2, "models": 2, "ops": 2,
     "training": 3,
-    "rm": 4, "sft": 4, "rl": 4, "po": 4,
+    "rm": 4, "sft": 4, "rl": 4, "po": 4, "feedback": 4,
     "train_rm": 5, "train_sft": 5, "train_ppo": 5, "train_dpo": 5,
     "eval_rm": 5, "score": 5, "compare": 5, "assets": 5, "plan": 5, "train_grpo": 5, "sample": 5, "export_gguf": 5,
-    "serve": 5,
+    "serve": 5, "annotate": 5,
 }
 # Packages of one layer stay apart, except where named here, each with its reason.
 ALLOWED_SIDEWAYS = {
     ("rl", "rm"): "PPO and compare score with a trained reward model (rm.load, rm.scoring)",
     ("po", "rm"): "DPO reads comparisons the reward trainer's way (rm.data) and is summarised as an implicit "
                   "reward model (rm.evaluate)",
+    ("feedback", "rm"): "the scripted annotator ranks by a trained reward model's scores (rm.load)",
     ("models", "ops"): "the LM head's logits are ops.logprobs.lm_logits, shared with the log-prob path; "
                        "heads accumulate in float32 through ops.matmul",
 }

@@ -5,9 +5,10 @@ Formats (detected from the columns by `detect_format`, or forced):
   hh       `chosen`, `rejected` full dialogues as in Anthropic HH-RLHF; the prompt is their shared
            prefix cut after the last "\\n\\nAssistant:" inside it, each response is the rest.
   chat     `chosen`, `rejected` message lists (optional `prompt`), see `jaxrlhf.data.chat`.
-  ranked   `prompt`, `responses` (K texts) and `ranks` (lower is better) or `scores` (higher is better).
+  ranked   `prompt`, `responses` (K texts) and `ranks` (lower is better) or `scores` (higher is better);
+           what `python -m jaxrlhf.annotate export` writes.
   ratings  `prompt`, `response` and a numeric `reward` (or `rating`, `score`; higher is better).
-Pair formats may carry a numeric `margin` and an annotator `agreement` in [0, 1].
+Pair formats may carry a numeric `margin`; pair and ranked rows an annotator `agreement` in [0, 1].
 
 Invalid rows raise `DataError` naming source, 1-based row and field, or with `on_invalid="skip"` are
 dropped and counted by reason in the returned `DataReport`.
@@ -136,14 +137,7 @@ def _pair_extras(table: Table, i: int, min_agreement: float | None) -> tuple[flo
     margin = 0.0
     if "margin" in table.columns and table.columns["margin"][i] is not None:
         margin = number(table.columns["margin"][i], "margin")
-    agreement = None
-    if "agreement" in table.columns:
-        value = table.columns["agreement"][i]
-        if value is not None or min_agreement is not None:
-            agreement = number(value, "agreement")
-            if not 0.0 <= agreement <= 1.0:
-                raise RowInvalid("agreement", "out_of_range", f"{agreement} is not in [0, 1]")
-    return margin, agreement
+    return margin, _agreement(table, i, min_agreement)
 
 
 def _parse_pair_row(fmt: str, table: Table, i: int, renderer, report: DataReport) -> tuple:
@@ -162,7 +156,17 @@ def _parse_pair_row(fmt: str, table: Table, i: int, renderer, report: DataReport
     return text(cols["prompt"][i], "prompt"), chosen, rejected
 
 
-def _parse_ranked_row(table: Table, i: int, score_col: str) -> RankedList:
+def _agreement(table: Table, i: int, min_agreement: float | None) -> float | None:
+    value = table.columns["agreement"][i] if "agreement" in table.columns else None
+    if value is None and min_agreement is None:
+        return None
+    agreement = number(value, "agreement")
+    if not 0.0 <= agreement <= 1.0:
+        raise RowInvalid("agreement", "out_of_range", f"{agreement} is not in [0, 1]")
+    return agreement
+
+
+def _parse_ranked_row(table: Table, i: int, score_col: str, min_agreement: float | None) -> RankedList:
     cols = table.columns
     prompt = text(cols["prompt"][i], "prompt")
     responses = cols["responses"][i]
@@ -179,7 +183,8 @@ def _parse_ranked_row(table: Table, i: int, score_col: str) -> RankedList:
     if not isinstance(values, (list, tuple)) or len(values) != len(texts):
         raise RowInvalid(score_col, "bad_structure", f"expected a list of {len(texts)} numbers")
     nums = [number(v, f"{score_col}[{k}]") for k, v in enumerate(values)]
-    return RankedList(prompt, texts, dense_ranks(nums, higher_is_better=score_col == "scores"), i + 1)
+    return RankedList(prompt, texts, dense_ranks(nums, higher_is_better=score_col == "scores"), i + 1,
+                      _agreement(table, i, min_agreement))
 
 
 def parse_table(
@@ -223,12 +228,15 @@ def parse_table(
             records.append(Pair(prompt, chosen, rejected, margin, agreement, i + 1))
     elif fmt == "ranked":
         score_col = "ranks" if "ranks" in cols else "scores"
-        _require(table, ("prompt", "responses", score_col))
+        _require(table, ("prompt", "responses", score_col) + (("agreement",) if min_agreement is not None else ()))
         for i in range(table.num_rows):
             try:
-                lst = _parse_ranked_row(table, i, score_col)
+                lst = _parse_ranked_row(table, i, score_col, min_agreement)
             except RowInvalid as err:
                 guard.invalid(i, err)
+                continue
+            if min_agreement is not None and lst.agreement < min_agreement:
+                report.filtered["low_agreement"] += 1
                 continue
             if len(set(lst.ranks)) == 1:
                 report.filtered["all_tied"] += 1

@@ -34,6 +34,7 @@ class RankedList:
     responses: tuple[str, ...]
     ranks: tuple[int, ...]
     row: int = 0
+    agreement: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,8 @@ def ranked_to_pairs(lists: Iterable[RankedList], report: DataReport | None = Non
                     report.filtered["tie"] += 1
                 continue
             win, lose = (i, j) if ri < rj else (j, i)
-            pairs.append(Pair(lst.prompt, lst.responses[win], lst.responses[lose], row=lst.row))
+            pairs.append(Pair(lst.prompt, lst.responses[win], lst.responses[lose], agreement=lst.agreement,
+                              row=lst.row))
     return pairs
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 
 import numpy as np
 from starlette.applications import Starlette
@@ -38,21 +37,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from jaxrlhf.infra.http_body import HttpError as BadRequest
+from jaxrlhf.infra.http_body import first_line as _first_line
+from jaxrlhf.infra.http_body import read_json_object
 from jaxrlhf.rm.batcher import Batcher
 from jaxrlhf.rm.load import TrainedRM
 
 PROMPT_CACHE_LIMIT = 10_000  # TextEncoder caches every prompt's tokens: a long-running server must forget them
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -158,21 +149,7 @@ def create_app(rm: TrainedRM, *, model_name: str = "", max_batch: int = 32, max_
             raise BadRequest(401, "missing or wrong token (send 'Authorization: Bearer <token>')")
 
     async def read_json(request: Request) -> dict:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
-            raise BadRequest(413, f"request body of {declared} bytes is over the limit of {max_request_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_request_bytes:
-                raise BadRequest(413, f"request body is over the limit of {max_request_bytes} bytes")
-        try:
-            data = json.loads(bytes(body))
-        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise BadRequest(400, f"body is not valid JSON: {_first_line(e)}") from None
-        if not isinstance(data, dict):
-            raise BadRequest(400, f"body must be a JSON object, got {type(data).__name__}")
-        return data
+        return await read_json_object(request, max_request_bytes)
 
     async def rewards_of(rows) -> list[float]:
         try:
