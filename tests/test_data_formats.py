@@ -99,6 +99,28 @@ def test_explicit_pairs_with_margin_and_agreement_filter(tmp_path):
     assert kept.report.filtered["low_agreement"] == 1 and kept.report.kept == 2
 
 
+def test_ranked_lists_carry_agreement_to_their_pairs_and_are_filtered_by_it(tmp_path):
+    # What `python -m jaxrlhf.annotate export` writes: one ranked list per item with its annotators' agreement.
+    rows = [
+        {"prompt": "p1", "responses": ["a", "b", "c"], "ranks": [1, 0, 2], "agreement": 0.9},
+        {"prompt": "p2", "responses": ["d", "e"], "ranks": [0, 1], "agreement": 0.25},
+        {"prompt": "p3", "responses": ["f", "g"], "ranks": [1, 0], "agreement": None},
+    ]
+    path = write_jsonl(tmp_path / "ranked.jsonl", rows)
+    parsed = load_records(path, cache_dir=str(tmp_path / "c"))
+    assert [r.agreement for r in parsed.records] == [0.9, 0.25, None]
+    assert ranked_to_pairs(parsed.records[:1]) == [Pair("p1", "b", "a", agreement=0.9, row=1),
+                                                   Pair("p1", "a", "c", agreement=0.9, row=1),
+                                                   Pair("p1", "b", "c", agreement=0.9, row=1)]
+    kept = load_records(path, min_agreement=0.5, on_invalid="skip", cache_dir=str(tmp_path / "c2"))
+    # p2 is below the floor; p3 has no agreement to compare, which a floor makes an invalid row.
+    assert [r.prompt for r in kept.records] == ["p1"]
+    assert kept.report.filtered["low_agreement"] == 1 and kept.report.invalid["missing"] == 1
+    with pytest.raises(DataError, match="agreement"):
+        load_records(write_jsonl(tmp_path / "bad.jsonl", [dict(rows[0], agreement=1.5)]),
+                     cache_dir=str(tmp_path / "c3"))
+
+
 def test_min_agreement_without_agreement_column_is_an_error():
     table = load_table([{"prompt": "p", "chosen": "a", "rejected": "b"}])
     with pytest.raises(DataError, match="agreement"):

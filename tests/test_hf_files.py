@@ -60,6 +60,14 @@ def test_missing_directory_is_not_sent_to_the_hub(tmp_path):
         resolve_model_dir(str(tmp_path / "nope"))
 
 
+def test_a_trainer_workdir_resolves_to_its_export(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text("{}")
+    assert resolve_model_dir(str(tmp_path)) == tmp_path / "export"
+    (tmp_path / "config.json").write_text("{}")  # a model directory that happens to hold an export/ is itself
+    assert resolve_model_dir(str(tmp_path)) == tmp_path
+
+
 def test_index_pointing_at_missing_shard(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
     with pytest.raises(WeightLoadError, match=r"gone\.safetensors: listed in the safetensors index but missing"):

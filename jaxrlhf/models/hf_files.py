@@ -30,10 +30,13 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "merge
 
 
 def resolve_model_dir(name_or_path: str, revision: str | None = None) -> Path:
-    """A local directory, a short asset alias ("minilm", "smollm2"), or a Hugging Face hub id."""
+    """A local directory, a trainer's workdir (its `export/`), a short asset alias ("minilm", "smollm2"), or a
+    Hugging Face hub id."""
     name_or_path = resolve_model_path(str(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if not (path / "config.json").exists() and (path / "export" / "config.json").is_file():
+            return path / "export"
         return path
     looks_local = path.exists() or str(name_or_path).startswith(("/", ".", "~")) or str(name_or_path).count("/") > 1
     if looks_local:

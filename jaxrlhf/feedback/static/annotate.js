@@ -116,7 +116,7 @@ function draw() {
   comment.addEventListener("input", () => { state.comment = comment.value; });
   const submit = el("button", {type: "button", id: "submit", text: "Submit (Enter)"});
   submit.disabled = !complete();
-  submit.addEventListener("click", send);
+  submit.addEventListener("click", () => send());  // not `send` itself: the click event would be its `skip`
   const skip = el("button", {type: "button", id: "skip", text: "Skip (S)"});
   skip.addEventListener("click", () => send(true));
   const reset = el("button", {type: "button", id: "reset", text: "Start over (Esc)"});
@@ -211,7 +211,7 @@ document.addEventListener("keydown", e => {
     e.preventDefault();
     const number = Number(digit[1]);
     if (e.shiftKey) toggleUnsafe(number, !state.unsafe.has(number)); else pick(number);
-  } else if (e.key === "Enter" && !e.target.closest("button")) {
+  } else if (e.key === "Enter" && !e.target.closest("button, summary")) {  // those act on Enter themselves
     e.preventDefault(); send();
   } else if (e.key === "Backspace") {
     e.preventDefault(); undo();
