@@ -45,10 +45,15 @@ FLAGS = flags.FLAGS
 
 
 def _load(store) -> list[dict]:
+    import collections
+
     from jaxrlhf.feedback.tasks import read_tasks
 
-    read = [(path, read_tasks(path)) for path in FLAGS.tasks]  # every file valid before anything is stored
-    return [{"tasks": path, **store.add_tasks(tasks, FLAGS.per_item, path)} for path, tasks in read]
+    read = []
+    for path in FLAGS.tasks:  # every file valid before anything is stored
+        counts = collections.Counter()
+        read.append((path, read_tasks(path, counts), counts))
+    return [{"tasks": path, **store.add_tasks(tasks, FLAGS.per_item, path), **counts} for path, tasks, counts in read]
 
 
 def main(argv):

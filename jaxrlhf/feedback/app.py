@@ -207,7 +207,10 @@ def create_app(store: Store, *, max_request_bytes: int = 64_000, sign_in_attempt
         return error(request, exc.status_code, str(exc.detail))
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        return error(request, 500, f"internal error ({type(exc).__name__}); the server log has the details")
+        # Starlette answers this from its outermost middleware, outside SecurityHeaders: add them here.
+        response = error(request, 500, f"internal error ({type(exc).__name__}); the server log has the details")
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     async def no_icon(request: Request) -> Response:
         return Response(status_code=204)

@@ -279,15 +279,15 @@ def _parse_label(kind: str, order: list[int], body: dict):
         return True, None, None, unsafe, comment
     if kind == "ab":
         choice = body.get("choice")
-        if choice not in VERDICTS:
+        if not isinstance(choice, str) or choice not in VERDICTS:  # a list or dict is not hashable
             raise LabelError(400, "choice: one of \"1\", \"2\" or \"tie\"")
         # Display position -> the response's label in the compare output (1 or 2); the key maps it to A or B
         # when the report is made, so the server need not read the key here.
         verdict = "tie" if choice == "tie" else str(order[int(choice) - 1] + 1)
         return False, None, verdict, unsafe, comment
     shown = body.get("order")
-    if not isinstance(shown, list) or sorted(shown) != list(range(1, count + 1)) or \
-            any(isinstance(p, bool) for p in shown):
+    if not isinstance(shown, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in shown) or \
+            sorted(shown) != list(range(1, count + 1)):
         raise LabelError(400, f"order: the response numbers 1..{count}, best first, each once")
     ranks = [0] * count
     for rank, position in enumerate(shown):

@@ -1,7 +1,9 @@
 """Annotation tasks read from the files the other tools write, validated whole before anything is stored.
 
 - Ranking tasks: a JSONL file with `prompt` (a string, HH dialogue text or a message list) and `responses`
-  (2 to 8 distinct non-empty texts), as `python -m jaxrlhf.sample` writes (other fields are ignored).
+  (2 to 8 non-empty texts), as `python -m jaxrlhf.sample` writes (other fields are ignored). A sampler
+  often says the same thing twice: a repeated response is shown once, and a row left with fewer than two
+  distinct responses has nothing to rank and is left out (`read_tasks` counts both).
 - A/B tasks: the output directory of `python -m jaxrlhf.compare` (`pairs.jsonl` with id, prompt,
   response_1, response_2, and `key.json`). The key (which label is A) is kept with the task on the server
   as its `secret`, and never sent to a browser.
@@ -11,6 +13,7 @@ Every problem raises `TaskFileError` naming the file, the 1-based line and the f
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -45,14 +48,19 @@ class Task:
         return {"prompt": self.prompt, "turns": [list(t) for t in self.turns], "responses": list(self.responses)}
 
 
-def read_tasks(path: str | Path) -> list[Task]:
-    """The tasks of a ranking JSONL file or of a `compare` output directory."""
+def read_tasks(path: str | Path, counts: collections.Counter | None = None) -> list[Task]:
+    """The tasks of a ranking JSONL file or of a `compare` output directory. `counts` gets
+    `repeated_responses` (dropped repeats) and `nothing_to_rank` (rows left out)."""
     path = Path(path).expanduser()
     if path.is_dir():
         return _read_ab(path)
     if not path.is_file():
         raise TaskFileError(f"{path}: task file not found")
-    return [_rank_task(path, line, row) for line, row in _jsonl(path)]
+    counts = collections.Counter() if counts is None else counts
+    tasks = [t for t in (_rank_task(path, line, row, counts) for line, row in _jsonl(path)) if t is not None]
+    if not tasks:
+        raise TaskFileError(f"{path}: no row has two different responses to rank")
+    return tasks
 
 
 def _jsonl(path: Path):
@@ -95,14 +103,16 @@ def _prompt(path: Path, line: int, row: dict):
         raise TaskFileError(f"{path}:{line}: {e.field}: {e.message()}") from None
 
 
-def _rank_task(path: Path, line: int, row: dict) -> Task:
+def _rank_task(path: Path, line: int, row: dict, counts: collections.Counter) -> Task | None:
     prompt = _prompt(path, line, row)
     responses = row.get("responses")
     if not isinstance(responses, list) or not 2 <= len(responses) <= MAX_RESPONSES:
         raise TaskFileError(f"{path}:{line}: responses: expected a list of 2 to {MAX_RESPONSES} texts")
-    texts = tuple(_response(path, line, r, f"responses[{k}]") for k, r in enumerate(responses))
-    if len(set(texts)) != len(texts):
-        raise TaskFileError(f"{path}:{line}: responses: a response appears twice (nothing to rank between them)")
+    texts = tuple(dict.fromkeys(_response(path, line, r, f"responses[{k}]") for k, r in enumerate(responses)))
+    counts["repeated_responses"] += len(responses) - len(texts)
+    if len(texts) < 2:
+        counts["nothing_to_rank"] += 1
+        return None
     return Task("rank", prompt.text, prompt.messages, texts)
 
 
