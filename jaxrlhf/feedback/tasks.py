@@ -109,7 +109,8 @@ def _rank_task(path: Path, line: int, row: dict, counts: collections.Counter) ->
     if not isinstance(responses, list) or not 2 <= len(responses) <= MAX_RESPONSES:
         raise TaskFileError(f"{path}:{line}: responses: expected a list of 2 to {MAX_RESPONSES} texts")
     texts = tuple(dict.fromkeys(_response(path, line, r, f"responses[{k}]") for k, r in enumerate(responses)))
-    counts["repeated_responses"] += len(responses) - len(texts)
+    if len(texts) < len(responses):
+        counts["repeated_responses"] += len(responses) - len(texts)
     if len(texts) < 2:
         counts["nothing_to_rank"] += 1
         return None
