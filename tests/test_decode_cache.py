@@ -12,26 +12,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxrlhf.models import gpt2, llama, registry
 from jaxrlhf.rl import sampling
 from jaxrlhf.rl.sampling import SamplingConfig, decode, kv_phases, left_pad
-from tests.helpers.models import perturb_weights, tiny_llama_jax_config
+from tests.helpers.models import tiny_decoder
 
 V = 101
 PAD = 0
 
 
 def _tiny(name, scan_layers=True, seed=0):
-    if name == "gpt2":
-        family, cfg = gpt2, gpt2.Config(vocab_size=V, hidden_size=32, num_layers=2, num_heads=4,
-                                        intermediate_size=64, max_positions=64, pad_token_id=PAD)
-    else:
-        window = dict(llama=dict(), mistral=dict(model_type="mistral", sliding_window=3, sliding_layers=(True, True)),
-                      qwen2=dict(model_type="qwen2", qkv_bias=True, sliding_window=3,
-                                 sliding_layers=(False, True)))[name]
-        family, cfg = llama, tiny_llama_jax_config(vocab_size=V, head_dim=8, max_position_embeddings=128, **window)
-    model = registry.build_model(family, cfg, "causal_lm", rngs=nnx.Rngs(seed), scan_layers=scan_layers)
-    return perturb_weights(model, seed)
+    return tiny_decoder(name, V, PAD, scan_layers, seed)
 
 
 def _prompts():

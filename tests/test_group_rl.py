@@ -179,6 +179,108 @@ def test_the_update_loss_is_minus_the_mean_advantage_at_ratio_one_and_degenerate
     assert np.isfinite(float(m["loss"]))
 
 
+def _grouped_rows(B, G, P, N, V=101, seed=0):
+    """B left-padded prompts (lengths P, P - 3, 1), each repeated G times, and R = B*G responses, some ended
+    early (right padding): the layout group sampling writes."""
+    rs = np.random.RandomState(seed)
+    lengths = [P, P - 3, 1][:B]
+    pm = np.zeros((B, P), np.int32)
+    for b, n in enumerate(lengths):
+        pm[b, P - n:] = 1
+    prompt = rs.randint(1, V, (B, P)) * pm
+    rm = np.ones((B * G, N), np.int32)
+    rm[0, 2:] = 0
+    rm[G + 1, 1:] = 0  # a response of one token
+    resp = rs.randint(1, V, (B * G, N)) * rm
+    ids = np.concatenate([np.repeat(prompt, G, 0), resp], 1).astype(np.int32)
+    mask = np.concatenate([np.repeat(pm, G, 0), rm], 1).astype(np.int32)
+    return jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(resp.astype(np.int32)), rm
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "mistral", "qwen2"])
+def test_a_groups_prompt_run_once_gives_the_full_sequence_logprobs_and_gradients(name):
+    from flax import nnx
+
+    from jaxrlhf.rl.experience import group_response_logprobs, response_logprobs
+    from tests.helpers.models import tiny_decoder
+
+    G, P, N = 3, 7, 5
+    ids, mask, resp, rm = _grouped_rows(3, G, P, N)
+    graphdef, params, rest = nnx.split(tiny_decoder(name), nnx.Param, ...)
+    weight = jnp.asarray(rm * np.arange(1.0, N + 1))  # every position's gradient counts, differently
+
+    def objective(params, shared):
+        model = nnx.merge(graphdef, params, rest)
+        logp = (group_response_logprobs(model, ids, mask, resp, G, 0.7) if shared
+                else response_logprobs(model, ids, mask, resp, 0.7))
+        return jnp.sum(logp * weight), logp
+
+    (_, want), want_grad = jax.value_and_grad(objective, has_aux=True)(params, False)
+    (_, got), got_grad = jax.value_and_grad(objective, has_aux=True)(params, True)
+    np.testing.assert_allclose(np.asarray(got) * rm, np.asarray(want) * rm, atol=2e-5)
+    for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want_grad), jax.tree.leaves(got_grad)):
+        scale = float(jnp.abs(w).max())
+        assert scale > 0, path
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5 * scale, err_msg=str(path))
+
+
+def test_rows_that_are_not_whole_groups_are_refused():
+    from jaxrlhf.rl.experience import group_response_logprobs
+    from tests.helpers.models import tiny_decoder
+
+    ids, mask, resp, _ = _grouped_rows(2, 3, 7, 4)
+    with pytest.raises(ValueError, match="not groups of 4"):
+        group_response_logprobs(tiny_decoder("llama"), ids, mask, resp, 4)
+
+
+def test_an_update_on_shared_prompts_equals_one_on_full_rows(tiny_policy):
+    """Experience and two clipped SGD updates (two epochs: old log-probs from the experience, a ratio != 1) with
+    each group's prompt run once, against the same with every row's full sequence."""
+    import optax
+
+    G = 3
+    rollout, actor, score = _rollout(tiny_policy, G, [1.0, 0.0, 0.5, 0.2, 0.9, 0.4])
+    graphdef = tiny_policy[0]
+    opt = optax.sgd(1.0)  # Adam would turn rounding in near-zero gradients into whole steps
+    results = []
+    for shared in (True, False):
+        cfg = GroupRLConfig(group_size=G, max_new_tokens=4, shared_prompt=shared, kl_coef=0.1)
+        exp, _ = jax.jit(make_group_experience_fn(graphdef, None, cfg))(actor, (), rollout, score)
+        state = {"actor": {"params": actor[0], "opt_state": opt.init(actor[0])}, "step": jnp.int32(0)}
+        update = jax.jit(make_group_update_step(graphdef, opt, cfg))
+        state, _ = update(state, actor[1], exp)
+        state, m = update(state, actor[1], exp)  # the second update sees a ratio away from 1
+        results.append((exp, state["actor"]["params"], m))
+    (exp_s, params_s, m_s), (exp_f, params_f, m_f) = results
+    for k in ("old_logp_BxN", "ref_logp_BxN", "advantages_BxN"):
+        np.testing.assert_allclose(np.asarray(exp_s[k]), np.asarray(exp_f[k]), atol=2e-5, err_msg=k)
+    assert float(m_s["ratio"]) != 1.0
+    for k in ("loss", "policy_loss", "kl_loss", "ratio"):
+        assert float(m_s[k]) == pytest.approx(float(m_f[k]), rel=1e-4, abs=1e-6), k
+    for a, b, a0 in zip(jax.tree.leaves(params_s), jax.tree.leaves(params_f), jax.tree.leaves(actor[0])):
+        step = np.asarray(b) - np.asarray(a0)
+        assert np.abs(step).max() > 0
+        np.testing.assert_allclose(np.asarray(a) - np.asarray(a0), step, atol=1e-4 * np.abs(step).max())
+
+
+def test_minibatches_hold_whole_groups_when_the_prompt_is_shared():
+    from jaxrlhf.rl.group_iteration import GroupIteration
+
+    def order(shared):
+        it = GroupIteration.__new__(GroupIteration)  # only the fields minibatch_order reads
+        it.cfg, it.rollout_batch_size, it.epochs, it.minibatch_size = (
+            GroupRLConfig(group_size=4, shared_prompt=shared), 6, 2, 8)
+        return it.minibatch_order(jax.random.key(0))
+
+    idx = order(True)
+    assert idx.shape == (6, 8)
+    groups = idx.reshape(-1, 4)
+    assert np.all(groups == groups[:, :1] + np.arange(4)) and np.all(groups[:, 0] % 4 == 0)
+    for epoch in idx.reshape(2, -1):  # each epoch visits every row once
+        assert sorted(epoch) == list(range(24))
+    assert not np.all(order(False).reshape(-1, 4) % 4 == np.arange(4))  # rows shuffled one by one
+
+
 def test_verifiable_rewards_and_their_errors():
     assert final_number("The answer is 1,234.") == 1234.0
     assert final_number("so -3.5 then #### 12") == 12.0

@@ -390,7 +390,8 @@ def grpo_defaults() -> ml_collections.ConfigDict:
         "algorithm": "grpo",                 # grpo | rloo | reinforce_pp | reinforce_pp_baseline
         "group_size": 8,                     # G responses per prompt, sharing the prompt's prefill
         "rollout_batch_size": 8,             # prompts per iteration (global): rollout_batch_size * G responses
-        "minibatch_size": 64,                # responses per update
+        "minibatch_size": 64,                # responses per update (with shared_prompt: whole groups)
+        "shared_prompt": True,               # each forward runs a group's prompt once, not G times (exact)
         "epochs": 1,                         # passes over the rollout (> 1: several clipped updates per rollout)
         "scale_by_std": True,                # GRPO's division by the group std; False: Dr.GRPO
         "kl_coef": 0.0,                      # beta (0: no reference model is loaded or run)

@@ -56,6 +56,35 @@ def response_logprobs(policy: nnx.Module, ids_BxT, mask_BxT, response_ids_BxN, t
     return policy.token_logprobs(h_BxNxD, response_ids_BxN, temperature, chunk_size, return_entropy=return_entropy)
 
 
+def group_response_logprobs(policy: nnx.Module, ids_RxT, mask_RxT, response_ids_RxN, group_size: int,
+                            temperature: float = 1.0, chunk_size: int = 128):
+    """`response_logprobs` for rows in groups that share their prompt, with each prompt run once.
+
+    Rows b*G .. b*G + G - 1 (G = `group_size`) must hold the same left-padded prompt in their first
+    P = T - N slots, as group sampling lays them out. The B prompts are prefilled into a KV cache, which
+    is repeated to the R = B*G rows; the responses then run as one N-token call on that cache. A prompt's
+    hidden states do not depend on what follows it (causal attention), so this is the full-sequence
+    computation with the prompt's forward done once instead of G times; in the backward pass the repeat
+    sums the group's gradients into the prompt's keys and values, which is the same gradient. A forward
+    and backward then cost B*P + R*N tokens instead of R*(P + N)."""
+    G = group_size
+    R, N = response_ids_RxN.shape
+    P = ids_RxT.shape[1] - N
+    if G <= 1 or R % G:
+        raise ValueError(f"group_response_logprobs: {R} rows are not groups of {G}")
+    backbone = policy.backbone
+    prompt_ids_BxP, prompt_mask_BxP = ids_RxT[::G, :P], mask_RxT[::G, :P]
+    cache = backbone.init_cache(R // G, P + N - 1)
+    prompt_hidden_BxPxD, cache = backbone(prompt_ids_BxP, prompt_mask_BxP, cache=cache, kv_len=P)
+    h_RxNxD = jnp.repeat(prompt_hidden_BxPxD[:, -1:], G, axis=0)  # the last prompt token predicts token 0
+    if N > 1:  # the response's last token predicts nothing scored: feed the first N - 1
+        resp_hidden_RxMxD, _ = backbone(ids_RxT[:, P:P + N - 1], mask_RxT[:, P:P + N - 1],
+                                        cache=cache.repeat_rows(G), kv_len=P + N - 1)
+        h_RxNxD = jnp.concatenate([h_RxNxD, resp_hidden_RxMxD], axis=1)
+    temperature = temperature if temperature > 0 else 1.0
+    return policy.token_logprobs(h_RxNxD, response_ids_RxN, temperature, chunk_size)
+
+
 def response_values(critic: nnx.Module, ids_BxT, mask_BxT, num_response: int):
     """V(state before each response token), [B, N] float32."""
     T = ids_BxT.shape[1]

@@ -81,8 +81,12 @@ class GroupIteration:
         return state["actor"]["params"], self.frozen_actor
 
     def minibatch_order(self, key: jax.Array) -> np.ndarray:
+        """[updates, minibatch_size] row indices: each epoch a permutation of the rollout's rows, or of its
+        groups (each group's G rows in a row) when the forward passes share a group's prompt."""
         order_rng = np.random.default_rng(jax.device_get(jax.random.key_data(jax.random.fold_in(key, 1))))
-        perms = [order_rng.permutation(self.rows) for _ in range(self.epochs)]
+        G = self.cfg.group_size if self.cfg.shared_prompt else 1
+        perms = [(order_rng.permutation(self.rows // G)[:, None] * G + np.arange(G)).reshape(-1)
+                 for _ in range(self.epochs)]
         return np.concatenate(perms).astype(np.int32).reshape(-1, self.minibatch_size)
 
     def __call__(self, state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:

@@ -42,6 +42,11 @@ def group_config(config) -> GroupRLConfig:
     if g.rollout_batch_size * g.group_size % g.minibatch_size:
         raise ValueError(f"grpo.rollout_batch_size * grpo.group_size = {g.rollout_batch_size * g.group_size} "
                          f"responses must be a multiple of grpo.minibatch_size={g.minibatch_size}")
+    shared = g.shared_prompt and g.group_size > 1
+    if shared and g.minibatch_size % g.group_size:
+        raise ValueError(f"grpo.minibatch_size={g.minibatch_size} must be a multiple of grpo.group_size="
+                         f"{g.group_size}: with grpo.shared_prompt a minibatch holds whole groups (or set "
+                         f"grpo.shared_prompt=False)")
     if config.train.max_kl_per_seq > 0 and g.kl_coef <= 0:
         raise ValueError(f"train.max_kl_per_seq={config.train.max_kl_per_seq} watches the KL to the reference, "
                          f"which a run with grpo.kl_coef=0 never computes: set grpo.kl_coef > 0")
@@ -52,7 +57,7 @@ def group_config(config) -> GroupRLConfig:
         clip_eps=g.clip_eps, clip_eps_high=g.clip_eps_high if g.clip_eps_high > 0 else g.clip_eps,
         aggregation=g.loss_aggregation, drop_degenerate=g.dynamic_sampling, temperature=config.sampling.temperature,
         max_new_tokens=config.sampling.max_new_tokens, chunk_size=g.logprob_chunk, max_approx_kl=g.max_approx_kl,
-        single_update=single)
+        single_update=single, shared_prompt=shared)
 
 
 def load_group_models(config, mesh, cfg: GroupRLConfig) -> GroupModels:

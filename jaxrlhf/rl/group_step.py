@@ -11,6 +11,8 @@ b*G + G - 1 (`rl.rollout.make_sample_fn(group_size=G)`). `score_R` (R = B*G) is 
   per-token estimate is subtracted from its reward before the group baseline).
 - Dynamic sampling (DAPO): groups whose rewards are all equal carry zero advantage; `drop_degenerate`
   also takes their tokens out of the loss's denominator (shapes stay static: they are masked, not removed).
+- Every forward pass (old, reference and updated log-probs) runs each prompt once for its group
+  (`shared_prompt`, exact), so the minibatches of the update hold whole groups, G rows in a row.
 - The clipped ratio with DAPO's clip-higher (`clip_eps_high`) and one of three loss aggregations
   (`ops.ppo.aggregate`). With one update per rollout the old log-probs are the current ones with their
   gradient stopped (ratio exactly 1), so the experience step skips that forward pass.
@@ -30,7 +32,7 @@ from jaxrlhf.models.layers import adapters_off
 from jaxrlhf.ops.group_advantages import degenerate_groups, group_advantages, reinforce_pp_advantages
 from jaxrlhf.ops.kl import kl_penalty
 from jaxrlhf.ops.ppo import aggregate, surrogate_tokens
-from jaxrlhf.rl.experience import response_logprobs
+from jaxrlhf.rl.experience import group_response_logprobs, response_logprobs
 from jaxrlhf.rl.rewards import token_rewards
 from jaxrlhf.training.accumulate import guarded_update
 
@@ -57,6 +59,7 @@ class GroupRLConfig:
     chunk_size: int = 128
     max_approx_kl: float = 0.0
     single_update: bool = False         # one update per rollout: old log-probs = current, stopped
+    shared_prompt: bool = True          # a group's prompt runs once in every forward (minibatches hold whole groups)
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -66,6 +69,14 @@ class GroupRLConfig:
                              f"prompt for its baseline (reinforce_pp runs with 1)")
         if self.algorithm == "reinforce_pp":  # its KL is a per-token reward by definition
             object.__setattr__(self, "kl_in_reward", True)
+
+    def logprobs(self, policy, ids_RxT, mask_RxT, response_ids_RxN):
+        """Response log-probs of rows laid out in whole groups: each prompt's forward once per group when
+        `shared_prompt` (exact: `rl.experience.group_response_logprobs`), else once per row."""
+        if self.shared_prompt and self.group_size > 1:
+            return group_response_logprobs(policy, ids_RxT, mask_RxT, response_ids_RxN, self.group_size,
+                                           self.temperature, self.chunk_size)
+        return response_logprobs(policy, ids_RxT, mask_RxT, response_ids_RxN, self.temperature, self.chunk_size)
 
     @property
     def kl_as_loss(self) -> bool:
@@ -79,8 +90,8 @@ class GroupRLConfig:
 def _reference_logprobs(actor_def, actor, ref_def, ref, ids, mask, resp, cfg):
     if ref_def is None:  # the actor's LoRA base
         with adapters_off():
-            return response_logprobs(nnx.merge(actor_def, *actor), ids, mask, resp, cfg.temperature, cfg.chunk_size)
-    return response_logprobs(nnx.merge(ref_def, *ref), ids, mask, resp, cfg.temperature, cfg.chunk_size)
+            return cfg.logprobs(nnx.merge(actor_def, *actor), ids, mask, resp)
+    return cfg.logprobs(nnx.merge(ref_def, *ref), ids, mask, resp)
 
 
 def make_group_experience_fn(actor_def, ref_def, cfg: GroupRLConfig) -> Callable:
@@ -98,8 +109,7 @@ def make_group_experience_fn(actor_def, ref_def, cfg: GroupRLConfig) -> Callable
         exp = dict(batch)
         logp = ref_logp = None
         if not cfg.single_update or cfg.needs_reference:
-            logp = jax.lax.stop_gradient(
-                response_logprobs(nnx.merge(actor_def, *actor), ids, mask, resp, cfg.temperature, cfg.chunk_size)) * m
+            logp = jax.lax.stop_gradient(cfg.logprobs(nnx.merge(actor_def, *actor), ids, mask, resp)) * m
         if not cfg.single_update:
             exp["old_logp_BxN"] = logp
         kl_R = jnp.zeros((R,), jnp.float32)
@@ -150,12 +160,12 @@ def make_group_experience_fn(actor_def, ref_def, cfg: GroupRLConfig) -> Callable
 
 def make_group_update_step(actor_def, actor_opt: optax.GradientTransformation, cfg: GroupRLConfig):
     """update(state, actor_frozen, minibatch) -> (state, metrics): the clipped surrogate (and the KL term, on
-    the reference log-probs the experience holds) on the minibatch's rows, aggregated as `cfg.aggregation`."""
+    the reference log-probs the experience holds) on the minibatch's rows, aggregated as `cfg.aggregation`.
+    With `cfg.shared_prompt` the minibatch's rows are whole groups, each group's G rows in a row."""
 
     def loss_fn(params, frozen, mb):
         actor = (params, frozen)
-        logp = response_logprobs(nnx.merge(actor_def, *actor), mb["ids_BxT"], mb["mask_BxT"], mb["response_ids_BxN"],
-                                 cfg.temperature, cfg.chunk_size)
+        logp = cfg.logprobs(nnx.merge(actor_def, *actor), mb["ids_BxT"], mb["mask_BxT"], mb["response_ids_BxN"])
         old = jax.lax.stop_gradient(logp) if cfg.single_update else mb["old_logp_BxN"]
         lmask = mb["loss_mask_BxN"]
         m, pg_tokens, pm = surrogate_tokens(logp, old, mb["advantages_BxN"], lmask, cfg.clip_eps, cfg.clip_eps_high)

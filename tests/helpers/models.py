@@ -87,3 +87,23 @@ def perturb_weights(model, seed: int = 0):
         new.append((path, v.replace(1.0 + 0.2 * noise if path[-1] == "scale" else 0.3 * noise)))
     nnx.update(model, nnx.from_flat_state(new))
     return model
+
+
+def tiny_decoder(name: str, vocab_size: int = 101, pad_token_id: int = 0, scan_layers: bool = True, seed: int = 0):
+    """A randomly initialised, perturbed causal LM of our own code: "gpt2", "llama" (GQA), "mistral" (a
+    3-token sliding window on every layer) or "qwen2" (qkv bias, the window on its second layer only)."""
+    from flax import nnx
+
+    from jaxrlhf.models import gpt2, llama, registry
+
+    if name == "gpt2":
+        family, cfg = gpt2, gpt2.Config(vocab_size=vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+                                        intermediate_size=64, max_positions=64, pad_token_id=pad_token_id)
+    else:
+        window = dict(llama=dict(), mistral=dict(model_type="mistral", sliding_window=3, sliding_layers=(True, True)),
+                      qwen2=dict(model_type="qwen2", qkv_bias=True, sliding_window=3,
+                                 sliding_layers=(False, True)))[name]
+        family, cfg = llama, tiny_llama_jax_config(vocab_size=vocab_size, head_dim=8, max_position_embeddings=128,
+                                                   **window)
+    model = registry.build_model(family, cfg, "causal_lm", rngs=nnx.Rngs(seed), scan_layers=scan_layers)
+    return perturb_weights(model, seed)
