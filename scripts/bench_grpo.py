@@ -367,7 +367,10 @@ def render(args, jx: dict, tr: dict, mach: dict, command: str) -> str:
         f"samples: {a.prompts} prefill rows, {rows} decode rows); the texts decoded and `exact_match` run on the "
         "host; one jitted experience step (group advantages; with one update per rollout and beta 0 it runs no "
         f"forward pass: the old log-probs are the update's own, gradient stopped); one jitted update: a "
-        f"forward+backward of the policy on the {rows} completions (log-probs in chunks, the [B, T, V] logits "
+        f"forward+backward of the policy on the {rows} completions, each group's prompt run once for its "
+        f"{a.group} completions (`grpo.shared_prompt`: {a.prompts} x {a.prompt_len} prompt tokens prefilled into a "
+        f"KV cache, then the {rows} x {a.new} completion tokens on it, the same log-probs and gradient as "
+        f"{rows} full sequences; log-probs in chunks, the [B, T, V] logits "
         "never held whole), the clipped surrogate, global-norm clipping and an AdamW step. Time from its "
         "metrics.jsonl (`grpo/iteration_seconds`). Its only changes to the shipped config for the benchmark: the "
         "sizes above, `sampling.ignore_eos` (no stop id, so every completion has TRL's length), "
@@ -389,7 +392,9 @@ def render(args, jx: dict, tr: dict, mach: dict, command: str) -> str:
         "would fill in) and no completion is cut at the first EOS afterwards (`trainer.eos_token_ids = []`, since "
         "TRL always adds the tokenizer's EOS); the script asserts TRL's prompt ids equal jaxrlhf's, the prompt "
         "order per iteration and every completion's length. Left different: TRL re-runs a prefill per sample, "
-        "jaxrlhf one per prompt (the algorithms are the same; it is how each samples a group). jaxrlhf ran with "
+        "jaxrlhf one per prompt, and TRL's update runs each completion's whole sequence, jaxrlhf each prompt "
+        "once per group (the algorithms and their numbers are the same; it is how each computes them). "
+        "jaxrlhf ran with "
         f"`GLIBC_TUNABLES={side_env('jax').get('GLIBC_TUNABLES') or 'unset'}` (what its command-line entry "
         "points set: `jaxrlhf/infra/host_memory.py`), TRL with the machine's defaults.", "",
         f"{benchlib.machine_line(mach)} jaxrlhf's XLA uses all cores, torch threads {a.threads}. "
@@ -408,7 +413,7 @@ def main(argv=None) -> int:
         benchlib.baton()  # first: nothing of this side runs outside its turns
         spec = benchlib.worker_spec(args)
         if spec.get("src"):
-            sys.path.insert(0, spec["src"])
+            benchlib.import_jaxrlhf_from(spec["src"])
         benchlib.worker_result(args, (jax_worker if args._worker == "jax" else trl_worker)(args, spec))
         return 0
     if args.group < 2:
@@ -419,7 +424,7 @@ def main(argv=None) -> int:
     start = benchlib.machine_snapshot()
     src = benchlib.use_commit(args.commit) if args.commit else ""
     if src:
-        sys.path.insert(0, src)
+        benchlib.import_jaxrlhf_from(src)
         print(f"jaxrlhf from {args.commit} ({src})", flush=True)
     spec = {"batches": prompt_batches(args), "src": src}
     print(f"prompts: {args.prompts} x {args.group} samples per iteration, {args.prompt_len} prompt tokens, {args.new} "

@@ -392,7 +392,7 @@ def main(argv=None) -> int:
         benchlib.baton()  # first: nothing of this side runs outside its turns
         spec = benchlib.worker_spec(args)
         if spec.get("src"):
-            sys.path.insert(0, spec["src"])
+            benchlib.import_jaxrlhf_from(spec["src"])
         if args._worker == "rm":
             make_rm_dir(args)
             return 0
@@ -406,7 +406,7 @@ def main(argv=None) -> int:
     start = benchlib.machine_snapshot()
     src = benchlib.use_commit(args.commit) if args.commit else ""
     if src:
-        sys.path.insert(0, src)
+        benchlib.import_jaxrlhf_from(src)
         print(f"jaxrlhf from {args.commit} ({src})", flush=True)
     if not (Path(args.rm_dir) / "config.json").is_file():
         benchlib.run_worker(__file__, argv, "rm", {"src": src}, env=side_env("rm"), cwd=REPO)

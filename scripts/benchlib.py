@@ -252,6 +252,18 @@ def use_commit(rev: str) -> str:
     return dest
 
 
+def import_jaxrlhf_from(src: str) -> None:
+    """Makes `import jaxrlhf` load the copy under `src` (`use_commit`), even where the script has already
+    imported parts of the checkout's: those modules are dropped first, else the commit's code would never run."""
+    for name in [m for m in sys.modules if m == "jaxrlhf" or m.startswith("jaxrlhf.")]:
+        del sys.modules[name]
+    sys.path.insert(0, src)
+    import jaxrlhf
+
+    if not Path(jaxrlhf.__file__).resolve().is_relative_to(Path(src).resolve()):
+        raise SystemExit(f"error: jaxrlhf still imports from {jaxrlhf.__file__}, not from {src}")
+
+
 # ----------------------------------------------------------------------------- workers
 # A script measures each side in a fresh process: it re-runs itself with its own arguments plus the hidden
 # `--_worker KIND --_io DIR`. DIR holds spec.json (what the host passes; {} when nothing) and gets
