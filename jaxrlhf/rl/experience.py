@@ -73,7 +73,9 @@ def group_response_logprobs(policy: nnx.Module, ids_RxT, mask_RxT, response_ids_
     if G <= 1 or R % G:
         raise ValueError(f"group_response_logprobs: {R} rows are not groups of {G}")
     backbone = policy.backbone
-    prompt_ids_BxP, prompt_mask_BxP = ids_RxT[::G, :P], mask_RxT[::G, :P]
+    # A reshape, not the strided slice [::G]: with the rows sharded, XLA 0.10.2's partitioner got the gradient
+    # of the program built on the strided slice wrong (test_train_grpo's sharded run caught it).
+    prompt_ids_BxP, prompt_mask_BxP = (x.reshape(R // G, G, -1)[:, 0, :P] for x in (ids_RxT, mask_RxT))
     cache = backbone.init_cache(R // G, P + N - 1)
     prompt_hidden_BxPxD, cache = backbone(prompt_ids_BxP, prompt_mask_BxP, cache=cache, kv_len=P)
     h_RxNxD = jnp.repeat(prompt_hidden_BxPxD[:, -1:], G, axis=0)  # the last prompt token predicts token 0
