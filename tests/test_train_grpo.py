@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers.data import write_prompts
 from tests.helpers.models import make_tiny_llama_dir
-from tests.helpers.processes import run_worker
+from tests.helpers.processes import gloo_available, run_results, run_worker
 from tests.helpers.runs import tiny_grpo_config
 
 pytestmark = pytest.mark.slow  # trains and spawns processes
@@ -205,6 +205,29 @@ def test_sharded_grpo_iterations_match_one_device(setup, tmp_path):
     for key in ("reward_mean", "kl_per_seq", "policy_loss", "kl_loss", "approx_kl", "response_length"):
         for a, b in zip(one, mixed):
             assert abs(a[f"grpo/{key}"] - b[f"grpo/{key}"]) < 1e-5, (key, a[f"grpo/{key}"], b[f"grpo/{key}"])
+
+
+@pytest.mark.multiprocess
+def test_two_process_grpo_equals_one_process(setup, tmp_path):
+    """Two processes on 127.0.0.1 (two CPU devices each) against one process with four: the same iteration
+    metrics, one metrics file and export written by process 0, the same final actor on both processes."""
+    if not gloo_available():
+        pytest.skip("this jaxlib has no gloo CPU collectives, so two CPU processes cannot run one computation")
+    policy, prompts, _ = setup
+
+    def launch(name, processes, devices):
+        args = ["--policy", policy, "--prompts", prompts, "--work", tmp_path / name]
+        return run_results("multihost_grpo", args, processes, devices, {"HF_DATASETS_CACHE": str(tmp_path / "hf")})
+
+    launch("one", 1, 4)
+    two = launch("two", 2, 2)
+    assert two[0]["checksum"] == two[1]["checksum"]
+    a, b = ([r for r in records(tmp_path / n) if "grpo/reward_mean" in r] for n in ("one", "two"))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]  # one writer: no line twice
+    for key in ("reward_mean", "kl_per_seq", "policy_loss", "kl_loss", "approx_kl", "response_length"):
+        np.testing.assert_allclose([r[f"grpo/{key}"] for r in b], [r[f"grpo/{key}"] for r in a], atol=1e-5,
+                                   err_msg=key)
+    assert (tmp_path / "two" / "export" / "config.json").exists()
 
 
 def test_a_gold_reward_model_scores_the_rollouts_every_n_iterations(setup, tmp_path):

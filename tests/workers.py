@@ -108,11 +108,6 @@ def train_dpo(args) -> None:
 
 def multihost_ppo(args) -> None:
     """3 tiny PPO iterations with export, reporting a checksum of the final actor (test_multihost_ppo)."""
-    import jax
-    import numpy as np
-
-    from jaxrlhf.infra.checkpoint import Checkpointer
-    from jaxrlhf.infra.multihost import to_host
     from jaxrlhf.train_ppo import train
     from tests.helpers.runs import tiny_ppo_config
 
@@ -121,6 +116,32 @@ def multihost_ppo(args) -> None:
     cfg.train.checkpoint_every = 0
     cfg.train.export = True
     cfg.ppo.rollout_batch_size, cfg.ppo.minibatch_size = 8, 4
+    _train_and_report_actor(train, cfg)
+
+
+def multihost_grpo(args) -> None:
+    """3 tiny GRPO iterations (a KL loss to the reference, two minibatches of whole groups a rollout) with
+    export, reporting a checksum of the final actor (test_train_grpo's multi-host check)."""
+    from jaxrlhf.train_grpo import train
+    from tests.helpers.runs import tiny_grpo_config
+
+    cfg = tiny_grpo_config(Path(args.policy), Path(args.prompts), Path(args.work))
+    cfg.train.iterations = 3
+    cfg.train.checkpoint_every = 0
+    cfg.train.export = True
+    cfg.grpo.kl_coef = 0.05
+    _train_and_report_actor(train, cfg)
+
+
+def _train_and_report_actor(train, cfg) -> None:
+    """Runs `train(cfg)` and prints `RESULT {process, processes, devices, checksum}`: a sha256 of the actor
+    the last checkpoint saved, the same on every process when they hold one model."""
+    import jax
+    import numpy as np
+
+    from jaxrlhf.infra.checkpoint import Checkpointer
+    from jaxrlhf.infra.multihost import to_host
+
     saved = {}
     save = Checkpointer.save
 
@@ -245,6 +266,10 @@ def main(argv=None) -> None:
         p.add_argument(name, required=True)
     p.add_argument("--mesh", type=_mesh, default=(1, 1, 1), help="data,fsdp,tensor")
     p.set_defaults(run=sharded_ppo)
+    p = sub.add_parser("multihost_grpo", help=multihost_grpo.__doc__)
+    for name in ("--policy", "--prompts", "--work"):
+        p.add_argument(name, required=True)
+    p.set_defaults(run=multihost_grpo)
     p = sub.add_parser("sharded_grpo", help=sharded_grpo.__doc__)
     for name in ("--policy", "--prompts", "--work"):
         p.add_argument(name, required=True)

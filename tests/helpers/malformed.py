@@ -316,6 +316,8 @@ def build_cases(root: Path, model: Path, pairs: Path) -> list[Case]:
              grpo("--config.rewards.functions=exact_match"),
              "reward function 'exact_match' failed on row 0 (prompt"),
         Case("GRPO: no reward at all", "config", "train_grpo", grpo("--config.rewards.functions="), "no reward"),
+        Case("GRPO: minibatch that splits a group", "config", "train_grpo", grpo("--config.grpo.minibatch_size=1"),
+             "with grpo.shared_prompt a minibatch holds whole groups"),
         Case("compare: policy does not exist", "model", "compare", cmp(f"--b={root / 'nomodel'}"),
              "nomodel: model directory not found"),
         Case("compare: prompts file does not exist", "data", "compare", cmp(f"--prompts={root / 'no_prompts.jsonl'}"),
