@@ -518,18 +518,27 @@ class _StepClock:
 
         end = self.baton.clock()
         seqs, starts = [], []
-        for side in ("chosen", "rejected"):
-            ids, mask, lens = (np.asarray(batch[f"{side}_{k}"]) for k in ("ids_BxT", "mask_BxT", "len_B"))
-            for j in range(ids.shape[0]):
-                seq = ids[j][mask[j] > 0]
-                seqs.append(seq)
-                starts.append(len(seq) - int(lens[j]) - self.suffix_len)
+        if "shared_ids_BxT" in batch:  # one row a pair: prompt, chosen, rejected (data.shared_prompt)
+            ids, part = np.asarray(batch["shared_ids_BxT"]), np.asarray(batch["shared_part_BxT"])
+            for k in (1, 2):
+                for j in range(ids.shape[0]):
+                    prompt = ids[j][part[j] == 0]
+                    seqs.append(np.concatenate([prompt, ids[j][part[j] == k]]))
+                    starts.append(len(prompt))
+            real, total = int(np.sum(part >= 0)), ids.size
+        else:
+            for side in ("chosen", "rejected"):
+                ids, mask, lens = (np.asarray(batch[f"{side}_{k}"]) for k in ("ids_BxT", "mask_BxT", "len_B"))
+                for j in range(ids.shape[0]):
+                    seq = ids[j][mask[j] > 0]
+                    seqs.append(seq)
+                    starts.append(len(seq) - int(lens[j]) - self.suffix_len)
+            real, total = sum(len(x) for x in seqs), 2 * ids.size
         scalar = lambda k: float(np.asarray(metrics[k])) if k in metrics else None
-        self.rows.append({"end": end, "seconds": seconds, "width": int(batch["chosen_ids_BxT"].shape[1]),
+        self.rows.append({"end": end, "seconds": seconds, "width": int(ids.shape[1]),
                           "loss": scalar("loss_sum") / max(scalar("denom") or 1.0, 1.0), "lr": scalar("learning_rate"),
                           "grad_norm": scalar("grad_norm"), "weight": float(np.sum(batch["weight_B"])),
-                          "real": sum(len(x) for x in seqs), "total": 2 * ids.shape[0] * ids.shape[1],
-                          "digest": batch_digest(seqs, starts)})
+                          "real": real, "total": total, "digest": batch_digest(seqs, starts)})
         if done % self.every == 0:
             self.baton.pass_on()
 

@@ -314,6 +314,8 @@ def dpo_defaults() -> ml_collections.ConfigDict:
         "min_agreement": 0.0,
         "chat_template": False,     # render HH dialogues with the policy tokenizer's chat template, as the
                                     # policy is prompted when it chats (chat-format data always is)
+        "shared_prompt": True,      # pairs and lists: one row per prompt, its responses after it, each seeing
+                                    # the prompt and itself (exact; the prompt runs once, not once a response)
     })
     config.loss = ml_collections.ConfigDict({
         "type": "sigmoid",          # sigmoid (DPO) | robust | hinge | ipo | simpo: on pairs (ranked lists and

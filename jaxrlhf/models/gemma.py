@@ -339,11 +339,12 @@ class Backbone(nnx.Module):
                                    dtype or self.dtype)
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, kv_len=None,
-                 dropout_rng=None):
+                 dropout_rng=None, segments_BxT=None):
         """As llama.Backbone: `kv_len` bounds the cache slots attended (kv_cache module docstring)."""
         cfg = self.cfg
         T = input_ids_BxT.shape[1]
-        inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache, cfg.sliding_window, kv_len)
+        inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache, cfg.sliding_window, kv_len,
+                                           segments_BxT)
         sliding = cfg.sliding_layers or (False,) * cfg.num_hidden_layers
         full_cs = rope_cos_sin(inputs.positions_BxT, inv_freq(cfg.rope_theta, cfg.head_dim, cfg.rope_type,
                                                               cfg.rope_factor))
@@ -360,7 +361,7 @@ class Backbone(nnx.Module):
             xs["sliding"] = jnp.asarray(sliding)
         # Over its own keys with one mask for every layer, fused kernels get the mask's structure (llama.Backbone).
         structure = None
-        if inputs.own_keys and not mixed:
+        if inputs.structured and not mixed:
             structure = dict(key_mask_BxS=inputs.key_mask_BxS, causal=True,
                              window=cfg.sliding_window if all(sliding) else None)
 

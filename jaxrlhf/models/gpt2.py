@@ -192,11 +192,12 @@ class Backbone(nnx.Module):
         return base / jnp.arange(1, cfg.num_layers + 1, dtype=jnp.float32)
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, kv_len=None,
-                 dropout_rng=None):
+                 dropout_rng=None, segments_BxT=None):
         """`kv_len`: with a cache, attend over its slots [0, kv_len) only (static; kv_cache module docstring)."""
         cfg = self.cfg
         T = input_ids_BxT.shape[1]
-        inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache, kv_len=kv_len)
+        inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache, kv_len=kv_len,
+                                           segments_BxT=segments_BxT)
         scales = self._q_scales()
         xs: dict[str, Any] = {}
         if cache is not None:  # the whole cache rides in the carry and is written in place, T slots a layer
@@ -207,7 +208,7 @@ class Backbone(nnx.Module):
             xs["scale"] = scales
         # Attending over its own keys (no cache, or a prefill) the mask is causal + key padding: kernels that
         # take no dense mask build it from this.
-        structure = dict(key_mask_BxS=inputs.key_mask_BxS, causal=True) if inputs.own_keys else None
+        structure = dict(key_mask_BxS=inputs.key_mask_BxS, causal=True) if inputs.structured else None
 
         def body(layer, carry, x):
             h, kv = carry

@@ -222,13 +222,13 @@ class Backbone(nnx.Module):
         return kv_cache.init_cache(cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim, dtype or self.dtype)
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, kv_len=None,
-                 dropout_rng=None):
+                 dropout_rng=None, segments_BxT=None):
         """`kv_len`: with a cache, attend over its slots [0, kv_len) only (static; kv_cache module docstring)."""
         cfg = self.cfg
         T = input_ids_BxT.shape[1]
         local = cfg.local_layers
         inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache,
-                                           cfg.window_size if any(local) else None, kv_len)
+                                           cfg.window_size if any(local) else None, kv_len, segments_BxT)
         xs: dict[str, Any] = {}
         if cache is not None:  # the whole cache rides in the carry and is written in place, T slots a layer
             xs["layer"] = jnp.arange(cfg.num_layers)
@@ -239,7 +239,7 @@ class Backbone(nnx.Module):
         # Over its own keys with one kind of layer, kernels that take no dense mask build it from `structure`;
         # a decode step on the cache, or a kind chosen per layer, has only the dense mask.
         structure = None
-        if inputs.own_keys and "local" not in xs:
+        if inputs.structured and "local" not in xs:
             structure = dict(key_mask_BxS=inputs.key_mask_BxS, causal=True,
                              window=cfg.window_size if all(local) else None)
 

@@ -98,6 +98,21 @@ class CausalLM(nnx.Module):
         scored_BxT1 = scored_BxT[:, 1:].astype(jnp.float32)
         return jnp.sum(logp_BxT1 * scored_BxT1, axis=-1), jnp.sum(scored_BxT1, axis=-1)
 
+    def shared_prompt_logprobs(self, ids_BxT, part_BxT, pos_BxT, source_BxT, scored_BxT, num_responses: int, *,
+                               chunk_size: int = 128, dropout_rng=None) -> tuple[jax.Array, jax.Array]:
+        """`sequence_logprobs` of every response of rows that hold a prompt once and then its K responses
+        (`data.shared_prompt`'s layout): (summed log-probs, scored tokens), float32 [B, K]. Each response
+        attends to the prompt and itself only, at its own positions, so the values and gradients are those
+        of the K separate sequences."""
+        hidden_BxTxD, _ = self.backbone(ids_BxT, part_BxT >= 0, positions_BxT=pos_BxT, segments_BxT=part_BxT,
+                                        dropout_rng=dropout_rng)
+        source_BxTxD = jnp.take_along_axis(hidden_BxTxD, source_BxT[..., None], axis=1)
+        logp_BxT = self.token_logprobs(source_BxTxD, ids_BxT, chunk_size=chunk_size)
+        in_part_BxTxK = ((part_BxT[..., None] == jnp.arange(1, num_responses + 1))
+                         & (scored_BxT[..., None] > 0)).astype(jnp.float32)
+        # A product and a sum, not an einsum: a float32 matmul may run in bf16 passes on TPU.
+        return jnp.sum(logp_BxT[..., None] * in_part_BxTxK, axis=1), jnp.sum(in_part_BxTxK, axis=1)
+
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, dropout_rng=None):
         """Returns (logits_BxTxV, cache). For long sequences prefer `backbone` + chunked log-probs."""
         hidden, cache = self.backbone(input_ids_BxT, attention_mask_BxT, positions_BxT=positions_BxT,

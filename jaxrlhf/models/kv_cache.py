@@ -79,6 +79,7 @@ class AttentionInputs:
     index: jax.Array | int  # first slot this call writes
     cache_mask_BxS: jax.Array | None = None  # the cache's slot mask after this call's write (None: no cache)
     kv_len: int | None = None  # the cache slots [0, kv_len) attended (static; None: no cache)
+    segmented: bool = False  # rows of a shared prompt and its responses (`segments_BxT`)
 
     @property
     def own_keys(self) -> bool:
@@ -86,10 +87,21 @@ class AttentionInputs:
         (kv_len == T). Its mask is then a self-attention mask with structure (fused kernels can serve it)."""
         return self.kv_len is None or self.kv_len == self.mask_BxTxS.shape[1]
 
+    @property
+    def structured(self) -> bool:
+        """True when the mask is causal + key padding (+ a window) over the call's own keys, which fused
+        kernels that take no dense mask can rebuild; a cache or segments leave only the dense mask."""
+        return self.own_keys and not self.segmented
+
 
 def attention_inputs(attention_mask_BxT: jax.Array, positions_BxT: jax.Array | None, cache: KVCache | None,
-                     sliding_window: int | None = None, kv_len: int | None = None) -> AttentionInputs:
+                     sliding_window: int | None = None, kv_len: int | None = None,
+                     segments_BxT: jax.Array | None = None) -> AttentionInputs:
     """Positions and attention masks for a call with or without a cache.
+
+    `segments_BxT` (no cache; `positions_BxT` given): rows of one prompt (segment 0) followed by its responses
+    (segments 1, 2, ...; `data.shared_prompt`): a token sees the earlier tokens of the prompt and of its own
+    segment, and the window is measured in positions, so each response is computed as if alone after the prompt.
 
     With a cache the call attends over slots [0, kv_len) (static; None: the whole cache); the caller
     guarantees index + T <= kv_len, so kv_len == T means a prefill of an empty cache (index 0).
@@ -98,6 +110,7 @@ def attention_inputs(attention_mask_BxT: jax.Array, positions_BxT: jax.Array | N
     """
     T = attention_mask_BxT.shape[1]
     real_BxT = attention_mask_BxT.astype(jnp.bool_)
+    given_positions = positions_BxT is not None
     cache_mask_BxS = None
     if cache is None:
         index = 0
@@ -120,11 +133,20 @@ def attention_inputs(attention_mask_BxT: jax.Array, positions_BxT: jax.Array | N
     causal_TxS = k_slot_S[None, :] <= q_slot_T[:, None]
     mask_BxTxS = causal_TxS[None] & key_mask_BxS[:, None, :]
     window = None
-    if sliding_window is not None:
+    if segments_BxT is not None:
+        if cache is not None or not given_positions:
+            raise ValueError("segments_BxT need their positions_BxT and no KV cache")
+        seg_BxT = jnp.asarray(segments_BxT, jnp.int32)
+        same_BxTxS = (seg_BxT[:, None, :] == 0) | (seg_BxT[:, None, :] == seg_BxT[:, :, None])
+        mask_BxTxS = mask_BxTxS & same_BxTxS
+        if sliding_window is not None:
+            pos = positions_BxT.astype(jnp.int32)
+            window = mask_BxTxS & (pos[:, None, :] > pos[:, :, None] - sliding_window)
+    elif sliding_window is not None:
         in_window_TxS = k_slot_S[None, :] > q_slot_T[:, None] - sliding_window
         window = mask_BxTxS & in_window_TxS[None]
     return AttentionInputs(positions_BxT.astype(jnp.int32), mask_BxTxS, window, key_mask_BxS, index,
-                           cache_mask_BxS, kv_len)
+                           cache_mask_BxS, kv_len, segments_BxT is not None)
 
 
 def write_layer(cache_LxBxKxSxD: jax.Array, new_BxTxKxD: jax.Array, layer: jax.Array | int,

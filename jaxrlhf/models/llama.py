@@ -346,11 +346,12 @@ class Backbone(nnx.Module):
                                    dtype or self.dtype)
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, cache=None, kv_len=None,
-                 dropout_rng=None):
+                 dropout_rng=None, segments_BxT=None):
         """`kv_len`: with a cache, attend over its slots [0, kv_len) only (static; kv_cache module docstring)."""
         cfg = self.cfg
         T = input_ids_BxT.shape[1]
-        inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache, cfg.sliding_window, kv_len)
+        inputs = kv_cache.attention_inputs(attention_mask_BxT, positions_BxT, cache, cfg.sliding_window, kv_len,
+                                           segments_BxT)
         cos, sin = rope_cos_sin(inputs.positions_BxT, rope_inv_freq(cfg))
         sliding = cfg.sliding_layers or (False,) * cfg.num_hidden_layers
         xs: dict[str, Any] = {}
@@ -364,7 +365,7 @@ class Backbone(nnx.Module):
         # on every layer): kernels that take no dense mask build it from this. A decode step on the cache,
         # or a window chosen per layer, has only the mask.
         structure = None
-        if inputs.own_keys and "sliding" not in xs:
+        if inputs.structured and "sliding" not in xs:
             structure = dict(key_mask_BxS=inputs.key_mask_BxS, causal=True,
                              window=cfg.sliding_window if all(sliding) else None)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxrlhf.data import shared_prompt
 from jaxrlhf.data.batching import Batcher, ListBatcher, PairBatcher
 from jaxrlhf.data.tokenize import Encoded, RatedData, special_tokens
 from jaxrlhf.ops.preference import PAIR_LOSSES
@@ -47,6 +48,34 @@ class PrefPairBatcher(PairBatcher):
     def scored_index(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Where each reference output of a batch of `rows` goes in `reference`: the rows themselves."""
         return {"chosen": rows, "rejected": rows}
+
+
+class SharedPromptPairBatcher(PrefPairBatcher):
+    """PrefPairBatcher's pairs with each pair one row, its prompt once (`data.shared_prompt`'s layout and
+    keys, with margin_B, weight_B, chosen_len_B, rejected_len_B and the cached reference as before). Rows
+    are sorted by that row's length, and T is capped at twice `max_length`."""
+
+    def __init__(self, data, batch_size: int, *, suffix_len: int = 0, **kwargs):
+        self.data, self.suffix_len = data, int(suffix_len)
+        encs = (data.chosen, data.rejected)
+        lengths = np.fromiter((shared_prompt.group_length(encs, (i, i)) for i in range(len(data.chosen))),
+                              np.int64, len(data.chosen))
+        Batcher.__init__(self, lengths, 2 * data.max_length, batch_size, **kwargs)
+
+    def _real_and_total(self, rows, batch, width):
+        return int(self.lengths[rows].sum()), batch * width
+
+    def _make(self, rows, weight, width):
+        d = self.data
+        groups = [shared_prompt.split_group((d.chosen, d.rejected), (i, i), self.suffix_len) for i in rows]
+        batch = shared_prompt.pack_rows(groups, width, d.pad_id)
+        batch.update(margin_B=d.margin[rows].astype(np.float32), weight_B=weight,
+                     chosen_len_B=d.chosen.response_len[rows].astype(np.int32),
+                     rejected_len_B=d.rejected.response_len[rows].astype(np.int32))
+        if self.reference is not None:
+            batch["ref_chosen_B"] = self.reference["chosen"][rows].astype(np.float32)
+            batch["ref_rejected_B"] = self.reference["rejected"][rows].astype(np.float32)
+        return batch
 
 
 class PrefListBatcher(ListBatcher):
@@ -139,7 +168,37 @@ class KTOBatcher(Batcher):
         return {"seqs": rows, "kl": rows}
 
 
+class SharedPromptListBatcher(PrefListBatcher):
+    """PrefListBatcher's lists with each list one row, its prompt once (`data.shared_prompt`'s layout and
+    keys, response k the k-th slot, an empty slot no tokens; with ranks_BxK, valid_BxK, weight_B, len_BxK
+    and the cached reference). T is capped at K times `max_length`."""
+
+    def __init__(self, data, batch_size: int, *, suffix_len: int = 0, **kwargs):
+        self.data, self.suffix_len = data, int(suffix_len)
+        sizes = np.diff(data.list_offsets)
+        lengths = np.fromiter((shared_prompt.group_length([data.seqs] * int(n), range(int(s), int(s + n)))
+                               for s, n in zip(data.list_offsets[:-1], sizes)), np.int64, len(sizes))
+        Batcher.__init__(self, lengths, data.max_k * data.max_length, batch_size, **kwargs)
+
+    def _real_and_total(self, rows, batch, width):
+        return int(self.lengths[rows].sum()), batch * width
+
+    def _make(self, rows, weight, width):
+        d = self.data
+        seq, valid = self._slots(rows)
+        groups = [shared_prompt.split_group([d.seqs] * int(v.sum()), s[v], self.suffix_len)
+                  for s, v in zip(seq, valid)]
+        batch = shared_prompt.pack_rows(groups, width, d.pad_id)
+        batch.update(ranks_BxK=np.where(valid, d.ranks[seq], d.max_k).astype(np.int32),
+                     valid_BxK=valid.astype(np.int32), weight_B=weight,
+                     len_BxK=d.seqs.response_len[seq].astype(np.int32))
+        if self.reference is not None:
+            batch["ref_BxK"] = self.reference["seqs"][seq].astype(np.float32)
+        return batch
+
+
 _BATCHERS = {"pairs": PrefPairBatcher, "listwise": PrefListBatcher, "kto": KTOBatcher}
+_SHARED_BATCHERS = {"pairs": SharedPromptPairBatcher, "listwise": SharedPromptListBatcher}
 _NEEDS = {"listwise": ("ranked", "ranked lists (data.format=ranked: prompt, responses, ranks)",
                        "for two responses a list is a pair: use loss.type=sigmoid, the same loss"),
           "kto": ("ratings", "rated responses (data.format=ratings: prompt, response, rating)",
@@ -157,9 +216,13 @@ class PrefData:
     batcher_kwargs: dict
     suffix_len: int  # closing specials after each response (not scored)
 
+    @property
+    def shared_prompt(self) -> bool:
+        return isinstance(self.train_batcher, (SharedPromptPairBatcher, SharedPromptListBatcher))
+
     def batcher(self, data, shuffle: bool = False) -> Batcher:
         """Batches of `data` (train or held out) at the evaluation batch size, in a fixed order."""
-        return _BATCHERS[self.objective](data, self.eval_batch_size, **dict(self.batcher_kwargs, shuffle=shuffle))
+        return type(self.train_batcher)(data, self.eval_batch_size, **dict(self.batcher_kwargs, shuffle=shuffle))
 
     def describe(self) -> str:
         held = len(self.held_out) if self.held_out is not None else 0
@@ -196,7 +259,11 @@ def prepare(config, tokenizer, max_positions: int | None = None) -> PrefData:
         train = kto_data(train, threshold, prefix, config.data.split_seed, "training")
         held = None if held is None else kto_data(held, threshold, prefix, config.data.split_seed + 1, "held-out")
     d = config.data
-    train_batcher = _BATCHERS[objective](train, d.batch_size, seed=config.seed, bucket_window=d.bucket_window,
-                                         **rm.batcher_kwargs)
-    return PrefData(objective, train, held, rm.report, train_batcher, rm.eval_batch_size, rm.batcher_kwargs,
+    kwargs = dict(rm.batcher_kwargs)
+    batcher_cls = _BATCHERS[objective]
+    if d.get("shared_prompt", False) and objective in _SHARED_BATCHERS:
+        batcher_cls = _SHARED_BATCHERS[objective]
+        kwargs["suffix_len"] = len(specials.suffix)
+    train_batcher = batcher_cls(train, d.batch_size, seed=config.seed, bucket_window=d.bucket_window, **kwargs)
+    return PrefData(objective, train, held, rm.report, train_batcher, rm.eval_batch_size, kwargs,
                     len(specials.suffix))

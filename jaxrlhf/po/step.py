@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxrlhf.data import shared_prompt
 from jaxrlhf.models.layers import adapters_off
 from jaxrlhf.ops.preference import kto_loss, kto_reference_point, listwise_loss, pair_loss, response_mask
 from jaxrlhf.training.accumulate import apply_update, scale_of, summed_gradients
@@ -58,10 +59,39 @@ GROUPS = {
 }
 
 
+def shared_prompt_logprobs(model: nnx.Module, batch: dict, objective: str, spec: LossSpec,
+                           dropout_rng=None) -> tuple[dict, dict]:
+    """`group_logprobs` of a batch in `data.shared_prompt`'s layout: each row the prompt once, then the
+    responses (chosen and rejected, or a list's K)."""
+    K = 2 if objective == "pairs" else batch["len_BxK"].shape[1]
+    logp_BxK, tokens_BxK = model.shared_prompt_logprobs(
+        *(batch[k] for k in shared_prompt.KEYS), K, chunk_size=spec.chunk_size, dropout_rng=dropout_rng)
+    if objective == "pairs":
+        return ({"chosen": logp_BxK[:, 0], "rejected": logp_BxK[:, 1]},
+                {"chosen": tokens_BxK[:, 0], "rejected": tokens_BxK[:, 1]})
+    return {"seqs": logp_BxK}, {"seqs": tokens_BxK}
+
+
+def is_shared_prompt(batch: dict) -> bool:
+    return shared_prompt.KEYS[0] in batch
+
+
+def sequence_tokens(batch: dict, objective: str) -> jax.Array:
+    """Tokens of the batch's sequences as if each were separate (the prompt counted once per response)."""
+    if is_shared_prompt(batch):
+        part = batch["shared_part_BxT"]
+        responses_B = (2 if objective == "pairs" else jnp.sum(batch["valid_BxK"], axis=-1)) * (part[:, 0] >= 0)
+        prompt_B = jnp.sum(part == 0, axis=-1)
+        return jnp.sum(responses_B * prompt_B + jnp.sum(part > 0, axis=-1)).astype(jnp.float32)
+    return sum(jnp.sum(batch[k[1]]) for k in GROUPS[objective].values()).astype(jnp.float32)
+
+
 def group_logprobs(model: nnx.Module, batch: dict, objective: str, spec: LossSpec,
                    dropout_rng=None) -> tuple[dict, dict]:
     """({group: summed response log-prob}, {group: response tokens}), every group in one forward pass;
     list groups come back [B, K], the others [B]."""
+    if is_shared_prompt(batch):
+        return shared_prompt_logprobs(model, batch, objective, spec, dropout_rng)
     groups = GROUPS[objective]
     shapes, ids, masks, scored = {}, [], [], []
     for name, (ids_key, mask_key, len_key, _) in groups.items():
@@ -139,8 +169,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, ref_def: nnx.GraphDef | None, spec: Los
     def loss_fn(trainable, frozen_and_ref, batch, dropout_rng):
         logps, tokens, ref = _score(graphdef, ref_def, spec, reference, trainable, frozen_and_ref, batch, dropout_rng)
         loss_sum, denom, metrics = objective_loss(spec, logps, tokens, ref, batch)
-        seq_tokens = sum(jnp.sum(batch[k[1]]) for k in GROUPS[spec.objective].values()).astype(jnp.float32)
-        return loss_sum, {"denom": denom, "seq_tokens": seq_tokens, **metrics}
+        return loss_sum, {"denom": denom, "seq_tokens": sequence_tokens(batch, spec.objective), **metrics}
 
     return loss_fn
 
