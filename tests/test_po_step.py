@@ -9,8 +9,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import torch
-import transformers
 from flax import nnx
 
 from jaxrlhf.data.records import Pair, RankedList
@@ -24,7 +22,7 @@ from jaxrlhf.po.step import LossSpec, group_logprobs, make_eval_step, make_train
 from jaxrlhf.training.optim import make_optimizer
 from jaxrlhf.training.run_setup import init_train_state
 from jaxrlhf.training.trainable import split_trainable
-from tests.helpers.models import make_tiny_llama_dir
+from tests.helpers.models import make_tiny_llama_dir, torch_response_logp
 
 PAIRS = [Pair("hello there what", "yes good one two", "no"), Pair("one two", "red", "bad bad green blue world"),
          Pair("why", "a b c d e f g", "hi"), Pair("seven eight nine ten", "good", "bad")]
@@ -36,15 +34,6 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("po")
     dirs = [make_tiny_llama_dir(root / f"m{s}", seed=s, initializer_range=0.3) for s in (0, 1)]
     return {"dirs": dirs, "tokenizer": load_tokenizer(dirs[0])}
-
-
-def _torch_response_logp(model_dir, seq: np.ndarray, response_len: int) -> float:
-    """sum of log p(token) over the last `response_len` tokens of one unpadded sequence, in float64."""
-    tm = transformers.AutoModelForCausalLM.from_pretrained(model_dir).double().eval()
-    with torch.no_grad():
-        logp = torch.log_softmax(tm(torch.as_tensor(seq[None], dtype=torch.long)).logits[0], -1).numpy()
-    T = len(seq)
-    return float(sum(logp[t - 1, seq[t]] for t in range(T - response_len, T)))
 
 
 def _spec(objective="pairs", **kw) -> LossSpec:
@@ -59,7 +48,7 @@ def test_chosen_and_rejected_logprobs_match_torch_with_either_padding(tiny, side
     model = from_pretrained(tiny["dirs"][0], "causal_lm").model
     logps, tokens = group_logprobs(model, {k: jnp.asarray(v) for k, v in batch.items()}, "pairs", _spec())
     for side_name, enc in (("chosen", data.chosen), ("rejected", data.rejected)):
-        want = [_torch_response_logp(tiny["dirs"][0], enc.sequence(i), int(enc.response_len[i])) for i in range(4)]
+        want = [torch_response_logp(tiny["dirs"][0], enc.sequence(i), int(enc.response_len[i])) for i in range(4)]
         np.testing.assert_array_equal(np.asarray(tokens[side_name]), enc.response_len)  # the EOS is scored too
         np.testing.assert_allclose(np.asarray(logps[side_name]), want, atol=2e-4, rtol=0)
     assert np.ptp(np.asarray(logps["rejected"])) > 1.0  # rows differ: the check can see a wrong row
@@ -74,7 +63,7 @@ def test_dpo_step_loss_is_the_papers_formula_on_torch_logprobs(tiny):
     beta = 0.5
 
     def seq_logps(model_dir, enc):
-        return np.array([_torch_response_logp(model_dir, enc.sequence(i), int(enc.response_len[i])) for i in range(4)])
+        return np.array([torch_response_logp(model_dir, enc.sequence(i), int(enc.response_len[i])) for i in range(4)])
 
     pc, pr = seq_logps(policy_dir, data.chosen), seq_logps(policy_dir, data.rejected)
     rc, rr = seq_logps(ref_dir, data.chosen), seq_logps(ref_dir, data.rejected)

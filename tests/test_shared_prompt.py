@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import torch
 import transformers
 from flax import nnx
 
@@ -19,12 +18,12 @@ from jaxrlhf.data.records import Pair, RankedList
 from jaxrlhf.data.tokenize import tokenize_lists, tokenize_pairs
 from jaxrlhf.models.hub import from_pretrained, load_tokenizer
 from jaxrlhf.models.layers import LoRAConfig
-from jaxrlhf.po.data import PrefListBatcher, PrefPairBatcher, SharedPromptListBatcher, SharedPromptPairBatcher
+from jaxrlhf.po.data import PrefPairBatcher, SharedPromptListBatcher, SharedPromptPairBatcher
 from jaxrlhf.po.step import LossSpec, group_logprobs, make_train_step
 from jaxrlhf.training.optim import make_optimizer
 from jaxrlhf.training.run_setup import init_train_state
 from jaxrlhf.training.trainable import split_trainable
-from tests.helpers.models import make_tiny_llama_dir, perturb_weights, tiny_decoder
+from tests.helpers.models import make_tiny_llama_dir, perturb_weights, tiny_decoder, torch_response_logp
 
 PAIRS = [Pair("hello there what is it", "yes good one two", "no"), Pair("one two", "red", "bad bad green blue world"),
          Pair("why", "a b c d e f g", "hi"), Pair("seven eight nine ten eleven", "good", "bad"),
@@ -133,14 +132,6 @@ def tiny(tmp_path_factory):
     return {"dir": model_dir, "tokenizer": load_tokenizer(model_dir)}
 
 
-def _torch_logp(model_dir, seq: np.ndarray, response_len: int) -> float:
-    tm = transformers.AutoModelForCausalLM.from_pretrained(model_dir).double().eval()
-    with torch.no_grad():
-        logp = torch.log_softmax(tm(torch.as_tensor(seq[None], dtype=torch.long)).logits[0], -1).numpy()
-    T = len(seq)
-    return float(sum(logp[t - 1, seq[t]] for t in range(T - response_len, T)))
-
-
 def _spec(objective="pairs") -> LossSpec:
     return LossSpec(objective, "sigmoid", 0.5, suffix_len=0, chunk_size=5)
 
@@ -156,7 +147,7 @@ def test_pairs_and_lists_in_shared_rows_match_torch_on_each_sequence(tiny):
     logps, tokens = group_logprobs(model, {k: jnp.asarray(v) for k, v in batch.items()}, "pairs", _spec())
     for side in ("chosen", "rejected"):
         enc = getattr(pairs, side)
-        want = [_torch_logp(model_dir, enc.sequence(i), int(enc.response_len[i])) for i in range(5)]
+        want = [torch_response_logp(model_dir, enc.sequence(i), int(enc.response_len[i])) for i in range(5)]
         np.testing.assert_array_equal(np.asarray(tokens[side]), enc.response_len)
         np.testing.assert_allclose(np.asarray(logps[side]), want, atol=2e-4, rtol=0)
 
@@ -165,7 +156,7 @@ def test_pairs_and_lists_in_shared_rows_match_torch_on_each_sequence(tiny):
     batch = SharedPromptListBatcher(lists, 2, shuffle=False, bucket_window=0).batch(0, 0)
     logps, _ = group_logprobs(model, {k: jnp.asarray(v) for k, v in batch.items()}, "listwise", _spec("listwise"))
     seqs = lists.seqs
-    want = [_torch_logp(model_dir, seqs.sequence(i), int(seqs.response_len[i])) for i in range(len(seqs))]
+    want = [torch_response_logp(model_dir, seqs.sequence(i), int(seqs.response_len[i])) for i in range(len(seqs))]
     got = np.asarray(logps["seqs"])
     np.testing.assert_allclose([got[0, 0], got[0, 1], got[0, 2], got[1, 0], got[1, 1]], want, atol=2e-4, rtol=0)
     assert got[1, 2] == 0.0  # the second list's empty slot holds no tokens

@@ -107,3 +107,15 @@ def tiny_decoder(name: str, vocab_size: int = 101, pad_token_id: int = 0, scan_l
                                                    **window)
     model = registry.build_model(family, cfg, "causal_lm", rngs=nnx.Rngs(seed), scan_layers=scan_layers)
     return perturb_weights(model, seed)
+
+
+def torch_response_logp(model_dir, seq, response_len: int) -> float:
+    """PyTorch's float64 sum of log p(token) over the last `response_len` tokens of one unpadded sequence."""
+    import torch
+    import transformers
+
+    tm = transformers.AutoModelForCausalLM.from_pretrained(model_dir).double().eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(tm(torch.as_tensor(seq[None], dtype=torch.long)).logits[0], -1).numpy()
+    T = len(seq)
+    return float(sum(logp[t - 1, seq[t]] for t in range(T - response_len, T)))
