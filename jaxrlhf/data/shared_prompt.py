@@ -65,6 +65,9 @@ def pack_rows(groups: Sequence[tuple[np.ndarray, Sequence[np.ndarray], Sequence[
         out["shared_part_BxT"][b, :P] = 0
         out["shared_pos_BxT"][b, :P] = np.arange(P)
         out["shared_source_BxT"][b, 1:P] = np.arange(P - 1)
+        # A response's first token is predicted by the prompt's last one; with no prompt it is not scored, as
+        # the first token of an unpacked sequence is not.
+        first = 0 if P > 0 else 1
         at = P
         for k, (part, n_scored) in enumerate(zip(parts, scored), start=1):
             n = len(part)
@@ -72,10 +75,7 @@ def pack_rows(groups: Sequence[tuple[np.ndarray, Sequence[np.ndarray], Sequence[
             out["shared_ids_BxT"][b, sl] = part
             out["shared_part_BxT"][b, sl] = k
             out["shared_pos_BxT"][b, sl] = P + np.arange(n)
-            # The first token is predicted by the prompt's last one; with no prompt it is not scored, as
-            # the first token of an unpacked sequence is not.
             out["shared_source_BxT"][b, sl] = np.concatenate([[max(P - 1, 0)], at + np.arange(n - 1)])[:n]
-            first = 0 if P > 0 else 1
             out["shared_scored_BxT"][b, at + first:at + max(n_scored, first)] = 1
             at += n
     return out

@@ -39,7 +39,9 @@ class PrefPairBatcher(PairBatcher):
     reference: dict[str, np.ndarray] | None = None  # {"chosen": [N], "rejected": [N]} once cached
 
     def _make(self, rows, weight, width):
-        batch = super()._make(rows, weight, width)
+        return self._with_reference(super()._make(rows, weight, width), rows)
+
+    def _with_reference(self, batch: dict, rows: np.ndarray) -> dict:
         if self.reference is not None:
             batch["ref_chosen_B"] = self.reference["chosen"][rows].astype(np.float32)
             batch["ref_rejected_B"] = self.reference["rejected"][rows].astype(np.float32)
@@ -72,17 +74,16 @@ class SharedPromptPairBatcher(PrefPairBatcher):
         batch.update(margin_B=d.margin[rows].astype(np.float32), weight_B=weight,
                      chosen_len_B=d.chosen.response_len[rows].astype(np.int32),
                      rejected_len_B=d.rejected.response_len[rows].astype(np.int32))
-        if self.reference is not None:
-            batch["ref_chosen_B"] = self.reference["chosen"][rows].astype(np.float32)
-            batch["ref_rejected_B"] = self.reference["rejected"][rows].astype(np.float32)
-        return batch
+        return self._with_reference(batch, rows)
 
 
 class PrefListBatcher(ListBatcher):
     reference: dict[str, np.ndarray] | None = None  # {"seqs": [responses]} once cached
 
     def _make(self, rows, weight, width):
-        batch = super()._make(rows, weight, width)
+        return self._with_reference(super()._make(rows, weight, width), rows)
+
+    def _with_reference(self, batch: dict, rows: np.ndarray) -> dict:
         if self.reference is not None:
             batch["ref_BxK"] = self.reference["seqs"][self._slots(rows)[0]].astype(np.float32)
         return batch
@@ -192,9 +193,7 @@ class SharedPromptListBatcher(PrefListBatcher):
         batch.update(ranks_BxK=np.where(valid, d.ranks[seq], d.max_k).astype(np.int32),
                      valid_BxK=valid.astype(np.int32), weight_B=weight,
                      len_BxK=d.seqs.response_len[seq].astype(np.int32))
-        if self.reference is not None:
-            batch["ref_BxK"] = self.reference["seqs"][seq].astype(np.float32)
-        return batch
+        return self._with_reference(batch, rows)
 
 
 _BATCHERS = {"pairs": PrefPairBatcher, "listwise": PrefListBatcher, "kto": KTOBatcher}
@@ -215,10 +214,6 @@ class PrefData:
     eval_batch_size: int
     batcher_kwargs: dict
     suffix_len: int  # closing specials after each response (not scored)
-
-    @property
-    def shared_prompt(self) -> bool:
-        return isinstance(self.train_batcher, (SharedPromptPairBatcher, SharedPromptListBatcher))
 
     def batcher(self, data, shuffle: bool = False) -> Batcher:
         """Batches of `data` (train or held out) at the evaluation batch size, in a fixed order."""
