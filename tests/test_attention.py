@@ -143,3 +143,32 @@ def test_block_rows_divide_the_batch_and_fit_the_budget():
     assert attention.default_block_rows(10, per_row) == 2  # 3 does not divide 10
     assert attention.default_block_rows(5, attention.CPU_BLOCK_BYTES * 4) == 1
     assert attention.default_block_rows(4, 1) == 4
+
+
+@pytest.mark.parametrize("T,softcap", [(1, None), (3, None), (2, 5.0)])
+def test_a_shared_prefix_equals_attention_over_each_rows_concatenated_keys(T, softcap):
+    """Groups of G rows that share a P-slot prompt (held once) and hold S slots of their own: one softmax over
+    the P + S keys of each row, checked against the float64 loop on the keys laid end to end."""
+    B, G, K, H, P, S, D = 2, 3, 2, 4, 5, 4, 8
+    R = B * G
+    r = np.random.RandomState(0)
+    q = r.randn(R, T, H, D).astype(np.float32)
+    pk, pv = (r.randn(B, P, K, D).astype(np.float32) for _ in range(2))
+    k, v = (r.randn(R, S, K, D).astype(np.float32) for _ in range(2))
+    prefix_mask_BxP = np.ones((B, P), bool)
+    prefix_mask_BxP[1, :2] = False  # the second prompt is left-padded
+    own_mask = masks("causal", R, T, S).copy()
+    own_mask[4, :, 1] = False  # a finished row's pad slot
+    full_k, full_v = (np.concatenate([np.repeat(p, G, 0), o], 1) for p, o in ((pk, k), (pv, v)))
+    full_mask = np.concatenate([np.repeat(np.broadcast_to(prefix_mask_BxP[:, None], (B, T, P)), G, 0), own_mask], 2)
+    heads_major = lambda x: jnp.asarray(x).transpose(0, 2, 1, 3)  # noqa: E731
+    got = attention.shared_prefix_attention(
+        jnp.asarray(q), heads_major(pk), heads_major(pv), jnp.asarray(np.broadcast_to(prefix_mask_BxP[:, None],
+                                                                                      (B, T, P))),
+        heads_major(k), heads_major(v), jnp.asarray(own_mask), softcap=softcap)
+    if softcap is None:
+        want = numpy_attention(q, full_k, full_v, full_mask)
+    else:
+        want = attention.reference_attention(jnp.asarray(q), jnp.asarray(full_k), jnp.asarray(full_v),
+                                             jnp.asarray(full_mask), softcap=softcap)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)

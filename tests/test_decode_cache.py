@@ -135,3 +135,37 @@ def test_decode_program_attends_over_the_prefix_without_transposing_the_cache(na
     dots = [_tensor_shapes(line) for line in text.splitlines() if "stablehlo.dot_general" in line]
     attended = [s[1][2] for s in dots if len(s[1]) == 4 and s[1][:2] == (B, K) and s[1][3] == D]
     assert 128 in attended and P + N in attended and P in attended  # phase 1, phase 2, the prefill
+
+
+@pytest.mark.parametrize("name,scan_layers,shares", [("llama", True, True), ("gpt2", False, True),
+                                                     ("mistral", True, False), ("qwen2", True, False)])
+def test_a_group_decodes_what_its_repeated_rows_do_across_bucket_phases(name, scan_layers, shares, monkeypatch):
+    """G samples per prompt: the prompt's cache as a shared prefix (sliding-window models: repeated G times)
+    draws the same tokens, with the same log-probs, as G independent copies of each prompt row."""
+    monkeypatch.setattr(sampling, "KV_BUCKET", 4)  # 12 new tokens: several phases on either cache layout
+    from jaxrlhf.models.kv_cache import KVCache
+
+    shared_calls, share_prefix = [], KVCache.share_prefix
+    monkeypatch.setattr(KVCache, "share_prefix", lambda self, *a: shared_calls.append(a) or share_prefix(self, *a))
+    model = _tiny(name, scan_layers)
+    ids, mask = _prompts()
+    G, cfg = 3, SamplingConfig(max_new_tokens=12, temperature=1.0, eos_ids=(5,), pad_id=PAD)
+    graphdef, state = nnx.split(model)
+    run = jax.jit(lambda st, i, m, g: decode(nnx.merge(graphdef, st), i, m, jax.random.key(7), cfg, g),
+                  static_argnums=3)
+    grouped = run(state, jnp.asarray(ids), jnp.asarray(mask), G)
+    assert bool(shared_calls) == shares
+    rows = run(state, jnp.asarray(np.repeat(ids, G, 0)), jnp.asarray(np.repeat(mask, G, 0)), 1)
+    for key in ("response_ids_BxN", "response_mask_BxN", "ended_B"):
+        np.testing.assert_array_equal(np.asarray(grouped[key]), np.asarray(rows[key]), err_msg=key)
+    np.testing.assert_allclose(np.asarray(grouped["logprobs_BxN"]), np.asarray(rows["logprobs_BxN"]), atol=1e-5)
+    resp = np.asarray(grouped["response_ids_BxN"]).reshape(3, G, -1)
+    assert any(len({tuple(r) for r in group}) > 1 for group in resp)  # the samples of a group differ
+
+
+def test_a_shared_prefix_refuses_a_sliding_window():
+    from jaxrlhf.models.kv_cache import attention_inputs, init_cache
+
+    cache = init_cache(2, 1, 4, 1, 8).share_prefix(2, 3)
+    with pytest.raises(ValueError, match="sliding-window"):
+        attention_inputs(jnp.ones((2, 1), jnp.int32), None, cache, sliding_window=3, kv_len=3)

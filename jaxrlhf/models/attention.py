@@ -134,6 +134,37 @@ def cached_attention(q_BxTxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.
                                  mask_BxTxS, implementation=chosen, softcap=softcap)
 
 
+def shared_prefix_attention(q_RxTxHxD: jax.Array, prefix_k_BxKxPxD: jax.Array, prefix_v_BxKxPxD: jax.Array,
+                            prefix_mask_BxTxP: jax.Array, k_RxKxSxD: jax.Array, v_RxKxSxD: jax.Array,
+                            mask_RxTxS: jax.Array, *, softcap: float | None = None) -> jax.Array:
+    """Attention of R = B*G rows over a prefix of P slots that each group of G consecutive rows shares
+    (its prompt, held once: [B, K, P, D]) followed by S slots of the row's own ([R, K, S, D]): one softmax
+    over the P + S keys, so exactly the attention over the concatenated keys of each row.
+
+    The G rows' queries act as G times as many query heads against the shared prefix, so the prefix is read
+    once per group and its products are G times larger. `prefix_mask_BxTxP`: which prefix slots each query
+    sees, the same for all rows of a group (they sit at the same slots)."""
+    R, T, H, D = q_RxTxHxD.shape
+    B, K, P, _ = prefix_k_BxKxPxD.shape
+    G, h = R // B, H // K
+    softcap = None if softcap is None else float(softcap)
+    # Query rows ordered (head group g of K, then h, then T) for the row's own keys, as the blocked path has
+    # them; against the prefix the group's G rows go in front: (G, h, T).
+    q_RxKxMxD = q_RxTxHxD.reshape(R, T, K, h, D).transpose(0, 2, 3, 1, 4).reshape(R, K, h * T, D)
+    q_BxKxNxD = q_RxKxMxD.reshape(B, G, K, h * T, D).transpose(0, 2, 1, 3, 4).reshape(B, K, G * h * T, D)
+    pre_BxKxNxP = _masked(_capped_logits(q_BxKxNxD, prefix_k_BxKxPxD, softcap), prefix_mask_BxTxP.astype(bool), _NEG)
+    own_RxKxMxS = _masked(_capped_logits(q_RxKxMxD, k_RxKxSxD, softcap), mask_RxTxS.astype(bool), _NEG)
+    pre_RxKxMxP = pre_BxKxNxP.reshape(B, K, G, h * T, P).transpose(0, 2, 1, 3, 4).reshape(R, K, h * T, P)
+    probs = jax.nn.softmax(jnp.concatenate([pre_RxKxMxP, own_RxKxMxS], axis=-1), axis=-1)
+    probs_pre = probs[..., :P].reshape(B, G, K, h * T, P).transpose(0, 2, 1, 3, 4).reshape(B, K, G * h * T, P)
+    out_pre = jnp.einsum("bkns,bksd->bknd", probs_pre.astype(prefix_v_BxKxPxD.dtype), prefix_v_BxKxPxD,
+                         preferred_element_type=jnp.float32)
+    out_own = jnp.einsum("rkms,rksd->rkmd", probs[..., P:].astype(v_RxKxSxD.dtype), v_RxKxSxD,
+                         preferred_element_type=jnp.float32)
+    out_RxKxMxD = out_own + out_pre.reshape(B, K, G, h * T, D).transpose(0, 2, 1, 3, 4).reshape(R, K, h * T, D)
+    return out_RxKxMxD.astype(q_RxTxHxD.dtype).reshape(R, K, h, T, D).transpose(0, 3, 1, 2, 4).reshape(R, T, H, D)
+
+
 def default_block_rows(batch: int, logits_bytes_per_row: int) -> int:
     """Batch rows per block: the largest divisor of `batch` whose logits fit CPU_BLOCK_BYTES on CPU
     (at least one row); the whole batch elsewhere."""

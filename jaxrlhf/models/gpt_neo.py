@@ -217,6 +217,11 @@ class Backbone(nnx.Module):
                                      cfg.num_layers, rngs)
         self.ln_f = LayerNorm(cfg.hidden_size, cfg.layer_norm_epsilon, **kw)
 
+    @property
+    def attention_window(self) -> int | None:
+        """The sliding window some layer attends within, or None (all layers attend in full)."""
+        return self.cfg.window_size if any(self.cfg.local_layers) else None
+
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> kv_cache.KVCache:
         cfg = self.cfg
         return kv_cache.init_cache(cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim, dtype or self.dtype)

@@ -19,6 +19,12 @@ The keys and values are stored heads-major, [L, B, K, S, D], in the model's comp
 the attention's batched matmuls read (`attention.cached_attention`), so a decode step reads its layer's
 prefix in place instead of transposing the cache every step.
 
+A group of G samples of one prompt can share the prompt's keys/values instead of holding G copies
+(`share_prefix`): the prefilled prompt cache becomes a read-only `PrefixKV` of B rows, and the cache's own
+slots (B*G rows) hold only the new tokens; every call attends over the prefix and the own slots [0, kv_len)
+in one softmax (`attention.shared_prefix_attention`). Slot indices (`index`, `kv_len`) then count the own
+slots. Not for sliding-window models (their window would have to span both parts).
+
 Positions, when the caller gives none, continue from the number of real tokens already in each row,
 so a left-padded prompt starts at position 0 on its first real token and decode steps carry on from
 there; a token fed with mask 0 (a finished row) does not advance its row's position.
@@ -32,8 +38,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxrlhf.models.attention import cached_attention, dot_product_attention
+from jaxrlhf.models.attention import cached_attention, dot_product_attention, shared_prefix_attention
 from jaxrlhf.models.layers import positions_from_mask
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class PrefixKV:
+    """Prompt keys/values shared by each group of consecutive cache rows (read, never written)."""
+
+    k_LxBxKxPxD: jax.Array
+    v_LxBxKxPxD: jax.Array
+    mask_BxP: jax.Array  # bool: the slot holds a real (non-pad) token
 
 
 @jax.tree_util.register_dataclass
@@ -45,6 +61,7 @@ class KVCache:
     v_LxBxKxSxD: jax.Array
     mask_BxS: jax.Array  # bool: the slot holds a real (non-pad) token
     index: jax.Array  # int32 scalar: the next slot to write (same for every row)
+    prefix: PrefixKV | None = None  # a prompt shared by groups of rows (`share_prefix`), or none
 
     @property
     def max_len(self) -> int:
@@ -56,9 +73,24 @@ class KVCache:
         return KVCache(jnp.repeat(self.k_LxBxKxSxD, times, axis=1), jnp.repeat(self.v_LxBxKxSxD, times, axis=1),
                        jnp.repeat(self.mask_BxS, times, axis=0), self.index)
 
+    def share_prefix(self, times: int, new_slots: int) -> KVCache:
+        """A cache for `times` rows per row of this one (row b -> rows b*times .. b*times + times - 1) that
+        share all this cache's slots as their prefix and write `new_slots` slots of their own: what
+        `repeat_rows` computes, without `times` copies of the prompt. For a cache the prompt filled (a
+        prefill of P tokens into `init_cache(B, P)`): the slots are read as they are."""
+        if self.prefix is not None:
+            raise ValueError("share_prefix: the cache already has a shared prefix")
+        L, B, K, _, D = self.k_LxBxKxSxD.shape
+        own = init_cache(L, B * times, new_slots, K, D, self.k_LxBxKxSxD.dtype)
+        return dataclasses.replace(own, prefix=PrefixKV(self.k_LxBxKxSxD, self.v_LxBxKxSxD, self.mask_BxS))
+
     def num_tokens_B(self) -> jax.Array:
         """Real tokens held per row (the position the next real token gets)."""
-        return jnp.sum(self.mask_BxS, axis=-1, dtype=jnp.int32)
+        own_B = jnp.sum(self.mask_BxS, axis=-1, dtype=jnp.int32)
+        if self.prefix is None:
+            return own_B
+        prompt_B = jnp.sum(self.prefix.mask_BxP, axis=-1, dtype=jnp.int32)
+        return own_B + jnp.repeat(prompt_B, own_B.shape[0] // prompt_B.shape[0])
 
 
 def init_cache(num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
@@ -80,12 +112,15 @@ class AttentionInputs:
     cache_mask_BxS: jax.Array | None = None  # the cache's slot mask after this call's write (None: no cache)
     kv_len: int | None = None  # the cache slots [0, kv_len) attended (static; None: no cache)
     segmented: bool = False  # rows of a shared prompt and its responses (`segments_BxT`)
+    prefix: PrefixKV | None = None  # the cache's shared prefix (`KVCache.share_prefix`), attended in full
+    prefix_mask_BxTxP: jax.Array | None = None  # which prefix slots each query sees, per prompt (B = rows / G)
 
     @property
     def own_keys(self) -> bool:
         """True when the call attends over its own T keys only: no cache, or a prefill of an empty cache
-        (kv_len == T). Its mask is then a self-attention mask with structure (fused kernels can serve it)."""
-        return self.kv_len is None or self.kv_len == self.mask_BxTxS.shape[1]
+        (kv_len == T) without a shared prefix. Its mask is then a self-attention mask with structure (fused
+        kernels can serve it)."""
+        return self.kv_len is None or (self.kv_len == self.mask_BxTxS.shape[1] and self.prefix is None)
 
     @property
     def structured(self) -> bool:
@@ -112,6 +147,9 @@ def attention_inputs(attention_mask_BxT: jax.Array, positions_BxT: jax.Array | N
     real_BxT = attention_mask_BxT.astype(jnp.bool_)
     given_positions = positions_BxT is not None
     cache_mask_BxS = None
+    prefix = None if cache is None else cache.prefix
+    if prefix is not None and sliding_window is not None:
+        raise ValueError("a KV cache with a shared prefix does not serve sliding-window attention")
     if cache is None:
         index = 0
         key_mask_BxS = real_BxT
@@ -145,8 +183,12 @@ def attention_inputs(attention_mask_BxT: jax.Array, positions_BxT: jax.Array | N
     elif sliding_window is not None:
         in_window_TxS = k_slot_S[None, :] > q_slot_T[:, None] - sliding_window
         window = mask_BxTxS & in_window_TxS[None]
+    prefix_mask_BxTxP = None
+    if prefix is not None:  # every prefix slot precedes every query: only its padding is masked
+        prefix_mask_BxTxP = jnp.broadcast_to(prefix.mask_BxP[:, None, :], (prefix.mask_BxP.shape[0], T,
+                                                                          prefix.mask_BxP.shape[1]))
     return AttentionInputs(positions_BxT.astype(jnp.int32), mask_BxTxS, window, key_mask_BxS, index,
-                           cache_mask_BxS, kv_len, segments_BxT is not None)
+                           cache_mask_BxS, kv_len, segments_BxT is not None, prefix, prefix_mask_BxTxP)
 
 
 def write_layer(cache_LxBxKxSxD: jax.Array, new_BxTxKxD: jax.Array, layer: jax.Array | int,
@@ -191,6 +233,13 @@ def attend_and_write(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.
     v_all = write_layer(v_all, v_BxTxKxD, layer, inputs.index)
     if inputs.own_keys:  # a prefill: its own keys, then the write for the decode steps
         return own_keys(), (k_all, v_all)
+    if inputs.prefix is not None:  # the group's shared prompt, then the row's own slots
+        prefix, P = inputs.prefix, inputs.prefix.mask_BxP.shape[1]
+        prefix_k, prefix_v = (read_layer(c, layer, P).astype(dtype) for c in (prefix.k_LxBxKxPxD, prefix.v_LxBxKxPxD))
+        own_k, own_v = (read_layer(c, layer, inputs.kv_len).astype(dtype) for c in (k_all, v_all))
+        out = shared_prefix_attention(q_BxTxHxD, prefix_k, prefix_v, inputs.prefix_mask_BxTxP, own_k, own_v,
+                                      mask_BxTxS, softcap=softcap)
+        return out, (k_all, v_all)
     out = cached_attention(q_BxTxHxD, read_layer(k_all, layer, inputs.kv_len).astype(dtype),
                            read_layer(v_all, layer, inputs.kv_len).astype(dtype), mask_BxTxS,
                            implementation=implementation, softcap=softcap)
@@ -200,4 +249,4 @@ def attend_and_write(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.
 def updated_cache(cache: KVCache, k_LxBxKxSxD: jax.Array, v_LxBxKxSxD: jax.Array, inputs: AttentionInputs,
                   num_new: int) -> KVCache:
     return KVCache(k_LxBxKxSxD=k_LxBxKxSxD, v_LxBxKxSxD=v_LxBxKxSxD, mask_BxS=inputs.cache_mask_BxS,
-                   index=cache.index + num_new)
+                   index=cache.index + num_new, prefix=cache.prefix)

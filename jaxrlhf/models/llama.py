@@ -339,6 +339,11 @@ class Backbone(nnx.Module):
             cfg.num_hidden_layers, rngs)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
 
+    @property
+    def attention_window(self) -> int | None:
+        """The sliding window some layer attends within, or None (all layers attend in full)."""
+        return self.cfg.sliding_window
+
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> kv_cache.KVCache:
         """An empty cache for `batch` rows of up to `max_len` tokens (prompt + generated)."""
         cfg = self.cfg

@@ -142,17 +142,25 @@ def _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit, group_size=1
         return model.logits(hidden_BxD[:, None, :])[:, 0].astype(jnp.float32)
 
     # Prefill: the prompt attends over its own P keys (no cache tail), which it writes for the decode steps.
-    cache = backbone.init_cache(B, P + N)
+    # A group's rows share their prompt's prefill: its keys/values once per prompt as the cache's shared
+    # prefix (then the decode steps' slots count from 0), or, for sliding-window models, repeated G times.
+    shared = group_size > 1 and getattr(backbone, "attention_window", None) is None
+    cache = backbone.init_cache(B, P if shared else P + N)
     hidden_BxPxD, cache = backbone(prompt_ids_BxP, prompt_mask_BxP, cache=cache, kv_len=P)
     logits = next_logits(gather_positions(hidden_BxPxD, last_token_index(prompt_mask_BxP)))
-    if group_size > 1:  # the group's rows share their prompt's prefill
-        cache, logits, B = cache.repeat_rows(group_size), jnp.repeat(logits, group_size, axis=0), B * group_size
+    offset = P  # cache slots before the first decode step's
+    if shared:
+        cache, offset = cache.share_prefix(group_size, N), 0
+    elif group_size > 1:
+        cache = cache.repeat_rows(group_size)
+    if group_size > 1:
+        logits, B = jnp.repeat(logits, group_size, axis=0), B * group_size
     bufs = (jnp.full((B, N), cfg.pad_id, jnp.int32), jnp.zeros((B, N), jnp.int32), jnp.zeros((B, N), jnp.float32))
     tok, alive, finished, bufs = emit(0, logits, jnp.zeros((B,), jnp.bool_), bufs)
     carry = (jnp.asarray(1, jnp.int32), cache, tok, alive, finished, bufs)
 
-    for kv_len in kv_phases(P, N):  # steps 1 .. kv_len - P attend over slots [0, kv_len)
-        last = min(kv_len - P, N - 1)
+    for kv_len in kv_phases(offset, N):  # steps 1 .. kv_len - offset attend over slots [0, kv_len)
+        last = min(kv_len - offset, N - 1)
 
         def cond(carry, last=last):
             step, _, _, _, finished, _ = carry
