@@ -169,3 +169,32 @@ def test_a_shared_prefix_refuses_a_sliding_window():
     cache = init_cache(2, 1, 4, 1, 8).share_prefix(2, 3)
     with pytest.raises(ValueError, match="sliding-window"):
         attention_inputs(jnp.ones((2, 1), jnp.int32), None, cache, sliding_window=3, kv_len=3)
+
+
+@pytest.mark.parametrize("name,G", [("llama", 4), ("gpt2", 1), ("mistral", 4)])
+def test_dropping_finished_rows_keeps_every_rows_tokens_and_saves_decode_work(name, G, monkeypatch):
+    """Rows that stopped are dropped from the decode batch as it halves (12 -> 6 -> 3 rows here): the tokens,
+    log-probs and stops are those of the loop that keeps all rows, for the shared-prefix, plain and repeated
+    caches, across bucket phases; and fewer rows were decoded."""
+    monkeypatch.setattr(sampling, "KV_BUCKET", 4)
+    monkeypatch.setattr(sampling, "MIN_COMPACT_ROWS", 3)
+    monkeypatch.setattr(sampling, "MIN_COMPACT_STEPS", 12)
+    assert sampling.row_levels(12) == (12, 6, 3)
+    model = _tiny(name)
+    rs = np.random.RandomState(5)
+    ids, mask = left_pad([list(rs.randint(1, V, n)) for n in (5, 2, 6, 3, 1, 4, 2, 6, 3, 5, 1, 4)[:12 // G]], PAD)
+    graphdef, state = nnx.split(model)
+    outs = {}
+    for compact in (True, False):
+        cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, eos_ids=tuple(range(5, 30)), pad_id=PAD,
+                             compact_rows=compact)
+        run = jax.jit(lambda st, i, m, cfg=cfg: decode(nnx.merge(graphdef, st), i, m, jax.random.key(2), cfg, G))
+        outs[compact] = jax.tree.map(np.asarray, run(state, jnp.asarray(ids), jnp.asarray(mask)))
+    dropped, kept = outs[True], outs[False]
+    for key in ("response_ids_BxN", "response_mask_BxN", "ended_B", "num_steps"):
+        np.testing.assert_array_equal(dropped[key], kept[key], err_msg=key)
+    np.testing.assert_allclose(dropped["logprobs_BxN"], kept["logprobs_BxN"], atol=1e-5)
+    lengths = kept["lengths_B"]
+    assert len(set(lengths.tolist())) > 2 and kept["ended_B"].sum() >= 9  # rows stop at many different steps
+    assert kept["row_steps"] == 12 * (kept["num_steps"] - 1)
+    assert dropped["row_steps"] < kept["row_steps"] * 0.8

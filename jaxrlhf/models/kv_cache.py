@@ -33,6 +33,7 @@ there; a token fed with mask 0 (a finished row) does not advance its row's posit
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -83,6 +84,20 @@ class KVCache:
         L, B, K, _, D = self.k_LxBxKxSxD.shape
         own = init_cache(L, B * times, new_slots, K, D, self.k_LxBxKxSxD.dtype)
         return dataclasses.replace(own, prefix=PrefixKV(self.k_LxBxKxSxD, self.v_LxBxKxSxD, self.mask_BxS))
+
+    def take_rows(self, rows_r: jax.Array) -> KVCache:
+        """The cache of rows `rows_r` only (a decode batch that drops its finished rows). The picked rows need
+        not come in groups any more, so a shared prefix is copied into each row's slots, in front of its own:
+        the slot indices then count from the prompt's first slot again."""
+        take = functools.partial(jnp.take, indices=rows_r, axis=1)
+        if self.prefix is None:
+            return KVCache(take(self.k_LxBxKxSxD), take(self.v_LxBxKxSxD), self.mask_BxS[rows_r], self.index)
+        pre = self.prefix
+        prompt_r = rows_r // (self.mask_BxS.shape[0] // pre.mask_BxP.shape[0])
+        k, v = (jnp.concatenate([jnp.take(p, prompt_r, axis=1), take(own)], axis=3)
+                for p, own in ((pre.k_LxBxKxPxD, self.k_LxBxKxSxD), (pre.v_LxBxKxPxD, self.v_LxBxKxSxD)))
+        mask = jnp.concatenate([pre.mask_BxP[prompt_r], self.mask_BxS[rows_r]], axis=1)
+        return KVCache(k, v, mask, self.index + pre.mask_BxP.shape[1])
 
     def num_tokens_B(self) -> jax.Array:
         """Real tokens held per row (the position the next real token gets)."""

@@ -53,6 +53,7 @@ class SamplingConfig:
     top_p: float = 1.0
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
+    compact_rows: bool = True  # drop finished rows from the decode batch as they add up (`row_levels`, `_compacts`)
 
     def __post_init__(self):
         eos = self.eos_ids
@@ -82,14 +83,21 @@ def decode(model: nnx.Module, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Ar
     def is_stop(tok_B):
         return jnp.zeros(tok_B.shape, jnp.bool_) if eos is None else jnp.any(tok_B[:, None] == eos, axis=-1)
 
-    def emit(step, logits_BxV, finished_B, bufs):
-        """Draws step `step`'s tokens and writes them; finished rows get pad / mask 0 / logprob 0."""
-        tok, logp = sample_token(logits_BxV, jax.random.fold_in(rng, step), cfg.temperature, cfg.top_k, cfg.top_p)
-        alive = ~finished_B
+    def emit(step, logits_rxV, finished_R, bufs, rows=None):
+        """Draws step `step`'s tokens and writes them; finished rows get pad / mask 0 / logprob 0. `rows`
+        (row_ids_r, R): the logits are those rows of the R-row batch (the rest have finished)."""
+        finished = finished_R if rows is None else finished_R[rows[0]]
+        tok, logp = sample_token(logits_rxV, jax.random.fold_in(rng, step), cfg.temperature, cfg.top_k, cfg.top_p,
+                                 rows)
+        alive = ~finished
         tok = jnp.where(alive, tok, cfg.pad_id).astype(jnp.int32)
         new = (tok, alive.astype(jnp.int32), jnp.where(alive, logp, 0.0))
-        bufs = tuple(jax.lax.dynamic_update_slice(b, x[:, None], (0, step)) for b, x in zip(bufs, new))
-        return tok, alive, finished_B | (alive & is_stop(tok)), bufs
+        finished = finished | (alive & is_stop(tok))
+        if rows is None:
+            bufs = tuple(jax.lax.dynamic_update_slice(b, x[:, None], (0, step)) for b, x in zip(bufs, new))
+            return tok, alive, finished, bufs
+        bufs = tuple(b.at[rows[0], step].set(x) for b, x in zip(bufs, new))
+        return tok, alive, finished_R.at[rows[0]].set(finished), bufs
 
     with _weights_sliced_once(backbone):
         return _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit, group_size)
@@ -133,6 +141,31 @@ def kv_phases(P: int, N: int, bucket: int | None = None, max_phases: int | None 
     return tuple(b for b in bounds if b < S) + (S,)
 
 
+def row_levels(rows: int, enabled: bool = True) -> tuple[int, ...]:
+    """The decode batch sizes a loop of `rows` rows steps through as rows finish: halving while the half
+    keeps at least MIN_COMPACT_ROWS rows, at most MAX_COMPACTIONS times (each size compiles the decode step
+    once more per phase). Below that size a step costs about the same whatever the rows (the weights'
+    reads dominate), so dropping rows would save nothing."""
+    levels = [rows]
+    while (enabled and len(levels) <= MAX_COMPACTIONS and levels[-1] % 2 == 0
+           and levels[-1] // 2 >= MIN_COMPACT_ROWS):
+        levels.append(levels[-1] // 2)
+    return tuple(levels)
+
+
+MIN_COMPACT_ROWS = 16
+MAX_COMPACTIONS = 2
+MIN_COMPACT_STEPS = 64
+
+
+def _compacts(cfg: SamplingConfig) -> bool:
+    # Rows only finish at a stop token. Each smaller batch compiles the decode step again (seconds for a
+    # 135M model here), which a short loop does not win back. On several devices the rows are sharded,
+    # and gathering the live ones would move the cache between devices: there the batch keeps its size.
+    return (cfg.compact_rows and bool(cfg.eos_ids) and cfg.max_new_tokens >= MIN_COMPACT_STEPS
+            and jax.device_count() == 1)
+
+
 def _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit, group_size=1):
     backbone = model.backbone
     B, P = prompt_ids_BxP.shape
@@ -148,36 +181,61 @@ def _decode_loop(model, prompt_ids_BxP, prompt_mask_BxP, cfg, emit, group_size=1
     cache = backbone.init_cache(B, P if shared else P + N)
     hidden_BxPxD, cache = backbone(prompt_ids_BxP, prompt_mask_BxP, cache=cache, kv_len=P)
     logits = next_logits(gather_positions(hidden_BxPxD, last_token_index(prompt_mask_BxP)))
-    offset = P  # cache slots before the first decode step's
     if shared:
-        cache, offset = cache.share_prefix(group_size, N), 0
+        cache = cache.share_prefix(group_size, N)
     elif group_size > 1:
         cache = cache.repeat_rows(group_size)
     if group_size > 1:
         logits, B = jnp.repeat(logits, group_size, axis=0), B * group_size
     bufs = (jnp.full((B, N), cfg.pad_id, jnp.int32), jnp.zeros((B, N), jnp.int32), jnp.zeros((B, N), jnp.float32))
     tok, alive, finished, bufs = emit(0, logits, jnp.zeros((B,), jnp.bool_), bufs)
-    carry = (jnp.asarray(1, jnp.int32), cache, tok, alive, finished, bufs)
+    levels = row_levels(B, _compacts(cfg))
 
-    for kv_len in kv_phases(offset, N):  # steps 1 .. kv_len - offset attend over slots [0, kv_len)
-        last = min(kv_len - offset, N - 1)
+    def run_level(level, step, cache, tok, alive, finished, bufs, ids_r):
+        """The decode steps at batch size levels[level] (ids_r: the rows decoded, by their row number), then the
+        levels below. Returns the full-batch results (step, finished, bufs, row_steps)."""
+        rows = levels[level]
+        offset = cache.max_len - N  # cache slots before the first decode step's
+        fewer = levels[level + 1] if level + 1 < len(levels) else 0  # live rows at which this level ends
+        row_info, first = None if level == 0 else (ids_r, B), step
+        for kv_len in kv_phases(offset, N):  # steps 1 .. kv_len - offset attend over slots [0, kv_len)
+            last = min(kv_len - offset, N - 1)
 
-        def cond(carry, last=last):
-            step, _, _, _, finished, _ = carry
-            return (step <= last) & ~jnp.all(finished)
+            def cond(carry, last=last, fewer=fewer):
+                step, _, _, _, finished, _ = carry
+                return (step <= last) & (jnp.sum(~finished) > fewer)
 
-        def body(carry, kv_len=kv_len):
-            step, cache, tok, alive, finished, bufs = carry
-            # A finished row feeds pad with mask 0: it takes a cache slot but is never attended to.
-            hidden_Bx1xD, cache = backbone(tok[:, None], alive[:, None].astype(jnp.int32), cache=cache,
-                                           kv_len=kv_len)
-            tok, alive, finished, bufs = emit(step, next_logits(hidden_Bx1xD[:, 0]), finished, bufs)
-            return step + 1, cache, tok, alive, finished, bufs
+            def body(carry, kv_len=kv_len, row_info=row_info):
+                step, cache, tok, alive, finished, bufs = carry
+                # A finished row feeds pad with mask 0: it takes a cache slot but is never attended to.
+                hidden_rx1xD, cache = backbone(tok[:, None], alive[:, None].astype(jnp.int32), cache=cache,
+                                               kv_len=kv_len)
+                tok, alive, finished, bufs = emit(step, next_logits(hidden_rx1xD[:, 0]), finished, bufs, row_info)
+                return step + 1, cache, tok, alive, finished, bufs
 
-        carry = jax.lax.while_loop(cond, body, carry)
-    step, _, _, _, finished, (ids, mask, logp) = carry
+            step, cache, tok, alive, finished, bufs = jax.lax.while_loop(
+                cond, body, (step, cache, tok, alive, finished, bufs))
+        row_steps = rows * (step - first)
+        if fewer == 0:
+            return step, finished, bufs, row_steps
+
+        def smaller():  # the live rows first; the batch has room for all of them
+            keep_r = jnp.argsort(finished[ids_r], stable=True)[:fewer]
+            out = run_level(level + 1, step, cache.take_rows(keep_r), tok[keep_r], alive[keep_r], finished, bufs,
+                            ids_r[keep_r])
+            return *out[:3], out[3] + row_steps
+
+        # Gathering the cache costs about a step: only when steps remain for the smaller batch.
+        return jax.lax.cond((step < N) & ~jnp.all(finished), smaller, lambda: (step, finished, bufs, row_steps))
+
+    # Rows that finish stop costing decode work: once no more than half the decoded rows are live, the live
+    # ones (and their cache) are gathered into a batch half as large (`row_levels`), and the loop goes on
+    # there. Each row keeps its own draws (`sample_token`'s rows), so the tokens are those of the full batch.
+    step, finished, bufs, row_steps = run_level(0, jnp.asarray(1, jnp.int32), cache, tok, alive, finished, bufs,
+                                                jnp.arange(B))
+    ids, mask, logp = bufs
     return {"response_ids_BxN": ids, "response_mask_BxN": mask, "logprobs_BxN": logp, "ended_B": finished,
-            "lengths_B": jnp.sum(mask, axis=-1), "num_steps": step}
+            "lengths_B": jnp.sum(mask, axis=-1), "num_steps": step, "row_steps": row_steps}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "group_size"))
@@ -191,7 +249,8 @@ def generate(model: nnx.Module | tuple[Any, Any], prompt_ids_BxP, prompt_mask_Bx
 
     `model` is a CausalLM or its `nnx.split` pair (graphdef, state); passing the pair skips a graph
     traversal per call. Returns response_ids_BxN (int32), response_mask_BxN (int32), logprobs_BxN
-    (float32), ended_B (bool: a stop token was emitted), lengths_B and num_steps (decode steps run).
+    (float32), ended_B (bool: a stop token was emitted), lengths_B, num_steps (decode steps run) and
+    row_steps (rows decoded, summed over the steps: less than B x steps once finished rows were dropped).
     With `group_size` G the outputs have B*G rows, G samples of each prompt in a row (see `decode`).
     """
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)

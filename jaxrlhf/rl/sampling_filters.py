@@ -124,14 +124,21 @@ def categorical_from_uniforms(logits_BxV: jax.Array, u1_B: jax.Array, u2_B: jax.
     return (block * SAMPLE_BLOCK + _first_above(cum_BxK, u2_B * cum_BxK[:, -1], w_BxK > 0)).astype(jnp.int32)
 
 
-def sample_categorical(rng: jax.Array, logits_BxV: jax.Array) -> jax.Array:
+def sample_categorical(rng: jax.Array, logits_BxV: jax.Array, rows: tuple[jax.Array, int] | None = None) -> jax.Array:
     """A draw from softmax(logits) per row: two uniforms a row instead of `jax.random.categorical`'s
-    Gumbel noise for every logit (an order of magnitude less work at a 49k vocabulary; docs/benchmarks.md)."""
-    u = jax.random.uniform(rng, (2, logits_BxV.shape[0]), jnp.float32)
+    Gumbel noise for every logit (an order of magnitude less work at a 49k vocabulary; docs/benchmarks.md).
+
+    `rows` (row_ids_B, num_rows): the B rows are these rows of a batch of num_rows, and each draws the
+    uniforms that row would draw in the whole batch (a decode loop that drops finished rows samples what
+    the full batch would)."""
+    if rows is None:
+        u = jax.random.uniform(rng, (2, logits_BxV.shape[0]), jnp.float32)
+    else:
+        u = jax.random.uniform(rng, (2, rows[1]), jnp.float32)[:, rows[0]]
     return categorical_from_uniforms(logits_BxV, u[0], u[1])
 
 
-def _sample_top_p(rng: jax.Array, scaled_BxV: jax.Array, logz_B: jax.Array, top_p: float) -> jax.Array:
+def _sample_top_p(rng: jax.Array, scaled_BxV: jax.Array, logz_B: jax.Array, top_p: float, rows=None) -> jax.Array:
     """A draw from the top-p nucleus: among the FAST_NUCLEUS best tokens when every row's nucleus (and
     its ties) lies inside them, else from the bisection filter over the whole vocabulary."""
     # The barrier keeps XLA:CPU's TopK custom call: without it, a top_k whose result reaches a
@@ -141,21 +148,22 @@ def _sample_top_p(rng: jax.Array, scaled_BxV: jax.Array, logz_B: jax.Array, top_
     inside = jnp.all(vals_BxK[:, -1] < thr_B)
 
     def among_candidates():
-        pick = sample_categorical(rng, jnp.where(vals_BxK >= thr_B[:, None], vals_BxK, NEG_INF))
+        pick = sample_categorical(rng, jnp.where(vals_BxK >= thr_B[:, None], vals_BxK, NEG_INF), rows)
         return jnp.take_along_axis(idx_BxK, pick[:, None], axis=-1)[:, 0]
 
     def whole_vocabulary():
-        return sample_categorical(rng, filter_logits(scaled_BxV, top_p=top_p))
+        return sample_categorical(rng, filter_logits(scaled_BxV, top_p=top_p), rows)
 
     return jax.lax.cond(inside, among_candidates, whole_vocabulary)
 
 
 def sample_token(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top_k: int = 0,
-                 top_p: float = 1.0) -> tuple[jax.Array, jax.Array]:
+                 top_p: float = 1.0, rows: tuple[jax.Array, int] | None = None) -> tuple[jax.Array, jax.Array]:
     """One token per row and its log-prob: (token_B int32, logprob_B float32).
 
     temperature == 0 is greedy (argmax, lowest id on ties; rng unused); otherwise a draw from
     softmax(filter(logits / temperature)). See the module docstring for which log-prob is returned.
+    `rows`: the rows' places in a larger batch, whose draws they take (`sample_categorical`).
     """
     logits = jnp.asarray(logits_BxV, jnp.float32)
     if temperature < 0:
@@ -173,11 +181,11 @@ def sample_token(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top_
             if top_p < 1.0:
                 thr = _sorted_nucleus_threshold(vals_BxK, jax.nn.logsumexp(vals_BxK, axis=-1), top_p)
                 vals_BxK = jnp.where(vals_BxK >= thr[:, None], vals_BxK, NEG_INF)
-            pick = sample_categorical(rng, vals_BxK)
+            pick = sample_categorical(rng, vals_BxK, rows)
             token = jnp.take_along_axis(idx_BxK, pick[:, None], axis=-1)[:, 0]
         elif top_p < 1.0 and V > FAST_NUCLEUS:
-            token = _sample_top_p(rng, scaled, logz, top_p)
+            token = _sample_top_p(rng, scaled, logz, top_p, rows)
         else:
-            token = sample_categorical(rng, filter_logits(scaled, top_k, top_p))
+            token = sample_categorical(rng, filter_logits(scaled, top_k, top_p), rows)
     token = token.astype(jnp.int32)
     return token, jnp.take_along_axis(logp, token[..., None], axis=-1)[..., 0]
