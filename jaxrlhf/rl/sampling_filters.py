@@ -105,37 +105,43 @@ def _first_above(cum_NxM: jax.Array, target_N: jax.Array, positive_NxM: jax.Arra
     return jnp.minimum(idx, last_positive)
 
 
-def categorical_from_uniforms(logits_BxV: jax.Array, u1_B: jax.Array, u2_B: jax.Array) -> jax.Array:
+def categorical_from_uniforms(logits_BxV: jax.Array, u1_B: jax.Array, u2_B: jax.Array,
+                              with_logz: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Inverse-CDF draw from softmax(logits) given two uniforms in [0, 1) per row.
 
     Two levels keep float32 cumulative sums accurate: u1 picks a block of SAMPLE_BLOCK tokens by the
     blocks' masses, u2 a token inside it by the token masses. -inf logits are never drawn.
+    `with_logz`: also return logsumexp(logits) per row, from the same exponentials (a second pass over a
+    [B, V] array costs as much as the draw itself).
     """
     B, V = logits_BxV.shape
     nb = -(-V // SAMPLE_BLOCK)
     x = jnp.pad(jnp.asarray(logits_BxV, jnp.float32), ((0, 0), (0, nb * SAMPLE_BLOCK - V)),
                 constant_values=NEG_INF)
-    w_BxNxK = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True)).reshape(B, nb, SAMPLE_BLOCK)
+    max_Bx1 = jnp.max(x, axis=-1, keepdims=True)
+    w_BxNxK = jnp.exp(x - max_Bx1).reshape(B, nb, SAMPLE_BLOCK)
     mass_BxN = jnp.sum(w_BxNxK, axis=-1)
     cum_BxN = jnp.cumsum(mass_BxN, axis=-1)
     block = _first_above(cum_BxN, u1_B * cum_BxN[:, -1], mass_BxN > 0)
     w_BxK = jnp.take_along_axis(w_BxNxK, block[:, None, None], axis=1)[:, 0]
     cum_BxK = jnp.cumsum(w_BxK, axis=-1)
-    return (block * SAMPLE_BLOCK + _first_above(cum_BxK, u2_B * cum_BxK[:, -1], w_BxK > 0)).astype(jnp.int32)
+    token = (block * SAMPLE_BLOCK + _first_above(cum_BxK, u2_B * cum_BxK[:, -1], w_BxK > 0)).astype(jnp.int32)
+    return (token, max_Bx1[:, 0] + jnp.log(cum_BxN[:, -1])) if with_logz else token
 
 
-def sample_categorical(rng: jax.Array, logits_BxV: jax.Array, rows: tuple[jax.Array, int] | None = None) -> jax.Array:
+def sample_categorical(rng: jax.Array, logits_BxV: jax.Array, rows: tuple[jax.Array, int] | None = None,
+                       with_logz: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """A draw from softmax(logits) per row: two uniforms a row instead of `jax.random.categorical`'s
     Gumbel noise for every logit (an order of magnitude less work at a 49k vocabulary; docs/benchmarks.md).
 
     `rows` (row_ids_B, num_rows): the B rows are these rows of a batch of num_rows, and each draws the
     uniforms that row would draw in the whole batch (a decode loop that drops finished rows samples what
-    the full batch would)."""
+    the full batch would). `with_logz`: (token_B, logsumexp_B), as `categorical_from_uniforms`."""
     if rows is None:
         u = jax.random.uniform(rng, (2, logits_BxV.shape[0]), jnp.float32)
     else:
         u = jax.random.uniform(rng, (2, rows[1]), jnp.float32)[:, rows[0]]
-    return categorical_from_uniforms(logits_BxV, u[0], u[1])
+    return categorical_from_uniforms(logits_BxV, u[0], u[1], with_logz)
 
 
 def _sample_top_p(rng: jax.Array, scaled_BxV: jax.Array, logz_B: jax.Array, top_p: float, rows=None) -> jax.Array:
@@ -174,6 +180,9 @@ def sample_token(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top_
         logp = jax.nn.log_softmax(logits, axis=-1)
     else:
         scaled = logits / temperature
+        if not 0 < top_k < V and top_p >= 1.0:  # no filter: the draw's exponentials give the log-partition too
+            token, logz = sample_categorical(rng, scaled, rows, with_logz=True)
+            return token, jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0] - logz
         logz = jax.nn.logsumexp(scaled, axis=-1)
         logp = scaled - logz[:, None]
         if 0 < top_k < V:  # draw among the k candidates, not over a [B, V] array of -inf
