@@ -242,6 +242,8 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         "stop_tokens": "",                   # extra stop strings, comma-separated (EOS always stops)
         "ignore_eos": False,                 # sample exactly max_new_tokens, ignoring stop tokens: for
                                              # benchmarks that time a fixed length
+        "compact_rows": True,                # finished rows leave the decode batch as it halves (loops of
+                                             # 64+ tokens, one device; same tokens: rl.sampling.row_levels)
     })
     config.rewards = ml_collections.ConfigDict({
         "normalise": True,                   # running mean/std of RM scores
@@ -380,6 +382,7 @@ def grpo_defaults() -> ml_collections.ConfigDict:
     })
     config.sampling = ml_collections.ConfigDict({
         "max_new_tokens": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "stop_tokens": "", "ignore_eos": False,
+        "compact_rows": True,                # as ppo_defaults' sampling.compact_rows
     })
     config.rewards = ml_collections.ConfigDict({
         "functions": "",                     # "exact_match=1.0,format=0.1,pkg.mod:fn=0.5" (rl.verifiable)

@@ -35,7 +35,7 @@ def sampling_config(config, tokenizer, actor) -> SamplingConfig:
                          "sampling.ignore_eos is set): every response would be penalised; set sampling.stop_tokens "
                          "or the penalty to 0")
     return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                          eos_ids=stops, pad_id=pad)
+                          eos_ids=stops, pad_id=pad, compact_rows=bool(s.get("compact_rows", True)))
 
 
 def kl_controller(kl_cfg):
