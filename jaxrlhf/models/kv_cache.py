@@ -248,16 +248,15 @@ def attend_and_write(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.
     v_all = write_layer(v_all, v_BxTxKxD, layer, inputs.index)
     if inputs.own_keys:  # a prefill: its own keys, then the write for the decode steps
         return own_keys(), (k_all, v_all)
+    k_BxKxSxD, v_BxKxSxD = (read_layer(c, layer, inputs.kv_len).astype(dtype) for c in (k_all, v_all))
     if inputs.prefix is not None:  # the group's shared prompt, then the row's own slots
         prefix, P = inputs.prefix, inputs.prefix.mask_BxP.shape[1]
         prefix_k, prefix_v = (read_layer(c, layer, P).astype(dtype) for c in (prefix.k_LxBxKxPxD, prefix.v_LxBxKxPxD))
-        own_k, own_v = (read_layer(c, layer, inputs.kv_len).astype(dtype) for c in (k_all, v_all))
-        out = shared_prefix_attention(q_BxTxHxD, prefix_k, prefix_v, inputs.prefix_mask_BxTxP, own_k, own_v,
+        out = shared_prefix_attention(q_BxTxHxD, prefix_k, prefix_v, inputs.prefix_mask_BxTxP, k_BxKxSxD, v_BxKxSxD,
                                       mask_BxTxS, softcap=softcap)
-        return out, (k_all, v_all)
-    out = cached_attention(q_BxTxHxD, read_layer(k_all, layer, inputs.kv_len).astype(dtype),
-                           read_layer(v_all, layer, inputs.kv_len).astype(dtype), mask_BxTxS,
-                           implementation=implementation, softcap=softcap)
+    else:
+        out = cached_attention(q_BxTxHxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS, implementation=implementation,
+                               softcap=softcap)
     return out, (k_all, v_all)
 
 
